@@ -1,0 +1,1 @@
+"""rqvae: residual-quantized VAEs whose codebooks stay alive."""

@@ -1,0 +1,139 @@
+"""The `rqvae` command: a thin Typer shell that parses, validates and delegates.
+
+JAX is imported only inside the commands that train, so `--help` and `report` answer at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from rqvae import config as config_lib
+from rqvae.config import ConfigError
+from rqvae.progress import Display
+
+EXIT_CODES = """Exit codes: 0 ok, 1 training failed (non-finite loss), 2 bad input,
+130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+
+app = typer.Typer(
+    help=f"Train residual-quantized VAEs whose codebook entries all stay alive.\n\n{EXIT_CODES}",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2):
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+# CLI flag -> dotted config key.
+FLAG_KEYS = {
+    "learning_rate": "learning_rate",
+    "lambda_commit": "lambda_commit",
+    "lambda_codebook": "lambda_codebook",
+    "lambda_wasserstein": "lambda_wasserstein",
+    "sinkhorn_epsilon": "sinkhorn_epsilon",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "dataset": "data.dataset",
+    "run_dir": "run.run_dir",
+}
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (see configs/).")] = None,
+    lambda_wasserstein: Annotated[Optional[float], typer.Option(help="Weight of the Sinkhorn OT term.")] = None,
+    sinkhorn_epsilon: Annotated[Optional[float], typer.Option(help="Entropic regularization of the OT term.")] = None,
+    lambda_commit: Annotated[Optional[float], typer.Option(help="Weight of the commitment loss.")] = None,
+    lambda_codebook: Annotated[Optional[float], typer.Option(help="Weight of the codebook loss.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Adam step size.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in the run.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of parameters and batches.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="'digits' or 'tfds:<name>'.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/<config>-<time>.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+):
+    """Train an RQ-VAE; writes config.toml, metrics.jsonl and checkpoints/ into the run directory.
+
+    Examples:
+
+      rqvae train                                       # embedded digits, about a minute on CPU
+
+      rqvae train -c configs/hybrid.toml                # codebook + Wasserstein losses
+
+      rqvae train --lambda-wasserstein 0.5 --steps 2000
+
+      rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
+    """
+    flags = dict(locals())
+    overrides = {FLAG_KEYS[k]: flags[k] for k in FLAG_KEYS}
+    overrides["run.run_dir"] = str(run_dir) if run_dir is not None else None
+    try:
+        base = config
+        if resume and base is None:
+            if run_dir is None:
+                _fail("--resume needs --run-dir naming the run to continue")
+            base = run_dir / "config.toml"
+        cfg = config_lib.replace(config_lib.load(base), overrides)
+        name = config.stem if config is not None else "default"
+        from rqvae import train as train_lib  # JAX loads here, after the cheap checks
+
+        run = train_lib.open_run(cfg, name=name, resume=resume)
+    except ConfigError as err:
+        _fail(str(err))
+    console = Console()
+    if not quiet:
+        console.print(f"run directory: [bold]{run.run_dir}[/]", highlight=False)
+    try:
+        summary = train_lib.fit(run.cfg, run.dataset, run.run_dir, resume=resume,
+                                display=Display(run.cfg.batch_size, console, quiet))
+    except train_lib.TrainingFailed as err:
+        _fail(str(err), code=1)
+    except train_lib.Interrupted as err:
+        _fail(f"{err}; checkpoint saved. Continue with: rqvae train --resume --run-dir {run.run_dir}",
+              code=128 + err.signum)
+    train_lib.print_summary(summary, run.run_dir, console)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by `rqvae train`.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")] = False,
+):
+    """Tables of a run's losses and codebook health; several runs side by side.
+
+    Examples:
+
+      rqvae report runs/default-20261123-101500
+
+      rqvae report runs/traditional-* runs/hybrid-*     # one comparison table
+
+      rqvae report runs/x --json | jq '.[0].final'
+    """
+    from rqvae import report as report_lib
+
+    try:
+        report_lib.main(run_dirs, as_json=json_output, console=Console())
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def main():
+    # A closed pipe (`rqvae report x | head`) ends quietly, as for other Unix tools.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

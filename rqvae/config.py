@@ -1,0 +1,268 @@
+"""Frozen, hashable configuration tree, loaded from TOML and overridden by CLI flags.
+
+Top-level TOML keys set `TrainerConfig` fields; the tables `[model]`, `[data]` and `[run]` set the
+nested sections. The tree holds scalars and tuples only, so a config can be a static jit argument.
+This module imports neither JAX nor Flax: `rqvae report` reads configs through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file or value the user must fix; the message names the key and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    input_dim: int = 64  # pixels per image after flattening; set from the data set at run time
+    encoder_hidden: tuple[int, ...] = (256, 128)  # widths of the encoder's hidden layers
+    decoder_hidden: tuple[int, ...] = ()  # decoder widths; empty mirrors encoder_hidden
+    latent_dim: int = 16  # dimension of z_e and of every codebook entry
+    num_levels: int = 2  # residual quantization levels
+    num_codes: int = 64  # entries per codebook
+    codebook_init_scale: float = 0.0  # codes start U(-s, s); 0 means the classic 1/num_codes
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    dataset: str = "digits"  # "digits" (embedded scikit-learn digits, no download)
+    holdout_fraction: float = 0.2  # share of the embedded data held out for evaluation
+    split_seed: int = 0  # seed of the train/held-out split, fixed apart from the training seed
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    run_dir: str = ""  # where the run is written; empty means runs/<config name>-<time>
+    log_every: int = 50  # steps between metrics.jsonl records
+    eval_every: int = 1000  # steps between held-out evaluations (also at the end)
+    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
+    keep_checkpoints: int = 3  # most recent checkpoints kept on disk
+    dead_window: int = 200  # a code unused for this many steps counts as dead in train records
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    learning_rate: float = 1e-3  # Adam step size
+    lambda_commit: float = 0.25  # weight of mean ||z_e - sg(z_q)||^2 (pulls the encoder)
+    lambda_codebook: float = 1.0  # weight of mean ||sg(z_e) - z_q||^2 (moves winning codes)
+    lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
+    sinkhorn_epsilon: float = 0.05  # entropic regularization, in squared latent units
+    sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
+    wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
+    steps: int = 4000  # optimizer steps in the run
+    batch_size: int = 128  # images per step
+    seed: int = 0  # seeds parameters, batches and every other random draw
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
+
+# Fields that fix the shapes of parameters; a resumed run may not change them.
+SHAPE_KEYS = (
+    "model.input_dim",
+    "model.encoder_hidden",
+    "model.decoder_hidden",
+    "model.latent_dim",
+    "model.num_levels",
+    "model.num_codes",
+)
+
+
+def _field_types(cls) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value, expected):
+    """Checks a TOML value against a field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(expected)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(expected)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list of {item_type.__name__}, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _unknown_key(key: str, valid: typing.Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(valid), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _build(cls, values: dict, prefix: str):
+    types_by_name = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in types_by_name:
+            raise _unknown_key(dotted, types_by_name)
+        expected = types_by_name[key]
+        if isinstance(expected, type) and dataclasses.is_dataclass(expected):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} must be a table [{dotted}], got {value!r}")
+            kwargs[key] = _build(expected, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(dotted, value, expected)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict) -> TrainerConfig:
+    """Builds and validates a config from a nested dict shaped like the TOML file."""
+    return validate(_build(TrainerConfig, values, ""))
+
+
+def load(path: str | Path | None) -> TrainerConfig:
+    """Loads a TOML config; None gives the defaults."""
+    if path is None:
+        return validate(TrainerConfig())
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return from_dict(values)
+
+
+def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConfig:
+    """Applies dotted-key overrides (`"model.num_codes": 128`); None values are skipped."""
+    nested: dict = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return validate(_merge(cfg, nested, ""))
+
+
+def _merge(obj, values: dict, prefix: str):
+    types_by_name = _field_types(type(obj))
+    changes = {}
+    for key, value in values.items():
+        if key not in types_by_name:
+            raise _unknown_key(f"{prefix}{key}", types_by_name)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(f"{prefix}{key}", value, types_by_name[key])
+    return dataclasses.replace(obj, **changes)
+
+
+def _check(ok: bool, message: str):
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: TrainerConfig) -> TrainerConfig:
+    """Rejects out-of-range values with a message that names the key and the allowed range."""
+    for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
+        value = getattr(cfg, name)
+        _check(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value}")
+    _check(
+        math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0,
+        f"learning_rate must be > 0, got {cfg.learning_rate}",
+    )
+    _check(
+        math.isfinite(cfg.sinkhorn_epsilon) and cfg.sinkhorn_epsilon > 0,
+        f"sinkhorn_epsilon must be > 0, got {cfg.sinkhorn_epsilon}",
+    )
+    _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")
+    _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
+    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    m = cfg.model
+    for name in ("input_dim", "latent_dim", "num_levels", "num_codes"):
+        value = getattr(m, name)
+        _check(value >= 1, f"model.{name} must be >= 1, got {value}")
+    for name in ("encoder_hidden", "decoder_hidden"):
+        widths = getattr(m, name)
+        _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
+    _check(m.codebook_init_scale >= 0, "model.codebook_init_scale must be >= 0")
+    _check(
+        0 < cfg.data.holdout_fraction < 1,
+        f"data.holdout_fraction must be in (0, 1), got {cfg.data.holdout_fraction}",
+    )
+    r = cfg.run
+    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "dead_window"):
+        value = getattr(r, name)
+        _check(value >= 1, f"run.{name} must be >= 1, got {value}")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """The config as a nested dict of TOML-ready values (tuples become lists)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, typing.Any]:
+    """Nested dict -> {"model.num_codes": 64, ...}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps(cfg: TrainerConfig) -> str:
+    """Serializes the config as TOML that `load` reads back to an equal config."""
+    values = to_dict(cfg)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for section, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def shape_differences(a: TrainerConfig, b: TrainerConfig) -> list[str]:
+    """The SHAPE_KEYS on which two configs differ, as "key: old -> new" lines."""
+    flat_a, flat_b = flatten(to_dict(a)), flatten(to_dict(b))
+    return [f"{k}: {flat_a[k]} -> {flat_b[k]}" for k in SHAPE_KEYS if flat_a[k] != flat_b[k]]
+

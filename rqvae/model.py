@@ -1,0 +1,82 @@
+"""The RQ-VAE: MLP encoder, N-level residual quantizer with straight-through gradients, MLP decoder."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rqvae.config import ModelConfig
+
+
+class MLP(nn.Module):
+    widths: tuple[int, ...]  # hidden widths then the output width; ReLU between layers
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.widths[:-1]:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.widths[-1])(x)
+
+
+def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, dict]:
+    """Residual quantization: level l picks the nearest code of codebook l to what is left.
+
+    Returns the sum of the picked codes (no straight-through applied) and, per level, the inputs
+    each level quantized (L, B, D), the picked codes (L, B, D) and their indices (L, B).
+    """
+    residual = z_e_BxD
+    level_inputs, level_codes, indices = [], [], []
+    for codebook_KxD in codebook_LxKxD:
+        # ||r - c||^2 without its ||r||^2 term, which does not change the argmin.
+        distance_BxK = jnp.sum(codebook_KxD**2, axis=-1) - 2.0 * residual @ codebook_KxD.T
+        index_B = jnp.argmin(distance_BxK, axis=-1)
+        code_BxD = jnp.take(codebook_KxD, index_B, axis=0)
+        level_inputs.append(residual)
+        level_codes.append(code_BxD)
+        indices.append(index_B)
+        residual = residual - code_BxD
+    level_codes_LxBxD = jnp.stack(level_codes)
+    aux = {
+        "level_inputs": jnp.stack(level_inputs),
+        "level_codes": level_codes_LxBxD,
+        "indices": jnp.stack(indices),
+    }
+    return jnp.sum(level_codes_LxBxD, axis=0), aux
+
+
+class RQVAE(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim))
+        decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
+        self.decoder = MLP((*decoder_hidden, cfg.input_dim))
+        # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
+        # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
+        scale = cfg.codebook_init_scale or 1.0 / cfg.num_codes
+        self.codebook = self.param(
+            "codebook",
+            lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -scale, scale),
+            (cfg.num_levels, cfg.num_codes, cfg.latent_dim),
+        )
+
+    def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
+        """Returns the reconstruction in [0, 1] and an aux dict of the latents and codes.
+
+        aux: z_e (B, D) encoder output; z_q (B, D) sum of the picked codes; z_q1 (B, D) level-1
+        code; codebook (L, K, D); indices (L, B); level_inputs (L, B, D), what each level quantized.
+        """
+        z_e = self.encoder(x_BxP)
+        z_q, aux = quantize(z_e, self.codebook)
+        # Straight-through: the decoder sees z_q, the encoder gets the decoder's gradient as if
+        # it had seen z_e.
+        z_st = z_e + jax.lax.stop_gradient(z_q - z_e)
+        x_recon = nn.sigmoid(self.decoder(z_st))
+        aux.update(z_e=z_e, z_q=z_q, z_q1=aux["level_codes"][0], codebook=self.codebook)
+        return x_recon, aux
+
+    def encode(self, x_BxP: jax.Array) -> jax.Array:
+        """Per-level code indices, shape (L, B)."""
+        return quantize(self.encoder(x_BxP), self.codebook)[1]["indices"]

@@ -1,0 +1,381 @@
+"""Train state, the pure train step, held-out evaluation and the train loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rqvae import checkpoint, data, metrics, runlog
+from rqvae import config as config_lib
+from rqvae.config import ConfigError, TrainerConfig
+from rqvae.data import Dataset
+from rqvae.losses import compute_losses
+from rqvae.model import RQVAE
+
+LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
+PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")
+
+
+class TrainingFailed(RuntimeError):
+    """The loss went non-finite; the message names the step and the terms."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved at `step`."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: optimizer steps taken
+    params: Any
+    opt_state: Any
+    last_used: jax.Array  # (L, K) int32: step at which each code was last picked, -1 never
+    perm: jax.Array  # (N,) int32: this epoch's order of the training images
+    failed_step: jax.Array  # int32: -1, or the step whose loss went non-finite (state frozen)
+    failed_terms: jax.Array  # (len(LOSS_TERMS),) bool: which terms were non-finite then
+
+
+def make_model(cfg: TrainerConfig) -> RQVAE:
+    return RQVAE(cfg.model)
+
+
+def make_optimizer(cfg: TrainerConfig) -> optax.GradientTransformation:
+    return optax.adam(cfg.learning_rate)
+
+
+def init_state(cfg: TrainerConfig, num_train: int) -> TrainState:
+    root = jax.random.key(cfg.seed)
+    dummy = jnp.zeros((1, cfg.model.input_dim), jnp.float32)
+    params = make_model(cfg).init(jax.random.fold_in(root, 0), dummy)
+    m = cfg.model
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(cfg).init(params),
+        last_used=jnp.full((m.num_levels, m.num_codes), -1, jnp.int32),
+        perm=jnp.arange(num_train, dtype=jnp.int32),
+        failed_step=jnp.full((), -1, jnp.int32),
+        failed_terms=jnp.zeros(len(LOSS_TERMS), bool),
+    )
+
+
+def loss_fn(params, batch_BxP, cfg: TrainerConfig):
+    x_recon, aux = make_model(cfg).apply(params, batch_BxP)
+    losses = compute_losses(
+        batch_BxP,
+        x_recon,
+        aux["z_e"],
+        aux["z_q"],
+        aux["codebook"],
+        lambda_commit=cfg.lambda_commit,
+        lambda_codebook=cfg.lambda_codebook,
+        lambda_wasserstein=cfg.lambda_wasserstein,
+        sinkhorn_epsilon=cfg.sinkhorn_epsilon,
+        sinkhorn_iters=cfg.sinkhorn_iters,
+        level_inputs=aux["level_inputs"],
+        wasserstein_encoder_grad=cfg.wasserstein_encoder_grad,
+    )
+    return losses["total"], (losses, aux)
+
+
+def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
+    """One Adam step on a batch. Pure: returns the new state and a dict of on-device metrics.
+
+    A non-finite loss leaves the state as it was and records the step in `failed_step`; from
+    then on the state stays frozen, so the loop can stop and the bad state is never saved.
+    """
+    grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(state.params, batch_BxP, cfg)
+    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
+    last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
+    finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
+    healthy = state.failed_step < 0
+    ok = healthy & jnp.all(finite_terms)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+    new_state = state.replace(
+        step=state.step + ok.astype(jnp.int32),
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        last_used=keep(last_used, state.last_used),
+        failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
+        failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
+    )
+    step_metrics = {k: losses[k] for k in LOSS_TERMS}
+    step_metrics.update(
+        used=metrics.codes_used(counts_LxK),
+        perplexity=metrics.perplexity(counts_LxK),
+        dead=metrics.dead_in_window(last_used, state.step, cfg.run.dead_window),
+        sinkhorn_marginal_error=losses["sinkhorn_marginal_error"],
+        failed_step=new_state.failed_step,
+    )
+    return new_state, step_metrics
+
+
+def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig):
+    """The next batch, by index into on-device data, and the epoch order it came from.
+
+    Each epoch's order is a permutation drawn from fold_in(key, epoch): a resumed run draws the
+    same batches as one that never stopped. The last partial batch of an epoch is dropped.
+    """
+    num_images = images_NxP.shape[0]
+    epoch, position = jnp.divmod(state.step, num_images // cfg.batch_size)
+    data_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    perm = jax.lax.cond(
+        position == 0,
+        lambda: jax.random.permutation(jax.random.fold_in(data_key, epoch), num_images),
+        lambda: state.perm,
+    ).astype(jnp.int32)
+    index_B = jax.lax.dynamic_slice(perm, (position * cfg.batch_size,), (cfg.batch_size,))
+    return jnp.take(images_NxP, index_B, axis=0), perm
+
+
+@functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
+def step_on_device_data(state: TrainState, images_NxP, *, cfg: TrainerConfig):
+    batch_BxP, perm = next_batch(state, images_NxP, cfg)
+    return train_step(state.replace(perm=perm), batch_BxP, cfg=cfg)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+EVAL_CHUNK = 4096
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _eval_chunk(params, x_BxP, valid_B, *, cfg: TrainerConfig):
+    x_recon, aux = make_model(cfg).apply(params, x_BxP)
+    one_hot = jax.nn.one_hot(aux["indices"], cfg.model.num_codes, dtype=jnp.int32)
+    counts_LxK = jnp.sum(one_hot * valid_B[None, :, None], axis=1)
+    squared_error = jnp.sum(valid_B * jnp.mean((x_BxP - x_recon) ** 2, axis=-1))
+    return counts_LxK, squared_error
+
+
+def _pass(params, images_NxP: np.ndarray, cfg: TrainerConfig):
+    """Code counts (L, K) and summed per-image MSE over a whole split, in padded chunks."""
+    chunk = min(EVAL_CHUNK, len(images_NxP))
+    counts, squared_error = 0, 0.0
+    for start in range(0, len(images_NxP), chunk):
+        x = images_NxP[start : start + chunk]
+        valid = np.ones(chunk, np.int32)
+        if len(x) < chunk:  # pad, so every chunk has one shape and compiles once
+            valid[len(x) :] = 0
+            x = np.concatenate([x, np.zeros((chunk - len(x), x.shape[1]), x.dtype)])
+        chunk_counts, chunk_error = _eval_chunk(params, x, valid, cfg=cfg)
+        counts, squared_error = counts + chunk_counts, squared_error + chunk_error
+    return np.asarray(counts), float(squared_error)
+
+
+def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
+    """Held-out recon MSE, and code use over a full pass of the training split.
+
+    The full pass is the definitive dead-code count: a code no training image picks is dead.
+    """
+    train_counts, _ = _pass(params, dataset.train, cfg)
+    heldout_counts, heldout_error = _pass(params, dataset.heldout, cfg)
+    return {
+        "heldout_recon": heldout_error / len(dataset.heldout),
+        "used": metrics.codes_used(train_counts).tolist(),
+        "perplexity": metrics.perplexity(train_counts).tolist(),
+        "dead": (cfg.model.num_codes - metrics.codes_used(train_counts)).tolist(),
+        "heldout_perplexity": metrics.perplexity(heldout_counts).tolist(),
+    }
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def _record(step: int, elapsed: float, host_metrics: dict) -> dict:
+    record = {"kind": "train", "step": step, "time": round(elapsed, 3)}
+    record.update({k: float(host_metrics[k]) for k in LOSS_TERMS})
+    record.update({k: np.asarray(host_metrics[k]).tolist() for k in PER_LEVEL})
+    return record
+
+
+def _failure_message(state: TrainState, last_checkpoint: int | None) -> str:
+    failed_step, failed_terms = jax.device_get((state.failed_step, state.failed_terms))
+    terms = ", ".join(t for t, bad in zip(LOSS_TERMS, failed_terms) if bad)
+    kept = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
+    return (
+        f"loss became non-finite at step {int(failed_step) + 1} ({terms}); last good checkpoint: "
+        f"{kept}; lower --learning-rate or the lambdas and resume or start a new run"
+    )
+
+
+class _SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, display) -> dict:
+    """Trains from scratch or from the run's newest checkpoint up to `cfg.steps`.
+
+    Writes metrics.jsonl and checkpoints into `run_dir`. Returns the last train and eval records.
+    Raises TrainingFailed on a non-finite loss and Interrupted on SIGINT/SIGTERM.
+    """
+    state = init_state(cfg, len(dataset.train))
+    mngr = checkpoint.manager(run_dir, cfg.run.keep_checkpoints)
+    start, time_offset = 0, 0.0
+    if resume:
+        start = mngr.latest_step()
+        state = checkpoint.restore(mngr, start, state)
+        runlog.truncate_after(run_dir, start)
+        previous = runlog.read(run_dir)
+        time_offset = previous[-1]["time"] if previous else 0.0
+    images = jax.device_put(dataset.train)
+    last_checkpoint = start if resume else None
+    summary: dict = {}
+    pending = None  # (step, on-device metrics) awaiting a lagged fetch
+
+    def flush():
+        nonlocal pending
+        if pending is None:
+            return
+        step, device_metrics = pending
+        pending = None
+        host = jax.device_get(device_metrics)
+        if int(host["failed_step"]) >= 0:
+            raise TrainingFailed(_failure_message(state, last_checkpoint))
+        summary["train"] = _record(step, time_offset + time.perf_counter() - t0, host)
+        log.write(summary["train"])
+        display.log(summary["train"])
+
+    def save(step):
+        nonlocal last_checkpoint
+        flush()
+        if int(jax.device_get(state.failed_step)) >= 0:
+            raise TrainingFailed(_failure_message(state, last_checkpoint))
+        checkpoint.save(mngr, step, state)
+        last_checkpoint = step
+
+    t0 = time.perf_counter()
+    with runlog.RunLog(run_dir) as log, _SignalFlag() as signals, mngr, display:
+        display.start(start, cfg.steps)
+        for step in range(start + 1, cfg.steps + 1):
+            state, device_metrics = step_on_device_data(state, images, cfg=cfg)
+            flush()  # the previous step's metrics, fetched once this step is queued
+            if step % cfg.run.log_every == 0 or step == cfg.steps:
+                pending = (step, device_metrics)
+            display.advance(step)
+            if step % cfg.run.eval_every == 0 or step == cfg.steps:
+                flush()
+                summary["eval"] = {"kind": "eval", "step": step,
+                                   "time": round(time_offset + time.perf_counter() - t0, 3)}
+                summary["eval"].update(evaluate(state.params, dataset, cfg))
+                log.write(summary["eval"])
+                display.log(summary["eval"])
+            if step % cfg.run.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+            if signals.signum is not None:
+                if last_checkpoint != step:
+                    save(step)
+                mngr.wait_until_finished()
+                raise Interrupted(signals.signum, step)
+        flush()
+        mngr.wait_until_finished()
+    return summary
+
+
+def replace_input_dim(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
+    """The model's input width comes from the data set."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_dim=dataset.input_dim))
+
+
+# -- run directories --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    cfg: TrainerConfig  # resolved: input_dim from the data, run_dir filled in
+    dataset: Dataset
+    run_dir: Path
+
+
+def _holds_run(run_dir: Path) -> bool:
+    names = (runlog.CONFIG_FILE, runlog.METRICS_FILE, checkpoint.CHECKPOINT_DIR)
+    return any((run_dir / name).exists() for name in names)
+
+
+def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
+    """Checks everything a run needs, then creates its directory and writes config.toml.
+
+    Every check comes before the first write, so a refused command leaves no trace and never
+    touches an existing run. Raises ConfigError with the problem and its fix.
+    """
+    run_dir = Path(cfg.run.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume:
+        if not _holds_run(run_dir):
+            raise ConfigError(f"{run_dir} holds no run to resume; check --run-dir")
+        latest = checkpoint.latest_step(run_dir)
+        if latest is None:
+            raise ConfigError(f"{run_dir} has no complete checkpoint to resume from; "
+                              f"start a new run in another --run-dir")
+    elif _holds_run(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                          f"or choose a new --run-dir")
+    dataset = data.load(cfg.data)
+    cfg = replace_input_dim(cfg, dataset)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
+    if cfg.batch_size > len(dataset.train):
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "
+                          f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
+    if resume:
+        saved = config_lib.load(run_dir / runlog.CONFIG_FILE)
+        changed = config_lib.shape_differences(saved, cfg)
+        if changed:
+            raise ConfigError(f"--resume cannot change the model's shape ({'; '.join(changed)}); "
+                              f"drop those settings or start a new --run-dir")
+        if latest >= cfg.steps:
+            raise ConfigError(f"{run_dir} already reached step {latest} of {cfg.steps}; "
+                              f"pass a larger --steps to train further")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (runlog.CONFIG_FILE + ".tmp")
+    tmp.write_text(config_lib.dumps(cfg))
+    tmp.replace(run_dir / runlog.CONFIG_FILE)
+    return Run(cfg, dataset, run_dir)
+
+
+def print_summary(summary: dict, run_dir: Path, console) -> None:
+    """The end-of-run table and the command to run next."""
+    from rich.table import Table
+
+    final, last_eval = summary.get("train"), summary.get("eval")
+    table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
+    for column in ("level", "used (window)", "dead (window)", "dead (train split)", "perplexity"):
+        table.add_column(column, justify="right")
+    for level, (used, dead) in enumerate(zip(final["used"], final["dead"])):
+        full_dead = str(last_eval["dead"][level]) if last_eval else "-"
+        perplexity = f"{last_eval['perplexity'][level]:.1f}" if last_eval else "-"
+        table.add_row(str(level + 1), str(used), str(dead), full_dead, perplexity)
+    console.print(table)
+    losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)
+    heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
+    console.print(f"final losses: {losses}{heldout}", highlight=False, soft_wrap=True)
+    console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
