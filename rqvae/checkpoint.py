@@ -27,7 +27,7 @@ def latest_step(run_dir: str | Path) -> int | None:
     directory = Path(run_dir).absolute() / CHECKPOINT_DIR
     if not directory.is_dir():
         return None
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(directory, options=options) as mngr:
         return mngr.latest_step()
 

@@ -85,6 +85,8 @@ def train(
             if run_dir is None:
                 _fail("--resume needs --run-dir naming the run to continue")
             base = run_dir / "config.toml"
+            if not base.is_file():
+                _fail(f"{run_dir} holds no run to resume (no config.toml); check --run-dir")
         cfg = config_lib.replace(config_lib.load(base), overrides)
         name = config.stem if config is not None else "default"
         from rqvae import train as train_lib  # JAX loads here, after the cheap checks

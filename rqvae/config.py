@@ -58,7 +58,7 @@ class TrainerConfig:
     sinkhorn_epsilon: float = 0.05  # entropic regularization, in squared latent units
     sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
-    steps: int = 4000  # optimizer steps in the run
+    steps: int = 8000  # optimizer steps in the run
     batch_size: int = 128  # images per step
     seed: int = 0  # seeds parameters, batches and every other random draw
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -41,8 +41,11 @@ def sinkhorn_plan(cost_NxM: jax.Array, epsilon: float, num_iters: int) -> tuple[
         return f_N, g_M
 
     zeros = (jnp.zeros(num_points, cost_NxM.dtype), jnp.zeros(num_codes, cost_NxM.dtype))
-    f_N, g_M = lax.fori_loop(0, num_iters, iteration, zeros)
-    plan_NxM = jnp.exp(f_N[:, None] + g_M[None, :] - scaled_cost)
+    f_N, _ = lax.fori_loop(0, num_iters, iteration, zeros)
+    # The plan after the final codebook-side update, written as a softmax over points: each
+    # column sums to exactly 1 / M even when f and C / epsilon are too large for float32 to add
+    # without rounding.
+    plan_NxM = jax.nn.softmax(f_N[:, None] - scaled_cost, axis=0) / num_codes
     marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - 1.0 / num_points))
     return plan_NxM, marginal_error
 

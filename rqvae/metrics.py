@@ -30,5 +30,8 @@ def update_last_used(last_used_LxK: jax.Array, counts_LxK: jax.Array, step) -> j
 
 
 def dead_in_window(last_used_LxK: jax.Array, step, window: int) -> jax.Array:
-    """Codes not picked in the last `window` steps up to and including `step`, per level."""
-    return jnp.sum(last_used_LxK <= step - window, axis=-1)
+    """Codes not picked in the last `window` steps up to and including `step`, per level.
+
+    A code never picked is dead from the first step on.
+    """
+    return jnp.sum((last_used_LxK < 0) | (last_used_LxK <= step - window), axis=-1)

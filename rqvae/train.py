@@ -199,6 +199,16 @@ def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
 # -- the loop ---------------------------------------------------------------------------------
 
 
+def compiled_part(cfg: TrainerConfig) -> TrainerConfig:
+    """The config with the fields compiled functions never read set to fixed values.
+
+    Runs that differ only in their length or run settings (directory, intervals) then share one
+    compilation, e.g. a run and its resumption, or the tests' many short runs.
+    """
+    run = config_lib.RunConfig(dead_window=cfg.run.dead_window)
+    return dataclasses.replace(cfg, steps=1, run=run)
+
+
 def _record(step: int, elapsed: float, host_metrics: dict) -> dict:
     record = {"kind": "train", "step": step, "time": round(elapsed, 3)}
     record.update({k: float(host_metrics[k]) for k in LOSS_TERMS})
@@ -242,6 +252,7 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
     """
     state = init_state(cfg, len(dataset.train))
     mngr = checkpoint.manager(run_dir, cfg.run.keep_checkpoints)
+    step_cfg = compiled_part(cfg)
     start, time_offset = 0, 0.0
     if resume:
         start = mngr.latest_step()
@@ -279,7 +290,7 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
     with runlog.RunLog(run_dir) as log, _SignalFlag() as signals, mngr, display:
         display.start(start, cfg.steps)
         for step in range(start + 1, cfg.steps + 1):
-            state, device_metrics = step_on_device_data(state, images, cfg=cfg)
+            state, device_metrics = step_on_device_data(state, images, cfg=step_cfg)
             flush()  # the previous step's metrics, fetched once this step is queued
             if step % cfg.run.log_every == 0 or step == cfg.steps:
                 pending = (step, device_metrics)
@@ -288,7 +299,7 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
                 flush()
                 summary["eval"] = {"kind": "eval", "step": step,
                                    "time": round(time_offset + time.perf_counter() - t0, 3)}
-                summary["eval"].update(evaluate(state.params, dataset, cfg))
+                summary["eval"].update(evaluate(state.params, dataset, step_cfg))
                 log.write(summary["eval"])
                 display.log(summary["eval"])
             if step % cfg.run.checkpoint_every == 0 or step == cfg.steps:

@@ -1,0 +1,43 @@
+"""Shared tiny configs: every test that trains uses one of these, so each compiles once."""
+
+import dataclasses
+
+import pytest
+
+from rqvae import config, data
+
+TINY_TOML = """\
+steps = 30
+batch_size = 16
+lambda_wasserstein = 0.5
+
+[model]
+encoder_hidden = [32]
+latent_dim = 4
+num_codes = 8
+
+[run]
+log_every = 10
+eval_every = 15
+checkpoint_every = 15
+keep_checkpoints = 5
+dead_window = 10
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> config.TrainerConfig:
+    cfg = config.from_dict(__import__("tomllib").loads(TINY_TOML))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_dim=64))
+
+
+@pytest.fixture(scope="session")
+def digits() -> data.Dataset:
+    return data.load(config.DataConfig())
+
+
+@pytest.fixture
+def tiny_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path

@@ -1,0 +1,143 @@
+"""End-to-end runs of the `rqvae` command through Typer's CliRunner, on the tiny config."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rqvae import checkpoint, data, runlog, train
+from rqvae.cli import app
+from rqvae.config import load
+
+runner = CliRunner()
+
+
+def rqvae(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _params_at(run_dir, step):
+    cfg = load(run_dir / "config.toml")
+    like = train.init_state(cfg, len(data.load(cfg.data).train))
+    with checkpoint.manager(run_dir, 5) as mngr:
+        return jax.device_get(checkpoint.restore(mngr, step, like))
+
+
+def _keys(run_dir):
+    return [(r["kind"], r["step"]) for r in runlog.read(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """30 steps of the tiny config in one go; checkpoints at 15 and 30."""
+    from tests.conftest import TINY_TOML
+
+    root = tmp_path_factory.mktemp("full")
+    (root / "tiny.toml").write_text(TINY_TOML)
+    result = rqvae("train", "-c", root / "tiny.toml", "--run-dir", root / "run")
+    assert result.exit_code == 0, result.output
+    return root / "run", result.output
+
+
+def test_train_writes_config_log_and_checkpoints(full_run):
+    run_dir, output = full_run
+    assert "rqvae report" in output and "final losses" in output
+    assert load(run_dir / "config.toml").lambda_wasserstein == 0.5
+    assert _keys(run_dir) == [("train", 10), ("eval", 15), ("train", 20), ("train", 30),
+                              ("eval", 30)]
+    record = runlog.read(run_dir)[-2]
+    assert set(train.LOSS_TERMS) <= set(record) and record["wasserstein"] > 0
+    assert len(record["used"]) == len(record["dead"]) == len(record["perplexity"]) == 2
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [15, 30]
+
+
+def test_report_shows_the_run_and_json_agrees(full_run):
+    run_dir, _ = full_run
+    result = rqvae("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert run_dir.name in result.output
+    result = rqvae("report", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(result.output)
+    last_train = [r for r in runlog.read(run_dir) if r["kind"] == "train"][-1]
+    assert summary["final"]["total"] == pytest.approx(last_train["total"])
+
+
+def test_resume_continues_bitwise_and_logs_every_step_once(full_run, tiny_toml, tmp_path):
+    full_dir, _ = full_run
+    run_dir = tmp_path / "run"
+    assert rqvae("train", "-c", tiny_toml, "--run-dir", run_dir, "--steps", 15).exit_code == 0
+    result = rqvae("train", "--resume", "--run-dir", run_dir, "--steps", 30)
+    assert result.exit_code == 0, result.output
+    jax.tree.map(np.testing.assert_array_equal, _params_at(run_dir, 30), _params_at(full_dir, 30))
+    full = {(r["kind"], r["step"]): r for r in runlog.read(full_dir)}
+    resumed = {(r["kind"], r["step"]): r for r in runlog.read(run_dir)}
+    assert len(resumed) == len(_keys(run_dir))  # nothing logged twice
+    for key in [("train", 20), ("train", 30), ("eval", 30)]:
+        assert resumed[key]["total" if key[0] == "train" else "heldout_recon"] == \
+            full[key]["total" if key[0] == "train" else "heldout_recon"]
+
+
+def test_resume_drops_records_written_after_the_last_checkpoint(full_run, tmp_path):
+    full_dir, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_dir, run_dir)
+    # As if killed after logging step 30 but before its checkpoint was finalized.
+    shutil.rmtree(run_dir / "checkpoints" / "30")
+    result = rqvae("train", "--resume", "--run-dir", run_dir)
+    assert result.exit_code == 0, result.output
+    assert _keys(run_dir) == _keys(full_dir)
+    jax.tree.map(np.testing.assert_array_equal, _params_at(run_dir, 30), _params_at(full_dir, 30))
+
+
+def _snapshot(path):
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+BAD_INPUTS = [
+    (["--lambda-wasserstein", -1], "lambda_wasserstein must be >= 0"),
+    (["--sinkhorn-epsilon", 0], "sinkhorn_epsilon must be > 0"),
+    (["--batch-size", 100000], "batch_size 100000 is larger than the training split"),
+    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    (["-c", "{tmp}/missing.toml"], "not found"),
+    (["-c", "{tmp}/typo.toml"], "did you mean 'lambda_wasserstein'"),
+    (["-c", "{tmp}/broken.toml"], "line 1"),
+    (["-c", "{tmp}/wide.toml", "--resume", "--run-dir", "{run}"],
+     "cannot change the model's shape (model.num_codes: 8 -> 16)"),
+    (["--run-dir", "{run}"], "already holds a run; pass --resume"),
+    (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
+    (["--resume", "--run-dir", "{run}"], "already reached step 30 of 30"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, args, message):
+    run_dir, _ = full_run
+    (tmp_path / "typo.toml").write_text("lambda_wasserstien = 1.0\n")
+    (tmp_path / "broken.toml").write_text("steps = = 3\n")
+    (tmp_path / "wide.toml").write_text(
+        (run_dir / "config.toml").read_text().replace("num_codes = 8", "num_codes = 16"))
+    (tmp_path / "empty").mkdir()
+    before = _snapshot(run_dir)
+    args = [str(a).format(tmp=tmp_path, run=run_dir) for a in args]
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert _snapshot(run_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml", "empty", "typo.toml",
+                                                          "wide.toml"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "does not exist"),
+    (lambda d: d.mkdir(), "no metrics.jsonl"),
+])
+def test_report_on_a_bad_dir(tmp_path, make, message):
+    make(tmp_path / "run")
+    result = rqvae("report", tmp_path / "run")
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output

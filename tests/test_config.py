@@ -1,0 +1,94 @@
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from rqvae import config
+from rqvae.config import ConfigError, TrainerConfig
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = TrainerConfig()
+    assert (cfg.learning_rate, cfg.lambda_commit, cfg.lambda_codebook) == (1e-3, 0.25, 1.0)
+    assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 20)
+    assert (cfg.model.num_levels, cfg.model.num_codes, cfg.model.latent_dim) == (2, 64, 16)
+    assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
+
+
+def test_config_is_frozen_and_hashable():
+    cfg = TrainerConfig()
+    assert hash(cfg) == hash(TrainerConfig())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+
+
+def test_toml_round_trip():
+    cfg = config.replace(TrainerConfig(), {"lambda_wasserstein": 0.5, "model.encoder_hidden": [7, 5],
+                                           "data.dataset": 'odd "name"', "run.run_dir": "runs/x"})
+    assert config.from_dict(tomllib.loads(config.dumps(cfg))) == cfg
+
+
+def test_overrides_reach_nested_sections_and_skip_none():
+    cfg = config.replace(TrainerConfig(), {"model.num_codes": 8, "seed": None, "steps": 5})
+    assert cfg.model.num_codes == 8 and cfg.seed == 0 and cfg.steps == 5
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_preset_loads_and_says_how_to_run_it(path):
+    cfg = config.load(path)
+    header = path.read_text().splitlines()[:4]
+    assert all(line.startswith("#") for line in header)
+    assert any(f"rqvae train -c configs/{path.name}" in line for line in header)
+    assert any("Expected:" in line for line in header)
+    assert isinstance(cfg, TrainerConfig)
+
+
+def test_presets_set_the_documented_lambdas():
+    lambdas = {name: (c.lambda_codebook, c.lambda_wasserstein) for name in
+               ("traditional", "wasserstein", "hybrid") for c in [config.load(CONFIGS / f"{name}.toml")]}
+    assert lambdas == {"traditional": (1.0, 0.0), "wasserstein": (0.0, 1.0), "hybrid": (1.0, 0.5)}
+    assert config.load(CONFIGS / "default.toml") == TrainerConfig()
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("lambda_wasserstien = 1.0", "did you mean 'lambda_wasserstein'"),
+        ("[model]\nnum_code = 3", "unknown config key 'model.num_code'; did you mean 'num_codes'"),
+        ('steps = "10"', "steps must be int"),
+        ("lambda_commit = true", "lambda_commit must be float"),
+        ("[model]\nencoder_hidden = 3", "model.encoder_hidden must be a list"),
+        ("lambda_codebook = -1.0", "lambda_codebook must be >= 0"),
+        ("sinkhorn_epsilon = 0.0", "sinkhorn_epsilon must be > 0"),
+        ("sinkhorn_iters = 0", "sinkhorn_iters must be >= 1"),
+        ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),
+        ("[model]\nnum_codes = 0", "model.num_codes must be >= 1"),
+        ("model = 3", "model must be a table"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config.load(path)
+
+
+def test_malformed_toml_gives_the_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("steps = 3\nlambda_commit = = 1\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        config.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_shape_differences_lists_only_shape_keys():
+    a = TrainerConfig()
+    b = config.replace(a, {"model.num_codes": 32, "lambda_wasserstein": 1.0})
+    assert config.shape_differences(a, b) == ["model.num_codes: 64 -> 32"]

@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rqvae.config import ModelConfig
+from rqvae.model import RQVAE, quantize
+
+CFG = ModelConfig(input_dim=64, encoder_hidden=(32,), latent_dim=4, num_levels=3, num_codes=8)
+
+
+def _init(cfg=CFG, batch=5):
+    model = RQVAE(cfg)
+    x = jax.random.uniform(jax.random.key(1), (batch, cfg.input_dim))
+    return model, model.init(jax.random.key(0), x), x
+
+
+def test_forward_shapes_and_aux_keys():
+    model, params, x = _init()
+    x_recon, aux = model.apply(params, x)
+    L, K, D, B = CFG.num_levels, CFG.num_codes, CFG.latent_dim, 5
+    assert x_recon.shape == x.shape and bool(jnp.all((x_recon >= 0) & (x_recon <= 1)))
+    shapes = {k: v.shape for k, v in aux.items()}
+    assert shapes["codebook"] == (L, K, D) and shapes["indices"] == (L, B)
+    assert shapes["z_e"] == shapes["z_q"] == shapes["z_q1"] == (B, D)
+    assert shapes["level_inputs"] == (L, B, D)
+
+
+def test_levels_quantize_the_residual():
+    model, params, x = _init()
+    _, aux = model.apply(params, x)
+    np.testing.assert_allclose(aux["level_inputs"][0], aux["z_e"])
+    np.testing.assert_allclose(aux["level_inputs"][1], aux["z_e"] - aux["z_q1"], atol=1e-6)
+    picked = aux["codebook"][jnp.arange(CFG.num_levels)[:, None], aux["indices"]]
+    np.testing.assert_allclose(aux["z_q"], picked.sum(0), atol=1e-6)
+
+
+def test_codebook_entry_quantizes_to_itself():
+    codebook = jax.random.normal(jax.random.key(2), (2, 16, 3))
+    z_q, aux = quantize(codebook[0], codebook)
+    np.testing.assert_array_equal(aux["indices"][0], np.arange(16))
+    # The residual is then zero, so level 2 adds its code nearest the origin.
+    nearest_origin = codebook[1][jnp.argmin(jnp.sum(codebook[1] ** 2, -1))]
+    np.testing.assert_allclose(z_q, codebook[0] + nearest_origin, atol=1e-6)
+
+
+def test_codebook_starts_in_the_classic_small_cube():
+    _, params, _ = _init()
+    codebook = params["params"]["codebook"]
+    assert float(jnp.max(jnp.abs(codebook))) <= 1.0 / CFG.num_codes
+    assert float(jnp.std(codebook)) > 0.2 / CFG.num_codes
+
+
+def test_straight_through_reaches_the_encoder_but_not_the_codebook():
+    model, params, x = _init()
+
+    def recon(p):
+        x_recon, _ = model.apply(p, x)
+        return jnp.mean((x - x_recon) ** 2)
+
+    grads = jax.grad(recon)(params)["params"]
+    assert float(jnp.abs(grads["codebook"]).max()) == 0.0
+    encoder_grad = jax.tree.leaves(grads["encoder"])
+    assert all(float(jnp.abs(g).max()) > 0 for g in encoder_grad)
