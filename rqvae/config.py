@@ -57,7 +57,10 @@ class TrainerConfig:
     lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
     sinkhorn_epsilon: float = 0.05  # entropic regularization, in squared latent units
     sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
+    wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
+    sinkhorn_warm_start: bool = True  # start each step's solve from the last step's potentials
+    sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
     steps: int = 8000  # optimizer steps in the run
     batch_size: int = 128  # images per step
     seed: int = 0  # seeds parameters, batches and every other random draw
@@ -190,6 +193,13 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         f"sinkhorn_epsilon must be > 0, got {cfg.sinkhorn_epsilon}",
     )
     _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")
+    weights = cfg.wasserstein_level_weights
+    _check(
+        not weights or len(weights) == cfg.model.num_levels,
+        f"wasserstein_level_weights needs one weight per level ({cfg.model.num_levels}), "
+        f"got {len(weights)}",
+    )
+    _check(all(w >= 0 for w in weights), f"wasserstein_level_weights must be >= 0, got {weights}")
     _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     m = cfg.model

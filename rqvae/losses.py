@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,44 +22,118 @@ def squared_distances(points_NxD: jax.Array, codebook_MxD: jax.Array) -> jax.Arr
     return jnp.maximum(cost, 0.0)
 
 
-def sinkhorn_plan(cost_NxM: jax.Array, epsilon: float, num_iters: int) -> tuple[jax.Array, jax.Array]:
-    """Entropic OT plan between uniform marginals, by log-domain Sinkhorn.
+class Sinkhorn(NamedTuple):
+    plan: jax.Array  # (N, M) transport plan; every column sums to exactly 1 / M
+    marginal_error: jax.Array  # sum_i |plan[i].sum() - 1 / N|: 0 when converged, at most 2
+    g: jax.Array  # (M,) codebook-side dual potential in cost units, to warm-start the next solve
 
-    The dual potentials f, g are updated with log-sum-exp, so nothing underflows however large
-    cost / epsilon gets (the kernel form exp(-C / epsilon) is 0 past about C / epsilon = 100).
+
+# Scalings u, v are folded back into the log-domain potentials once |log u| or |log v| would pass
+# this; e^30 keeps every product u * K * v far inside float32's range.
+_LOG_SCALING_LIMIT = 30.0
+
+
+def sinkhorn_plan(
+    cost_NxM: jax.Array, epsilon: float, num_iters: int, init_g: jax.Array | None = None
+) -> Sinkhorn:
+    """Entropic OT plan between uniform marginals: `num_iters` Sinkhorn iterations, stabilized.
+
+    Log-stabilized scaling (Schmitzer 2019): each stage starts with one log-domain iteration, so
+    nothing underflows however large cost / epsilon gets (the kernel exp(-C / epsilon) is 0 past
+    C / epsilon of about 100), then builds the kernel K = exp((f + g - C) / epsilon) relative to
+    those potentials and iterates with matrix-vector products, u = a / (K v), v = b / (u K), which
+    cost a fraction of a log-sum-exp pass. When a scaling leaves [e^-30, e^30] it is absorbed
+    into the potentials and a new stage starts. The iterates are those of the log-domain loop
+    (`sinkhorn_plan_logdomain`) up to rounding.
+
     Every iteration ends with the codebook-side update, so each column of the plan carries exactly
     1 / M of the mass whatever the convergence: every code is pulled toward some points.
-
-    Returns the plan (N, M) and the L1 error of its row marginals, sum_i |plan[i].sum() - 1/N|.
+    `init_g` warm-starts the codebook-side potential, e.g. from the previous train step.
     """
     num_points, num_codes = cost_NxM.shape
-    log_a = -jnp.log(num_points)
-    log_b = -jnp.log(num_codes)
-    scaled_cost = cost_NxM / epsilon  # potentials are kept in units of epsilon too
+    log_a, log_b = -jnp.log(num_points), -jnp.log(num_codes)
+
+    def stage(carry):
+        f_N, g_M, done = carry
+        # One log-domain iteration, then the kernel relative to the new potentials: its columns
+        # sum to b, so no entry overflows.
+        f_N = epsilon * (log_a - jax.nn.logsumexp((g_M[None, :] - cost_NxM) / epsilon, axis=1))
+        g_M = epsilon * (log_b - jax.nn.logsumexp((f_N[:, None] - cost_NxM) / epsilon, axis=0))
+        kernel_NxM = jnp.exp((f_N[:, None] + g_M[None, :] - cost_NxM) / epsilon)
+
+        def scaling_iteration(scalings):
+            u_N, v_M, done, _ = scalings
+            new_u = jnp.exp(log_a) / (kernel_NxM @ v_M)
+            new_v = jnp.exp(log_b) / (new_u @ kernel_NxM)  # u @ K: XLA's K.T @ u is far slower
+            ok = jnp.all(jnp.abs(jnp.log(new_u)) < _LOG_SCALING_LIMIT) & jnp.all(
+                jnp.abs(jnp.log(new_v)) < _LOG_SCALING_LIMIT
+            )
+            return jnp.where(ok, new_u, u_N), jnp.where(ok, new_v, v_M), done + ok, ok
+
+        ones = (jnp.ones(num_points, jnp.float32), jnp.ones(num_codes, jnp.float32))
+        u_N, v_M, done, _ = lax.while_loop(
+            lambda scalings: scalings[3] & (scalings[2] < num_iters),
+            scaling_iteration,
+            (*ones, done + 1, jnp.array(True)),
+        )
+        return f_N + epsilon * jnp.log(u_N), g_M + epsilon * jnp.log(v_M), done
+
+    g_M = jnp.zeros(num_codes, jnp.float32) if init_g is None else init_g.astype(jnp.float32)
+    f_N, g_M, _ = lax.while_loop(
+        lambda carry: carry[2] < num_iters,
+        stage,
+        (jnp.zeros(num_points, jnp.float32), g_M, jnp.array(0)),
+    )
+    return _final_codebook_update(f_N, cost_NxM, epsilon)
+
+
+def _final_codebook_update(f_N, cost_NxM, epsilon) -> Sinkhorn:
+    """The plan after the codebook-side update for point potentials f, as a softmax over points.
+
+    Each column sums to exactly 1 / M even where f and C / epsilon are too large for float32 to
+    add without rounding.
+    """
+    num_points, num_codes = cost_NxM.shape
+    logits_NxM = (f_N[:, None] - cost_NxM) / epsilon
+    plan_NxM = jax.nn.softmax(logits_NxM, axis=0) / num_codes
+    g_M = -epsilon * (jnp.log(num_codes) + jax.nn.logsumexp(logits_NxM, axis=0))
+    marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - 1.0 / num_points))
+    return Sinkhorn(plan_NxM, marginal_error, g_M)
+
+
+def sinkhorn_plan_logdomain(cost_NxM: jax.Array, epsilon: float, num_iters: int) -> Sinkhorn:
+    """The plain log-domain Sinkhorn loop: the reference, and differentiable end to end.
+
+    Used when the user asks to differentiate through the iterations (`sinkhorn_unroll`); the
+    backward pass then stores one cost-sized matrix per iteration.
+    """
+    num_points, num_codes = cost_NxM.shape
+    log_a, log_b = -jnp.log(num_points), -jnp.log(num_codes)
 
     def iteration(_, potentials):
         f_N, g_M = potentials
-        f_N = log_a - jax.nn.logsumexp(g_M[None, :] - scaled_cost, axis=1)
-        g_M = log_b - jax.nn.logsumexp(f_N[:, None] - scaled_cost, axis=0)
+        f_N = epsilon * (log_a - jax.nn.logsumexp((g_M[None, :] - cost_NxM) / epsilon, axis=1))
+        g_M = epsilon * (log_b - jax.nn.logsumexp((f_N[:, None] - cost_NxM) / epsilon, axis=0))
         return f_N, g_M
 
     zeros = (jnp.zeros(num_points, cost_NxM.dtype), jnp.zeros(num_codes, cost_NxM.dtype))
     f_N, _ = lax.fori_loop(0, num_iters, iteration, zeros)
-    # The plan after the final codebook-side update, written as a softmax over points: each
-    # column sums to exactly 1 / M even when f and C / epsilon are too large for float32 to add
-    # without rounding.
-    plan_NxM = jax.nn.softmax(f_N[:, None] - scaled_cost, axis=0) / num_codes
-    marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - 1.0 / num_points))
-    return plan_NxM, marginal_error
+    return _final_codebook_update(f_N, cost_NxM, epsilon)
 
 
-def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters):
-    """sum(plan * C) with the plan held fixed (envelope gradient), and the marginal error."""
+def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, unroll=False):
+    """sum(plan * C), the row-marginal error and the codebook-side potential.
+
+    By default the plan is held fixed in the backward pass: at the entropic optimum the gradient
+    of the OT cost is that of sum(plan * C) with the plan constant (Danskin's envelope theorem),
+    so nothing of the iterations is stored and memory is O(points x codes) whatever num_iters.
+    """
     cost_NxM = squared_distances(points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32))
-    plan_NxM, marginal_error = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters)
-    # At the entropic optimum the gradient of the OT cost is that of sum(plan * C) with the plan
-    # held fixed (Danskin), so the iterations are never differentiated or stored for backward.
-    return jnp.sum(sg(plan_NxM) * cost_NxM), marginal_error
+    if unroll:
+        result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters)
+        return jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g)
+    result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g)
+    return jnp.sum(sg(result.plan) * cost_NxM), result.marginal_error, result.g
 
 
 def sinkhorn_loss(
@@ -64,7 +141,7 @@ def sinkhorn_loss(
 ) -> jax.Array:
     """Entropic optimal-transport cost between points (N, D) and codebook (M, D).
 
-    Squared-Euclidean cost, uniform weights 1/N and 1/M, `num_iters` log-domain Sinkhorn
+    Squared-Euclidean cost, uniform weights 1/N and 1/M, `num_iters` stabilized Sinkhorn
     iterations; returns sum(plan * C). Gradients flow to both arguments through C.
     """
     return _sinkhorn_cost(points, codebook, epsilon, num_iters)[0]
@@ -75,13 +152,16 @@ def wasserstein_levels(
     codebook_LxKxD: jax.Array,
     epsilon: float,
     num_iters: int,
-) -> tuple[jax.Array, jax.Array]:
+    init_g_LxK: jax.Array | None = None,
+    unroll: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-level OT cost between what each level quantized and its codebook, in one batched solve.
 
-    Returns the cost (L,) and the plan's row-marginal error (L,).
+    Returns the cost (L,), the plan's row-marginal error (L,) and the codebook-side potentials
+    (L, K) for a warm start of the next solve.
     """
-    per_level = jax.vmap(_sinkhorn_cost, in_axes=(0, 0, None, None))
-    return per_level(level_inputs_LxBxD, codebook_LxKxD, epsilon, num_iters)
+    solve = functools.partial(_sinkhorn_cost, epsilon=epsilon, num_iters=num_iters, unroll=unroll)
+    return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK)
 
 
 def compute_losses(
@@ -100,6 +180,8 @@ def compute_losses(
     level_inputs=None,
     level_weights: tuple[float, ...] | None = None,
     wasserstein_encoder_grad: bool = False,
+    sinkhorn_init_g=None,
+    sinkhorn_unroll: bool = False,
 ) -> dict[str, jax.Array]:
     """All loss terms and their weighted total.
 
@@ -110,6 +192,9 @@ def compute_losses(
     quantizes z_e - z_q1). The points are wrapped in stop_gradient unless
     `wasserstein_encoder_grad`, so by default the OT term moves only the codebook.
     `lambda_wasserstein` must be a Python number: at 0 the term is not computed at all.
+    `sinkhorn_init_g` (L, K) warm-starts the solves; the key `sinkhorn_g` returns the potentials
+    to pass next time. `sinkhorn_unroll` differentiates through the iterations instead of using
+    the envelope gradient.
     """
     num_levels = codebook.shape[0]
     losses = {
@@ -120,6 +205,7 @@ def compute_losses(
     if lambda_wasserstein == 0:
         losses["wasserstein"] = jnp.zeros((), jnp.float32)
         losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
+        losses["sinkhorn_g"] = jnp.zeros(codebook.shape[:2], jnp.float32)
     else:
         if level_inputs is None:
             if num_levels != 2 or z_q1 is None:
@@ -128,11 +214,13 @@ def compute_losses(
         if not wasserstein_encoder_grad:
             level_inputs = sg(level_inputs)
         weights = jnp.asarray(level_weights or (1.0,) * num_levels, jnp.float32)
-        per_level, marginal_error = wasserstein_levels(
-            level_inputs, codebook, sinkhorn_epsilon, sinkhorn_iters
+        per_level, marginal_error, g = wasserstein_levels(
+            level_inputs, codebook, sinkhorn_epsilon, sinkhorn_iters, sinkhorn_init_g,
+            sinkhorn_unroll,
         )
         losses["wasserstein"] = jnp.sum(weights * per_level)
         losses["sinkhorn_marginal_error"] = marginal_error
+        losses["sinkhorn_g"] = g
     losses["total"] = (
         losses["recon"]
         + lambda_commit * losses["commit"]

@@ -47,6 +47,7 @@ class TrainState:
     perm: jax.Array  # (N,) int32: this epoch's order of the training images
     failed_step: jax.Array  # int32: -1, or the step whose loss went non-finite (state frozen)
     failed_terms: jax.Array  # (len(LOSS_TERMS),) bool: which terms were non-finite then
+    sinkhorn_g: jax.Array  # (L, K) codebook-side OT potentials of the last step, for a warm start
 
 
 def make_model(cfg: TrainerConfig) -> RQVAE:
@@ -70,10 +71,11 @@ def init_state(cfg: TrainerConfig, num_train: int) -> TrainState:
         perm=jnp.arange(num_train, dtype=jnp.int32),
         failed_step=jnp.full((), -1, jnp.int32),
         failed_terms=jnp.zeros(len(LOSS_TERMS), bool),
+        sinkhorn_g=jnp.zeros((m.num_levels, m.num_codes), jnp.float32),
     )
 
 
-def loss_fn(params, batch_BxP, cfg: TrainerConfig):
+def loss_fn(params, batch_BxP, sinkhorn_g, cfg: TrainerConfig):
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
     losses = compute_losses(
         batch_BxP,
@@ -87,7 +89,10 @@ def loss_fn(params, batch_BxP, cfg: TrainerConfig):
         sinkhorn_epsilon=cfg.sinkhorn_epsilon,
         sinkhorn_iters=cfg.sinkhorn_iters,
         level_inputs=aux["level_inputs"],
+        level_weights=cfg.wasserstein_level_weights or None,
         wasserstein_encoder_grad=cfg.wasserstein_encoder_grad,
+        sinkhorn_init_g=sinkhorn_g if cfg.sinkhorn_warm_start else None,
+        sinkhorn_unroll=cfg.sinkhorn_unroll,
     )
     return losses["total"], (losses, aux)
 
@@ -98,7 +103,9 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
     A non-finite loss leaves the state as it was and records the step in `failed_step`; from
     then on the state stays frozen, so the loop can stop and the bad state is never saved.
     """
-    grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(state.params, batch_BxP, cfg)
+    grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
+        state.params, batch_BxP, state.sinkhorn_g, cfg
+    )
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -115,6 +122,7 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
         last_used=keep(last_used, state.last_used),
         failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
+        sinkhorn_g=keep(losses["sinkhorn_g"], state.sinkhorn_g),
     )
     step_metrics = {k: losses[k] for k in LOSS_TERMS}
     step_metrics.update(

@@ -35,7 +35,7 @@ def test_far_codebook_costs_the_exact_transport_and_pulls_every_code():
 def test_plan_marginals_at_every_cost_scale(scale):
     points = jax.random.normal(jax.random.key(0), (12, 3)) * scale
     codes = jax.random.normal(jax.random.key(1), (5, 3)) * scale + scale
-    plan, error = sinkhorn_plan(squared_distances(points, codes), 0.05, 500)
+    plan, error, _ = sinkhorn_plan(squared_distances(points, codes), 0.05, 500)
     assert bool(jnp.all(jnp.isfinite(plan)))
     # The last update of every iteration is the codebook side: its marginal is exact.
     np.testing.assert_allclose(plan.sum(0), np.full(5, 1 / 5), rtol=1e-5)
