@@ -59,7 +59,7 @@ class TrainerConfig:
     sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
     wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
-    sinkhorn_warm_start: bool = True  # start each step's solve from the last step's potentials
+    sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
     sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
     steps: int = 8000  # optimizer steps in the run
     batch_size: int = 128  # images per step

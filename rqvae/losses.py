@@ -31,60 +31,81 @@ class Sinkhorn(NamedTuple):
 # Scalings u, v are folded back into the log-domain potentials once |log u| or |log v| would pass
 # this; e^30 keeps every product u * K * v far inside float32's range.
 _LOG_SCALING_LIMIT = 30.0
+# An iteration that moves no point-side scaling by more than this (relative) is a fixed point up
+# to float32 rounding; the stabilized loop stops there.
+_CONVERGED = 1e-6
 
 
 def sinkhorn_plan(
     cost_NxM: jax.Array, epsilon: float, num_iters: int, init_g: jax.Array | None = None
 ) -> Sinkhorn:
-    """Entropic OT plan between uniform marginals: `num_iters` Sinkhorn iterations, stabilized.
-
-    Log-stabilized scaling (Schmitzer 2019): each stage starts with one log-domain iteration, so
-    nothing underflows however large cost / epsilon gets (the kernel exp(-C / epsilon) is 0 past
-    C / epsilon of about 100), then builds the kernel K = exp((f + g - C) / epsilon) relative to
-    those potentials and iterates with matrix-vector products, u = a / (K v), v = b / (u K), which
-    cost a fraction of a log-sum-exp pass. When a scaling leaves [e^-30, e^30] it is absorbed
-    into the potentials and a new stage starts. The iterates are those of the log-domain loop
-    (`sinkhorn_plan_logdomain`) up to rounding.
+    """Entropic OT plan between uniform marginals after `num_iters` Sinkhorn iterations.
 
     Every iteration ends with the codebook-side update, so each column of the plan carries exactly
     1 / M of the mass whatever the convergence: every code is pulled toward some points.
-    `init_g` warm-starts the codebook-side potential, e.g. from the previous train step.
+    `init_g` warm-starts the codebook-side potential (cost units), e.g. from the previous step.
+    Nothing underflows at any cost scale. On CPU the stabilized scaling loop is used (a few
+    log-sum-exp passes, the rest matrix-vector products); on accelerators, where exp is cheap and
+    every loop trip costs a kernel launch, the unrolled log-domain loop. Both compute the same
+    iterates up to rounding.
+    """
+    if jax.default_backend() == "cpu":
+        return _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g)
+    return sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, init_g, unroll=num_iters <= 50)
+
+
+def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g) -> Sinkhorn:
+    """Log-stabilized scaling Sinkhorn (Schmitzer 2019).
+
+    Each stage starts with one log-domain iteration, then builds the kernel
+    K = exp((f + g - C) / epsilon) relative to the new potentials (its columns sum to 1 / M, so
+    nothing overflows) and iterates u = a / (K v), v = b / (u K). When a scaling would leave
+    [e^-30, e^30], it is absorbed into the potentials and a new stage starts. Once an iteration
+    leaves the scalings unchanged to float32 precision, the loop stops: later iterations would
+    return the same plan.
     """
     num_points, num_codes = cost_NxM.shape
-    log_a, log_b = -jnp.log(num_points), -jnp.log(num_codes)
+    a, b = 1.0 / num_points, 1.0 / num_codes
+    ones_N, ones_M = jnp.ones(num_points, jnp.float32), jnp.ones(num_codes, jnp.float32)
 
     def stage(carry):
-        f_N, g_M, done = carry
-        # One log-domain iteration, then the kernel relative to the new potentials: its columns
-        # sum to b, so no entry overflows.
-        f_N = epsilon * (log_a - jax.nn.logsumexp((g_M[None, :] - cost_NxM) / epsilon, axis=1))
-        g_M = epsilon * (log_b - jax.nn.logsumexp((f_N[:, None] - cost_NxM) / epsilon, axis=0))
+        f_N, g_M, _, u_N, v_M, done = carry
+        f_N, g_M = f_N + epsilon * jnp.log(u_N), g_M + epsilon * jnp.log(v_M)  # absorb
+        f_N = -epsilon * (jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
+        g_M = -epsilon * (jnp.log(num_codes) + _lse((f_N[:, None] - cost_NxM) / epsilon, 0))
         kernel_NxM = jnp.exp((f_N[:, None] + g_M[None, :] - cost_NxM) / epsilon)
 
         def scaling_iteration(scalings):
             u_N, v_M, done, _ = scalings
-            new_u = jnp.exp(log_a) / (kernel_NxM @ v_M)
-            new_v = jnp.exp(log_b) / (new_u @ kernel_NxM)  # u @ K: XLA's K.T @ u is far slower
+            new_u = a / (kernel_NxM @ v_M)
+            new_v = b / (new_u @ kernel_NxM)  # u @ K: XLA's K.T @ u is many times slower on CPU
             ok = jnp.all(jnp.abs(jnp.log(new_u)) < _LOG_SCALING_LIMIT) & jnp.all(
                 jnp.abs(jnp.log(new_v)) < _LOG_SCALING_LIMIT
             )
-            return jnp.where(ok, new_u, u_N), jnp.where(ok, new_v, v_M), done + ok, ok
+            # Converged to float32 precision: the remaining iterations would change nothing.
+            converged = ok & (jnp.max(jnp.abs(new_u / u_N - 1.0)) < _CONVERGED)
+            done = jnp.where(converged, num_iters, done + ok)
+            return jnp.where(ok, new_u, u_N), jnp.where(ok, new_v, v_M), done, ok
 
-        ones = (jnp.ones(num_points, jnp.float32), jnp.ones(num_codes, jnp.float32))
         u_N, v_M, done, _ = lax.while_loop(
             lambda scalings: scalings[3] & (scalings[2] < num_iters),
             scaling_iteration,
-            (*ones, done + 1, jnp.array(True)),
+            (ones_N, ones_M, done + 1, jnp.array(True)),
         )
-        return f_N + epsilon * jnp.log(u_N), g_M + epsilon * jnp.log(v_M), done
+        return f_N, g_M, kernel_NxM, u_N, v_M, done
 
     g_M = jnp.zeros(num_codes, jnp.float32) if init_g is None else init_g.astype(jnp.float32)
-    f_N, g_M, _ = lax.while_loop(
-        lambda carry: carry[2] < num_iters,
-        stage,
-        (jnp.zeros(num_points, jnp.float32), g_M, jnp.array(0)),
-    )
-    return _final_codebook_update(f_N, cost_NxM, epsilon)
+    carry = (jnp.zeros(num_points, jnp.float32), g_M, jnp.zeros_like(cost_NxM), ones_N, ones_M,
+             jnp.array(0))
+    _, g_M, kernel_NxM, u_N, v_M, _ = lax.while_loop(lambda c: c[5] < num_iters, stage, carry)
+    # The last update was the codebook side's, so the columns sum to 1 / M up to rounding.
+    plan_NxM = u_N[:, None] * kernel_NxM * v_M[None, :]
+    marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - a))
+    return Sinkhorn(plan_NxM, marginal_error, g_M + epsilon * jnp.log(v_M))
+
+
+def _lse(x, axis):
+    return jax.nn.logsumexp(x, axis=axis)
 
 
 def _final_codebook_update(f_N, cost_NxM, epsilon) -> Sinkhorn:
@@ -101,23 +122,29 @@ def _final_codebook_update(f_N, cost_NxM, epsilon) -> Sinkhorn:
     return Sinkhorn(plan_NxM, marginal_error, g_M)
 
 
-def sinkhorn_plan_logdomain(cost_NxM: jax.Array, epsilon: float, num_iters: int) -> Sinkhorn:
+def sinkhorn_plan_logdomain(
+    cost_NxM: jax.Array,
+    epsilon: float,
+    num_iters: int,
+    init_g: jax.Array | None = None,
+    unroll: bool = False,
+) -> Sinkhorn:
     """The plain log-domain Sinkhorn loop: the reference, and differentiable end to end.
 
-    Used when the user asks to differentiate through the iterations (`sinkhorn_unroll`); the
-    backward pass then stores one cost-sized matrix per iteration.
+    Used on accelerators, and when the user asks to differentiate through the iterations
+    (`sinkhorn_unroll`); the backward pass then stores one cost-sized matrix per iteration.
     """
     num_points, num_codes = cost_NxM.shape
-    log_a, log_b = -jnp.log(num_points), -jnp.log(num_codes)
 
     def iteration(_, potentials):
-        f_N, g_M = potentials
-        f_N = epsilon * (log_a - jax.nn.logsumexp((g_M[None, :] - cost_NxM) / epsilon, axis=1))
-        g_M = epsilon * (log_b - jax.nn.logsumexp((f_N[:, None] - cost_NxM) / epsilon, axis=0))
+        _, g_M = potentials
+        f_N = -epsilon * (jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
+        g_M = -epsilon * (jnp.log(num_codes) + _lse((f_N[:, None] - cost_NxM) / epsilon, 0))
         return f_N, g_M
 
-    zeros = (jnp.zeros(num_points, cost_NxM.dtype), jnp.zeros(num_codes, cost_NxM.dtype))
-    f_N, _ = lax.fori_loop(0, num_iters, iteration, zeros)
+    g_M = jnp.zeros(num_codes, cost_NxM.dtype) if init_g is None else init_g
+    f_N, _ = lax.fori_loop(0, num_iters, iteration, (jnp.zeros(num_points, cost_NxM.dtype), g_M),
+                           unroll=unroll)
     return _final_codebook_update(f_N, cost_NxM, epsilon)
 
 
@@ -128,12 +155,24 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
     of the OT cost is that of sum(plan * C) with the plan constant (Danskin's envelope theorem),
     so nothing of the iterations is stored and memory is O(points x codes) whatever num_iters.
     """
-    cost_NxM = squared_distances(points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32))
+    points_NxD, codebook_MxD = points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32)
+    cost_NxM = squared_distances(points_NxD, codebook_MxD)
     if unroll:
         result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters)
         return jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g)
     result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g)
-    return jnp.sum(sg(result.plan) * cost_NxM), result.marginal_error, result.g
+    plan_NxM = sg(result.plan)
+    # sum(P * C) expanded as sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with
+    # r, s the plan's marginals: its gradient needs no further pass over the N x M plan. The value
+    # itself is taken from the direct sum, which has no cancellation.
+    transported_MxD = jnp.einsum("nm,nd->md", plan_NxM, points_NxD)
+    expanded = (
+        jnp.sum(jnp.sum(plan_NxM, axis=1) * jnp.sum(points_NxD**2, axis=1))
+        + jnp.sum(jnp.sum(plan_NxM, axis=0) * jnp.sum(codebook_MxD**2, axis=1))
+        - 2.0 * jnp.sum(codebook_MxD * transported_MxD)
+    )
+    direct = jnp.sum(plan_NxM * sg(cost_NxM))
+    return sg(direct - expanded) + expanded, result.marginal_error, result.g
 
 
 def sinkhorn_loss(
