@@ -28,6 +28,11 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def _console() -> Console:
+    """The terminal's width on a terminal; wide enough for every table in a log file or pipe."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _fail(message: str, code: int = 2):
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -94,7 +99,7 @@ def train(
         run = train_lib.open_run(cfg, name=name, resume=resume)
     except ConfigError as err:
         _fail(str(err))
-    console = Console()
+    console = _console()
     if not quiet:
         console.print(f"run directory: [bold]{run.run_dir}[/]", highlight=False)
     try:
@@ -126,7 +131,7 @@ def report(
     from rqvae import report as report_lib
 
     try:
-        report_lib.main(run_dirs, as_json=json_output, console=Console())
+        report_lib.main(run_dirs, as_json=json_output, console=_console())
     except ConfigError as err:
         _fail(str(err))
 
