@@ -73,7 +73,9 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g) -> Sinkhorn:
         f_N, g_M = f_N + epsilon * jnp.log(u_N), g_M + epsilon * jnp.log(v_M)  # absorb
         f_N = -epsilon * (jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
         g_M = -epsilon * (jnp.log(num_codes) + _lse((f_N[:, None] - cost_NxM) / epsilon, 0))
-        kernel_NxM = jnp.exp((f_N[:, None] + g_M[None, :] - cost_NxM) / epsilon)
+        # Exactly, every entry is at most 1 / M; the clip only stops rounding in f + g - C (large
+        # when C / epsilon is near float32's precision limit) from overflowing.
+        kernel_NxM = jnp.exp(jnp.minimum((f_N[:, None] + g_M[None, :] - cost_NxM) / epsilon, 0.0))
 
         def scaling_iteration(scalings):
             u_N, v_M, done, _ = scalings
@@ -98,14 +100,35 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g) -> Sinkhorn:
     carry = (jnp.zeros(num_points, jnp.float32), g_M, jnp.zeros_like(cost_NxM), ones_N, ones_M,
              jnp.array(0))
     _, g_M, kernel_NxM, u_N, v_M, _ = lax.while_loop(lambda c: c[5] < num_iters, stage, carry)
-    # The last update was the codebook side's, so the columns sum to 1 / M up to rounding.
+    # The last update was the codebook side's, so the columns already sum to 1 / M up to rounding;
+    # normalizing them makes that exact even where C / epsilon is beyond float32's precision.
     plan_NxM = u_N[:, None] * kernel_NxM * v_M[None, :]
+    plan_NxM = plan_NxM * (b / jnp.maximum(jnp.sum(plan_NxM, axis=0), _TINY))
     marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - a))
     return Sinkhorn(plan_NxM, marginal_error, g_M + epsilon * jnp.log(v_M))
 
 
+# Where C / epsilon approaches 1e9, float32 cannot hold f - C to better than tens of units, and
+# XLA may compute the same logits with different rounding in a max pass and an exp pass. Clipping
+# the shifted exponent at 0 and the sum away from 0 keeps such a result finite.
+_TINY = 1e-30
+
+
+def _shifted(x, axis):
+    """x minus its max along `axis`, clipped at 0 (z - relu(z): gradient 1 at the max itself)."""
+    shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    return shifted - jax.nn.relu(shifted)
+
+
 def _lse(x, axis):
-    return jax.nn.logsumexp(x, axis=axis)
+    """log(sum(exp(x))) along an axis, finite whatever the rounding of x between passes."""
+    peak = lax.stop_gradient(jnp.max(x, axis=axis))
+    return peak + jnp.log(jnp.maximum(jnp.sum(jnp.exp(_shifted(x, axis)), axis=axis), _TINY))
+
+
+def _softmax(x, axis):
+    unnormalized = jnp.exp(_shifted(x, axis))
+    return unnormalized / jnp.maximum(jnp.sum(unnormalized, axis=axis, keepdims=True), _TINY)
 
 
 def _final_codebook_update(f_N, cost_NxM, epsilon) -> Sinkhorn:
@@ -116,8 +139,8 @@ def _final_codebook_update(f_N, cost_NxM, epsilon) -> Sinkhorn:
     """
     num_points, num_codes = cost_NxM.shape
     logits_NxM = (f_N[:, None] - cost_NxM) / epsilon
-    plan_NxM = jax.nn.softmax(logits_NxM, axis=0) / num_codes
-    g_M = -epsilon * (jnp.log(num_codes) + jax.nn.logsumexp(logits_NxM, axis=0))
+    plan_NxM = _softmax(logits_NxM, axis=0) / num_codes
+    g_M = -epsilon * (jnp.log(num_codes) + _lse(logits_NxM, axis=0))
     marginal_error = jnp.sum(jnp.abs(jnp.sum(plan_NxM, axis=1) - 1.0 / num_points))
     return Sinkhorn(plan_NxM, marginal_error, g_M)
 

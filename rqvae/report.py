@@ -1,219 +1,370 @@
-"""`rqvae report`: tables of a run's losses and codebook health, read from its directory alone.
+"""`rqvae report`: a run's losses and codebook health, read from its directory alone.
 
-Imports neither JAX nor numpy, so it answers at once, also while a run is still writing.
+Reads `config.toml` and `metrics.jsonl` (schema in `rqvae.runlog`). Imports neither JAX, Flax nor
+numpy, so it answers at once, also while a run is still writing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from rqvae import config, runlog
 from rqvae.config import ConfigError
 
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
-# Shown in a run's config table whether or not they differ from the defaults.
-ALWAYS_SHOWN = ("lambda_codebook", "lambda_wasserstein", "steps", "data.dataset",
-                "model.num_levels", "model.num_codes")
+# Shown in the config brief whether or not they differ from the defaults: they say what kind of run
+# this is and how big its codebooks are.
+ALWAYS_SHOWN = (
+    "lambda_codebook",
+    "lambda_commit",
+    "lambda_wasserstein",
+    "steps",
+    "model.num_levels",
+    "model.num_codes",
+    "data.dataset",
+)
+# Differs in every run and is the run's path, which the report prints anyway.
+NEVER_SHOWN = ("run.run_dir",)
+BEST_STYLE = "bold green"
+_TRAIN_CMD = "pass a directory written by `rqvae train`"
 
 
 @dataclass(frozen=True)
 class Run:
-    name: str
+    """One run directory, as read from disk."""
+
+    name: str  # the directory's name
     path: Path
-    config: dict  # flat: {"model.num_codes": 64, ...}; empty if config.toml is missing
-    train: list[dict]
-    evals: list[dict]
+    config: dict  # flat {"model.num_codes": 64, ...} from config.toml; empty if there is none
+    train: list[dict]  # records with kind == "train", in log order
+    evals: list[dict]  # records with kind == "eval", in log order
+
+
+# -- loading ----------------------------------------------------------------------------------
 
 
 def load_run(run_dir: Path) -> Run:
-    """Reads a run directory; raises ConfigError naming what is missing."""
+    """Reads a run directory written by `rqvae train`, also one still being written.
+
+    Raises ConfigError, one line naming the problem and the fix, when the directory is missing, is
+    not a directory, holds no metrics.jsonl, or its log holds no train record yet. A missing
+    config.toml is no error: the config is then empty.
+    """
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise ConfigError(f"run directory {run_dir} does not exist; pass a directory written by "
-                          f"`rqvae train`")
+        raise ConfigError(f"run directory {run_dir} does not exist; {_TRAIN_CMD}")
     if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is not a directory; pass a run directory")
-    if not (run_dir / runlog.METRICS_FILE).is_file():
-        raise ConfigError(f"{run_dir} holds no {runlog.METRICS_FILE}; pass a directory written "
-                          f"by `rqvae train`")
-    records = runlog.read(run_dir)
+        raise ConfigError(f"{run_dir} is not a directory; {_TRAIN_CMD}")
+    log_path = run_dir / runlog.METRICS_FILE
+    if not log_path.is_file():
+        raise ConfigError(_no_log_message(run_dir))
+    try:
+        records = runlog.read(run_dir)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {log_path}: {err}; check the file") from None
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
-        raise ConfigError(f"{run_dir / runlog.METRICS_FILE} has no train records yet; wait for "
-                          f"the first log interval")
-    config_path = run_dir / runlog.CONFIG_FILE
-    try:
-        values = config.flatten(tomllib.loads(config_path.read_text())) if config_path.is_file() else {}
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{config_path} is not valid TOML: {err}") from None
+        raise ConfigError(
+            f"{log_path} holds no train records yet; the first is written after run.log_every "
+            f"steps, run the report again then"
+        )
     evals = [r for r in records if r.get("kind") == "eval"]
-    return Run(run_dir.name, run_dir, values, train, evals)
+    return Run(run_dir.name, run_dir, _read_config(run_dir), train, evals)
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Each path as given, or the run directories directly under it if it is a parent."""
-    found = []
-    for path in map(Path, paths):
-        children = sorted(p for p in path.glob(f"*/{runlog.METRICS_FILE}")) if path.is_dir() else []
-        if path.is_dir() and not (path / runlog.METRICS_FILE).exists() and children:
-            found += [child.parent for child in children]
-        else:
-            found.append(path)
-    return found
+def _no_log_message(run_dir: Path) -> str:
+    runs_below = sorted(p.parent.name for p in run_dir.glob(f"*/{runlog.METRICS_FILE}"))
+    if runs_below:  # a parent such as runs/ was passed instead of the runs in it
+        shown = ", ".join(runs_below[:3]) + (", ..." if len(runs_below) > 3 else "")
+        return (f"{run_dir} holds no {runlog.METRICS_FILE} but {len(runs_below)} run(s) below it "
+                f"({shown}); pass those, e.g. {run_dir}/*")
+    return f"{run_dir} holds no {runlog.METRICS_FILE}; {_TRAIN_CMD}"
 
 
-def _config_brief(values: dict) -> dict:
-    defaults = config.flatten(config.to_dict(config.TrainerConfig()))
-    skip = {"run.run_dir", "model.input_dim"}
-    return {k: v for k, v in values.items()
-            if k not in skip and (k in ALWAYS_SHOWN or defaults.get(k) != v)}
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / runlog.CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return config.flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}; fix or delete it") from None
 
 
-def _evenly_spaced(records: list[dict], points: int) -> list[dict]:
+# -- the summary ------------------------------------------------------------------------------
+
+
+def _defaults() -> dict:
+    return config.flatten(config.to_dict(config.TrainerConfig()))
+
+
+def config_brief(run_config: dict) -> dict:
+    """The ALWAYS_SHOWN keys, then every other key whose value differs from the defaults.
+
+    Keys a (hand-written) config.toml leaves out take their defaults, as `rqvae train` would.
+    An empty config (no config.toml) gives an empty brief: nothing is known about the run.
+    """
+    if not run_config:
+        return {}
+    defaults = _defaults()
+    resolved = defaults | run_config
+    brief = {key: resolved[key] for key in ALWAYS_SHOWN if key in resolved}
+    for key, value in run_config.items():
+        if key not in brief and key not in NEVER_SHOWN and defaults.get(key) != value:
+            brief[key] = value
+    return brief
+
+
+def wasserstein_on(run: Run) -> bool:
+    """Whether the run used the OT term: a positive weight, or any non-zero logged value."""
+    weight = run.config.get("lambda_wasserstein", 0) or 0
+    return weight > 0 or any(r.get("wasserstein") for r in run.train)
+
+
+def _best(train: list[dict]) -> dict:
+    best = {}
+    for term in LOSS_TERMS:
+        finite = [r for r in train if _is_finite(r.get(term))]
+        if finite:
+            record = min(finite, key=lambda r: r[term])  # the first, on a tie
+            best[term] = {"value": record[term], "step": record["step"]}
+    return best
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _levels(run: Run) -> list[dict]:
+    final = run.train[-1]
+    last_eval = run.evals[-1] if run.evals else None
+    with_sinkhorn = wasserstein_on(run) and "sinkhorn_marginal_error" in final
+    levels = []
+    for i in range(len(final.get("used", []))):
+        level = {"level": i + 1, **{k: _at(final, k, i) for k in ("used", "perplexity", "dead")}}
+        if last_eval is not None:
+            level.update(eval_used=_at(last_eval, "used", i), eval_dead=_at(last_eval, "dead", i),
+                         eval_perplexity=_at(last_eval, "perplexity", i))
+            if "heldout_perplexity" in last_eval:
+                level["heldout_perplexity"] = _at(last_eval, "heldout_perplexity", i)
+        if with_sinkhorn:
+            level["sinkhorn_marginal_error"] = _at(final, "sinkhorn_marginal_error", i)
+        levels.append(level)
+    return levels
+
+
+def _at(record: dict, key: str, i: int):
+    values = record.get(key) or []
+    return values[i] if i < len(values) else None
+
+
+def evenly_spaced(records: list, points: int) -> list:
+    """Up to `points` (at least 2) records at evenly spaced positions, always the first and last."""
+    points = max(points, 2)
     if len(records) <= points:
-        return records
-    step = (len(records) - 1) / (points - 1)
-    return [records[round(i * step)] for i in range(points)]
+        return list(records)
+    stride = (len(records) - 1) / (points - 1)  # > 1, so the rounded positions are distinct
+    return [records[round(i * stride)] for i in range(points)]
 
 
 def summarize(run: Run, points: int = 8) -> dict:
-    """A JSON-ready summary: config brief, final and best losses, per-level health, history."""
+    """A JSON-ready summary of one run.
+
+    Keys: run, path, config (see `config_brief`), steps_logged (last logged step), final (the last
+    train record's loss terms), best ({term: {value, step}}, the lowest finite value of each term),
+    levels (per level, 1-based: used, perplexity and dead from the last train record; eval_used,
+    eval_dead, eval_perplexity and heldout_perplexity from the last eval record if any;
+    sinkhorn_marginal_error if logged and the OT term was on), eval ({step, heldout_recon} of the
+    last eval record, or None) and history (loss terms at up to `points` evenly spaced logged
+    steps).
+    """
     final = run.train[-1]
     last_eval = run.evals[-1] if run.evals else None
-    best = {}
-    for term in LOSS_TERMS:
-        values = [r for r in run.train if term in r]
-        if values:
-            record = min(values, key=lambda r: r[term])
-            best[term] = {"value": record[term], "step": record["step"]}
-    wasserstein_on = run.config.get("lambda_wasserstein", 0) > 0 or any(
-        r.get("wasserstein") for r in run.train)
-    levels = []
-    for level, (used, dead) in enumerate(zip(final["used"], final["dead"])):
-        entry = {"level": level + 1, "used": used, "dead": dead,
-                 "perplexity": final["perplexity"][level]}
-        if wasserstein_on and "sinkhorn_marginal_error" in final:
-            entry["sinkhorn_marginal_error"] = final["sinkhorn_marginal_error"][level]
-        if last_eval:
-            entry.update(eval_used=last_eval["used"][level], eval_dead=last_eval["dead"][level],
-                         eval_perplexity=last_eval["perplexity"][level])
-        levels.append(entry)
     return {
         "run": run.name,
         "path": str(run.path),
-        "config": _config_brief(run.config),
-        "steps_logged": final["step"],
+        "config": config_brief(run.config),
+        "steps_logged": max(r["step"] for r in run.train + run.evals),
         "final": {term: final[term] for term in LOSS_TERMS if term in final},
-        "best": best,
-        "levels": levels,
-        "eval": ({"step": last_eval["step"], "heldout_recon": last_eval["heldout_recon"]}
-                 if last_eval else None),
-        "history": [{k: r[k] for k in ("step", *LOSS_TERMS) if k in r}
-                    for r in _evenly_spaced(run.train, points)],
-        "wasserstein_on": wasserstein_on,
+        "best": _best(run.train),
+        "levels": _levels(run),
+        "eval": (
+            {"step": last_eval["step"], "heldout_recon": last_eval.get("heldout_recon")}
+            if last_eval is not None else None
+        ),
+        "history": [
+            {k: r[k] for k in ("step", *LOSS_TERMS) if k in r}
+            for r in evenly_spaced(run.train, points)
+        ],
     }
 
 
+# -- rendering --------------------------------------------------------------------------------
+
+
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
     return str(value)
 
 
-def _render_one(summary: dict, console: Console) -> None:
-    title = f"{summary['run']} ({summary['path']}), step {summary['steps_logged']}"
-    brief = Table(title=f"config: {title}", title_justify="left", show_header=False)
-    brief.add_column("key")
-    brief.add_column("value")
+def _shown_terms(run: Run) -> tuple[str, ...]:
+    return tuple(t for t in LOSS_TERMS if t != "wasserstein" or wasserstein_on(run))
+
+
+def _config_table(summary: dict, run: Run) -> Table:
+    steps = run.config.get("steps")
+    of_steps = f" of {steps}" if steps is not None else ""
+    title = f"run {escape(summary['run'])}: step {summary['steps_logged']}{of_steps}"
+    table = Table(title=title, title_justify="left", caption=escape(summary["path"]),
+                  caption_justify="left")
+    table.add_column("config (keys not listed are at their defaults)")
+    table.add_column("value")
     for key, value in summary["config"].items():
-        brief.add_row(key, _fmt(value))
-    console.print(brief)
+        table.add_row(Text(key), Text(_fmt(value)))
+    if not summary["config"]:
+        table.add_row(Text(f"no {runlog.CONFIG_FILE} in the run directory", style="dim"), "")
+    return table
 
-    terms = [t for t in LOSS_TERMS if t != "wasserstein" or summary["wasserstein_on"]]
-    losses = Table(title="losses", title_justify="left")
-    for column in ("", *terms):
-        losses.add_column(column, justify="right")
-    losses.add_row("final", *[_fmt(summary["final"][t]) for t in terms])
-    losses.add_row("best", *[_fmt(summary["best"][t]["value"]) for t in terms])
-    losses.add_row("best at step", *[str(summary["best"][t]["step"]) for t in terms])
-    if summary["eval"]:
-        losses.caption = (f"held-out recon MSE {summary['eval']['heldout_recon']:.4g} "
-                          f"at step {summary['eval']['step']}")
-    console.print(losses)
 
-    health = Table(title="codebook health per level", title_justify="left")
-    columns = ["level", "used (batch)", "dead (window)", "perplexity (batch)"]
-    if summary["eval"]:
-        columns += ["used (train split)", "dead (train split)", "perplexity (train split)"]
-    if any("sinkhorn_marginal_error" in level for level in summary["levels"]):
-        columns.append("Sinkhorn marginal error")
-    for column in columns:
-        health.add_column(column, justify="right")
-    for level in summary["levels"]:
-        row = [level["level"], level["used"], level["dead"], level["perplexity"]]
-        if summary["eval"]:
-            row += [level["eval_used"], level["eval_dead"], level["eval_perplexity"]]
-        if "sinkhorn_marginal_error" in level:
-            row.append(level["sinkhorn_marginal_error"])
-        health.add_row(*[_fmt(v) for v in row])
-    console.print(health)
+def _losses_table(summary: dict, terms: tuple[str, ...]) -> Table:
+    table = Table(title="losses: final and best", title_justify="left")
+    table.add_column("")
+    for term in terms:
+        table.add_column(term, justify="right")
+    best = summary["best"]
+    table.add_row(f"final (step {summary['history'][-1]['step']})",
+                  *[_fmt(summary["final"].get(t)) for t in terms])
+    table.add_row("best", *[_fmt(best[t]["value"]) if t in best else "-" for t in terms])
+    table.add_row("best at step", *[_fmt(best[t]["step"]) if t in best else "-" for t in terms])
+    if summary["eval"] is not None:
+        table.caption = (f"held-out recon {_fmt(summary['eval']['heldout_recon'])} "
+                         f"at step {summary['eval']['step']}")
+        table.caption_justify = "left"
+    return table
 
-    history = Table(title="losses over the run", title_justify="left")
+
+def _health_table(summary: dict, run: Run) -> Table:
+    levels = summary["levels"]
+    num_codes = run.config.get("model.num_codes")
+    window = run.config.get("run.dead_window")
+    codes = f" ({num_codes} codes each)" if num_codes is not None else ""
+    table = Table(title=f"codebook health per level{codes}", title_justify="left",
+                  caption_justify="left")
+    columns = {"level": "level", "used": "used (batch)", "perplexity": "perplexity (batch)",
+               "dead": f"dead (last {window} steps)" if window else "dead (window)"}
+    if summary["eval"] is not None:
+        columns |= {"eval_dead": "dead (full pass)", "eval_perplexity": "perplexity (full pass)"}
+        if any("heldout_perplexity" in level for level in levels):
+            columns["heldout_perplexity"] = "heldout perplexity"
+        table.caption = (f"full pass: every training image at the eval of step "
+                         f"{summary['eval']['step']}; a code no image picks is dead")
+    else:
+        table.caption = "no eval record yet: full-pass columns appear after the first eval"
+    if any("sinkhorn_marginal_error" in level for level in levels):
+        columns["sinkhorn_marginal_error"] = "Sinkhorn marginal error"
+    for header in columns.values():
+        table.add_column(header, justify="right")
+    for level in levels:
+        table.add_row(*[_fmt(level.get(key)) for key in columns])
+    return table
+
+
+def _history_table(summary: dict, terms: tuple[str, ...]) -> Table:
+    table = Table(title="losses over the run", title_justify="left")
     for column in ("step", *terms):
-        history.add_column(column, justify="right")
-    for record in summary["history"]:
-        history.add_row(str(record["step"]), *[_fmt(record.get(t, "")) for t in terms])
-    console.print(history)
-
-
-def _render_comparison(summaries: list[dict], console: Console) -> None:
-    num_levels = max(len(s["levels"]) for s in summaries)
-    table = Table(title="runs side by side (best recon and dead-code counts in bold green)",
-                  title_justify="left")
-    columns = ["run", "λ codebook", "λ wasserstein", "steps", "final total",
-               "final recon", "held-out recon", *[f"dead L{i + 1}" for i in range(num_levels)]]
-    table.add_column(columns[0], no_wrap=True)
-    for column in columns[1:]:
         table.add_column(column, justify="right")
+    for record in summary["history"]:
+        table.add_row(_fmt(record["step"]), *[_fmt(record.get(t)) for t in terms])
+    return table
+
+
+def _render_one(run: Run, console: Console, points: int) -> None:
+    summary = summarize(run, points)
+    terms = _shown_terms(run)
+    console.print(_config_table(summary, run))
+    console.print(_losses_table(summary, terms))
+    console.print(_health_table(summary, run))
+    console.print(_history_table(summary, terms))
+
+
+def _comparison_rows(runs: list[Run], summaries: list[dict], num_levels: int) -> list[list]:
     rows = []
-    for s in summaries:
-        dead = [lv.get("eval_dead", lv["dead"]) for lv in s["levels"]]
-        dead += [None] * (num_levels - len(dead))
-        rows.append([s["run"], s["config"].get("lambda_codebook"),
-                     s["config"].get("lambda_wasserstein"), s["steps_logged"],
-                     s["final"]["total"], s["final"]["recon"],
-                     s["eval"]["heldout_recon"] if s["eval"] else None, *dead])
-    lower_is_better = range(5, len(columns))  # a total mixes different lambdas: not ranked
-    best = {c: min((r[c] for r in rows if r[c] is not None), default=None)
-            for c in lower_is_better}
+    for run, s in zip(runs, summaries):
+        # The full pass is the definitive count; the window count stands in before the first eval.
+        dead = [lv["eval_dead"] if s["eval"] is not None else lv["dead"] for lv in s["levels"]]
+        steps = s["steps_logged"]
+        planned = run.config.get("steps")
+        rows.append([
+            s["run"],
+            run.config.get("lambda_codebook"),
+            run.config.get("lambda_wasserstein"),
+            f"{steps}/{planned}" if planned is not None and planned != steps else str(steps),
+            s["final"].get("total"),
+            s["final"].get("recon"),
+            s["eval"]["heldout_recon"] if s["eval"] is not None else None,
+            *(dead + [None] * (num_levels - len(dead))),
+        ])
+    return rows
+
+
+def _render_comparison(runs: list[Run], console: Console) -> None:
+    summaries = [summarize(run) for run in runs]
+    num_levels = max(len(s["levels"]) for s in summaries)
+    headers = ["run", "lambda_codebook", "lambda_wasserstein", "steps", "final total",
+               "final recon", "heldout recon", *[f"dead L{i + 1}" for i in range(num_levels)]]
+    ranked = range(5, len(headers))  # recon and dead counts; a total mixes different lambdas
+    rows = _comparison_rows(runs, summaries, num_levels)
+    best = {}
+    for c in ranked:
+        values = [row[c] for row in rows if _is_finite(row[c])]
+        if len(set(values)) > 1:  # nothing to single out when every run ties
+            best[c] = min(values)
+    table = Table(title=f"{len(runs)} runs side by side (best recon and dead counts in {BEST_STYLE})",
+                  title_justify="left", caption_justify="left")
+    table.add_column(headers[0], no_wrap=True)
+    for header in headers[1:]:
+        table.add_column(header, justify="right")
+    window_only = [s["run"] for s in summaries if s["eval"] is None]
     for row in rows:
         cells = []
         for c, value in enumerate(row):
-            text = "-" if value is None else _fmt(value)
-            if c in best and value is not None and value == best[c] and len(rows) > 1:
-                text = f"[bold green]{text}[/]"
-            cells.append(text)
+            mark = window_only and c >= 7 and row[0] in window_only
+            text = _fmt(value) + ("*" if mark and value is not None else "")
+            cells.append(Text(text, style=BEST_STYLE if c in best and value == best[c] else ""))
         table.add_row(*cells)
-    table.caption = "dead = codes no training image picks at the last evaluation (else last window)"
+    table.caption = "dead: codes no training image picks at the last eval"
+    if window_only:
+        table.caption += "; * no eval yet: codes unused in the last training window"
     console.print(table)
 
 
 def render(runs: list[Run], console: Console, points: int = 8) -> None:
-    summaries = [summarize(run, points) for run in runs]
-    if len(summaries) == 1:
-        _render_one(summaries[0], console)
-    else:
-        _render_comparison(summaries, console)
+    """Tables for one run (config, losses, codebook health, history), or one comparing several."""
+    if len(runs) == 1:
+        _render_one(runs[0], console, points)
+    elif runs:
+        _render_comparison(runs, console)
 
 
 def main(run_dirs: list[Path], as_json: bool, console: Console) -> None:
-    runs = [load_run(path) for path in find_runs(run_dirs)]
+    """Loads every run (the first bad one raises ConfigError); prints JSON or tables."""
+    runs = [load_run(Path(run_dir)) for run_dir in run_dirs]
     if as_json:
         print(json.dumps([summarize(run) for run in runs], indent=2))
     else:

@@ -120,3 +120,96 @@ def test_general_levels_form_matches_the_two_level_keywords():
                            level_inputs=jnp.stack([z_e, z_e, z_e]), level_weights=(1.0, 0.0, 2.0))
     expected = sinkhorn_loss(z_e, codebook[0]) + 2 * sinkhorn_loss(z_e, codebook[2])
     assert float(three["wasserstein"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+# -- issue: stability, accuracy, memory and the solver variants ---------------------------------
+
+from rqvae.losses import sinkhorn_plan_logdomain, wasserstein_levels  # noqa: E402
+
+
+@pytest.mark.parametrize("cost_scale", [1e-6, 1.0, 1e6])
+@pytest.mark.parametrize("epsilon", [1e-3, 0.05, 10.0])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_finite_value_and_gradient_at_every_scale(cost_scale, epsilon, dtype):
+    points = jax.random.normal(jax.random.key(0), (16, 8)) * jnp.sqrt(cost_scale)
+    codes = jax.random.normal(jax.random.key(1), (12, 8)) * jnp.sqrt(cost_scale)
+    value, grad = jax.value_and_grad(sinkhorn_loss, argnums=1)(
+        points.astype(dtype), codes.astype(dtype), epsilon, 20)
+    assert bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
+    assert float(value) > 0
+
+
+@pytest.mark.parametrize("points, codes", [
+    (jnp.ones((1, 4)), jax.random.normal(jax.random.key(0), (7, 4))),  # batch of one
+    (jax.random.normal(jax.random.key(0), (9, 4)), jnp.ones((1, 4))),  # one code
+    (jnp.ones((8, 4)), jax.random.normal(jax.random.key(0), (5, 4))),  # all points duplicated
+    (jnp.zeros((6, 4)), jnp.zeros((3, 4))),  # zero cost everywhere
+])
+def test_degenerate_problems(points, codes):
+    plan, error, g = sinkhorn_plan(squared_distances(points, codes), 0.05, 20)
+    assert bool(jnp.all(jnp.isfinite(plan))) and bool(jnp.isfinite(error))
+    np.testing.assert_allclose(plan.sum(0), 1 / codes.shape[0], rtol=1e-5)
+    grad = jax.grad(sinkhorn_loss, argnums=1)(points, codes)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_stabilized_loop_follows_the_log_domain_iterates():
+    points = jax.random.normal(jax.random.key(0), (64, 16))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (96, 16))
+    cost = squared_distances(points, codes)
+    for iters in (1, 3, 20):
+        fast, reference = sinkhorn_plan(cost, 0.05, iters), sinkhorn_plan_logdomain(cost, 0.05, iters)
+        np.testing.assert_allclose(fast.plan, reference.plan, atol=1e-6)
+        assert float(fast.marginal_error) == pytest.approx(float(reference.marginal_error), abs=1e-4)
+
+
+def test_64_dim_gaussian_clouds_within_2_percent_of_exact():
+    points = jax.random.normal(jax.random.key(0), (256, 64))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (256, 64))
+    value = float(sinkhorn_loss(points, codes, 0.05, 20))
+    assert value == pytest.approx(exact_cost(points, codes), rel=0.02)
+
+
+def test_warm_start_from_converged_potentials_is_converged_at_once():
+    points = jax.random.normal(jax.random.key(0), (64, 8))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (32, 8))
+    cost = squared_distances(points, codes)
+    converged = sinkhorn_plan(cost, 0.05, 500)
+    cold, warm = sinkhorn_plan(cost, 0.05, 1), sinkhorn_plan(cost, 0.05, 1, init_g=converged.g)
+    assert float(warm.marginal_error) < 0.01 < float(cold.marginal_error)
+
+
+def _temp_bytes(fn, *args):
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_envelope_gradient_memory_does_not_grow_with_iterations():
+    points = jax.random.normal(jax.random.key(0), (128, 16))
+    codes = jax.random.normal(jax.random.key(1), (96, 16))
+
+    def grad_fn(iters, unroll):
+        loss = lambda c: wasserstein_levels(points[None], c[None], 0.05, iters, unroll=unroll)[0][0]
+        return jax.grad(loss)
+
+    matrix = 128 * 96 * 4
+    envelope = [_temp_bytes(grad_fn(n, False), codes) for n in (10, 100)]
+    assert envelope[1] == envelope[0] and envelope[0] < 12 * matrix
+    unrolled = [_temp_bytes(grad_fn(n, True), codes) for n in (10, 100)]
+    assert unrolled[1] > unrolled[0] + 50 * matrix  # one stored matrix per iteration, or more
+
+
+def test_unrolled_gradient_is_the_derivative_of_the_unrolled_cost():
+    points = jax.random.normal(jax.random.key(0), (32, 4))
+    codes = jax.random.normal(jax.random.key(1), (16, 4))
+    direction = jax.random.normal(jax.random.key(2), codes.shape)
+
+    def loss(c, unroll=True):
+        return wasserstein_levels(points[None], c[None], 0.5, 50, unroll=unroll)[0][0]
+
+    unrolled = jax.grad(loss)(codes)
+    h = 1e-2
+    finite_difference = (loss(codes + h * direction) - loss(codes - h * direction)) / (2 * h)
+    assert float(jnp.sum(unrolled * direction)) == pytest.approx(float(finite_difference), rel=2e-2)
+    # The envelope gradient holds the plan fixed, so it differs at this large epsilon.
+    envelope = jax.grad(loss)(codes, False)
+    assert float(jnp.abs(envelope - unrolled).max()) > 1e-3
