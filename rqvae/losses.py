@@ -115,9 +115,9 @@ _TINY = 1e-30
 
 
 def _shifted(x, axis):
-    """x minus its max along `axis`, clipped at 0 (z - relu(z): gradient 1 at the max itself)."""
+    """x minus its max along `axis`, clipped at 0 (by `where`, so the max keeps gradient 1)."""
     shifted = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
-    return shifted - jax.nn.relu(shifted)
+    return jnp.where(shifted > 0.0, 0.0, shifted)
 
 
 def _lse(x, axis):

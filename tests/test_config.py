@@ -39,8 +39,9 @@ def test_overrides_reach_nested_sections_and_skip_none():
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_preset_loads_and_says_how_to_run_it(path):
     cfg = config.load(path)
-    header = path.read_text().splitlines()[:4]
-    assert all(line.startswith("#") for line in header)
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert len(header) >= 4
     assert any(f"rqvae train -c configs/{path.name}" in line for line in header)
     assert any("Expected:" in line for line in header)
     assert isinstance(cfg, TrainerConfig)
