@@ -5,6 +5,7 @@ JAX is imported only inside the commands that train, so `--help` and `report` an
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +37,15 @@ def _console() -> Console:
 def _fail(message: str, code: int = 2):
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _use_compilation_cache():
+    """Keeps compiled programs on disk, so a second run (or a resume) starts in seconds.
+
+    JAX_COMPILATION_CACHE_DIR chooses the place; the default is under XDG_CACHE_HOME or ~/.cache.
+    """
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_home / "rqvae" / "xla"))
 
 
 # CLI flag -> dotted config key.
@@ -94,6 +104,7 @@ def train(
                 _fail(f"{run_dir} holds no run to resume (no config.toml); check --run-dir")
         cfg = config_lib.replace(config_lib.load(base), overrides)
         name = config.stem if config is not None else "default"
+        _use_compilation_cache()
         from rqvae import train as train_lib  # JAX loads here, after the cheap checks
 
         run = train_lib.open_run(cfg, name=name, resume=resume)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,10 +38,24 @@ def load(cfg: DataConfig) -> Dataset:
     raise ConfigError(f"unknown data set '{cfg.dataset}'; use {DATASET_FORMS}")
 
 
-def _digits(cfg: DataConfig) -> Dataset:
+def _digits_pixels() -> np.ndarray:
+    """The 1797 digits as (1797, 8, 8) pixel values 0..16.
+
+    Read straight from the CSV that scikit-learn ships, as its `load_digits` does: importing
+    `sklearn.datasets` costs about 2 s, this 0.15 s. Falls back to `load_digits` if the file moved.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec and spec.submodule_search_locations:
+        path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return np.loadtxt(path, delimiter=",", dtype=np.float32)[:, :-1].reshape(-1, 8, 8)
     from sklearn.datasets import load_digits
 
-    images = load_digits().images.astype(np.float32) / 16.0  # pixel values are 0..16
+    return load_digits().images
+
+
+def _digits(cfg: DataConfig) -> Dataset:
+    images = _digits_pixels().astype(np.float32) / 16.0  # pixel values are 0..16
     order = np.random.default_rng(cfg.split_seed).permutation(len(images))
     num_heldout = max(1, round(cfg.holdout_fraction * len(images)))
     flat = images.reshape(len(images), -1)

@@ -59,6 +59,13 @@ def make_optimizer(cfg: TrainerConfig) -> optax.GradientTransformation:
 
 
 def init_state(cfg: TrainerConfig, num_train: int) -> TrainState:
+    """The state before step 1. Compiled as one program: eagerly, each of its small operations
+    would be compiled on its own, which costs seconds."""
+    return _init_state(compiled_part(cfg), num_train)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_state(cfg: TrainerConfig, num_train: int) -> TrainState:
     root = jax.random.key(cfg.seed)
     dummy = jnp.zeros((1, cfg.model.input_dim), jnp.float32)
     params = make_model(cfg).init(jax.random.fold_in(root, 0), dummy)
@@ -177,15 +184,15 @@ def _pass(params, images_NxP: np.ndarray, cfg: TrainerConfig):
     """Code counts (L, K) and summed per-image MSE over a whole split, in padded chunks."""
     chunk = min(EVAL_CHUNK, len(images_NxP))
     counts, squared_error = 0, 0.0
-    for start in range(0, len(images_NxP), chunk):
+    for start in range(0, len(images_NxP), chunk):  # summed on the host: no eager device ops
         x = images_NxP[start : start + chunk]
         valid = np.ones(chunk, np.int32)
         if len(x) < chunk:  # pad, so every chunk has one shape and compiles once
             valid[len(x) :] = 0
             x = np.concatenate([x, np.zeros((chunk - len(x), x.shape[1]), x.dtype)])
-        chunk_counts, chunk_error = _eval_chunk(params, x, valid, cfg=cfg)
-        counts, squared_error = counts + chunk_counts, squared_error + chunk_error
-    return np.asarray(counts), float(squared_error)
+        chunk_counts, chunk_error = jax.device_get(_eval_chunk(params, x, valid, cfg=cfg))
+        counts, squared_error = counts + chunk_counts, squared_error + float(chunk_error)
+    return counts, squared_error
 
 
 def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
@@ -195,13 +202,21 @@ def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
     """
     train_counts, _ = _pass(params, dataset.train, cfg)
     heldout_counts, heldout_error = _pass(params, dataset.heldout, cfg)
+    used, train_perplexity, heldout_perplexity = jax.device_get(
+        _usage(train_counts, heldout_counts))
     return {
         "heldout_recon": heldout_error / len(dataset.heldout),
-        "used": metrics.codes_used(train_counts).tolist(),
-        "perplexity": metrics.perplexity(train_counts).tolist(),
-        "dead": (cfg.model.num_codes - metrics.codes_used(train_counts)).tolist(),
-        "heldout_perplexity": metrics.perplexity(heldout_counts).tolist(),
+        "used": used.tolist(),
+        "perplexity": train_perplexity.tolist(),
+        "dead": (cfg.model.num_codes - used).tolist(),
+        "heldout_perplexity": heldout_perplexity.tolist(),
     }
+
+
+@jax.jit
+def _usage(train_counts_LxK, heldout_counts_LxK):
+    return (metrics.codes_used(train_counts_LxK), metrics.perplexity(train_counts_LxK),
+            metrics.perplexity(heldout_counts_LxK))
 
 
 # -- the loop ---------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """Shared tiny configs: every test that trains uses one of these, so each compiles once."""
 
 import dataclasses
+import os
+import tempfile
 
 import pytest
+
+# One compilation cache for the whole session, shared with the subprocesses the tests start.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rqvae-test-xla-")
 
 from rqvae import config, data
 

@@ -31,6 +31,8 @@ def test_golden_single_step(tiny_cfg, digits):
 
 
 def test_step_is_the_same_with_and_without_jit(tiny_cfg, digits):
+    # Without the OT term: eagerly, its loops would compile op by op (tested in test_losses).
+    tiny_cfg = dataclasses.replace(tiny_cfg, lambda_wasserstein=0.0)
     batch = _first_batch(tiny_cfg, digits)
     eager_state, eager = train.train_step(train.init_state(tiny_cfg, 10), batch, cfg=tiny_cfg)
     jit_state, jitted = jax.jit(train.train_step, static_argnames="cfg")(
