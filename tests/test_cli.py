@@ -105,6 +105,11 @@ BAD_INPUTS = [
     (["-c", "{tmp}/missing.toml"], "not found"),
     (["-c", "{tmp}/typo.toml"], "did you mean 'lambda_wasserstein'"),
     (["-c", "{tmp}/broken.toml"], "line 1"),
+    (["-c", "{tmp}/iters.toml"], "sinkhorn_iters must be >= 1, got 0"),
+    (["-c", "{tmp}/levels.toml"], "model.num_levels must be >= 1, got 0"),
+    (["-c", "{tmp}/codes.toml"], "model.num_codes must be >= 1, got 0"),
+    (["-c", "{tmp}/type.toml"], "steps must be int, got str '100'"),
+    (["--resume", "--run-dir", "{tmp}/fresh"], "has no complete checkpoint to resume from"),
     (["-c", "{tmp}/wide.toml", "--resume", "--run-dir", "{run}"],
      "cannot change the model's shape (model.num_codes: 8 -> 16)"),
     (["--run-dir", "{run}"], "already holds a run; pass --resume"),
@@ -114,27 +119,36 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, monkeypatch, args,
+                                                          message):
     run_dir, _ = full_run
+    monkeypatch.chdir(tmp_path)  # where a default runs/<name> directory would appear
     (tmp_path / "typo.toml").write_text("lambda_wasserstien = 1.0\n")
     (tmp_path / "broken.toml").write_text("steps = = 3\n")
     (tmp_path / "wide.toml").write_text(
         (run_dir / "config.toml").read_text().replace("num_codes = 8", "num_codes = 16"))
     (tmp_path / "empty").mkdir()
+    (tmp_path / "iters.toml").write_text("sinkhorn_iters = 0\n")
+    (tmp_path / "levels.toml").write_text("[model]\nnum_levels = 0\n")
+    (tmp_path / "codes.toml").write_text("[model]\nnum_codes = 0\n")
+    (tmp_path / "type.toml").write_text('steps = "100"\n')
+    (tmp_path / "fresh").mkdir()  # a run killed before its first checkpoint
+    (tmp_path / "fresh" / "config.toml").write_text((run_dir / "config.toml").read_text())
     before = _snapshot(run_dir)
+    others = _snapshot(tmp_path)
     args = [str(a).format(tmp=tmp_path, run=run_dir) for a in args]
     result = runner.invoke(app, ["train", *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output and result.output.count("error:") == 1
-    assert _snapshot(run_dir) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml", "empty", "typo.toml",
-                                                          "wide.toml"]
+    assert _snapshot(run_dir) == before and _snapshot(tmp_path) == others
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "empty").iterdir())
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "does not exist"),
     (lambda d: d.mkdir(), "no metrics.jsonl"),
+    (lambda d: (d.mkdir(), (d / "config.toml").write_text("steps = 3\n")), "no metrics.jsonl"),
 ])
 def test_report_on_a_bad_dir(tmp_path, make, message):
     make(tmp_path / "run")
