@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rqvae import config as config_lib
 from rqvae.config import ConfigError
@@ -35,7 +36,7 @@ def _console() -> Console:
 
 
 def _fail(message: str, code: int = 2):
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -74,7 +75,7 @@ def train(
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in the run.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of parameters and batches.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="'digits' or 'tfds:<name>'.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="'digits', 'tfds:<name>' or 'npz:<path>'.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/<config>-<time>.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -145,6 +146,41 @@ def report(
         report_lib.main(run_dirs, as_json=json_output, console=_console())
     except ConfigError as err:
         _fail(str(err))
+
+
+data_app = typer.Typer(help="Data set chores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="tfds:<name>, e.g. tfds:mnist.")],
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where to write it; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")] = None,
+):
+    """Download and prepare a tfds data set (ArrayRecord, as `rqvae train` reads it).
+
+    Needs internet and TensorFlow (pip install 'rqvae[prepare]'); training does not.
+
+    Example:
+
+      rqvae data prepare tfds:mnist && rqvae train -c configs/mnist.toml
+    """
+    kind, _, name = dataset.partition(":")
+    if kind != "tfds" or not name:
+        _fail(f"only tfds data sets are prepared; got '{dataset}', expected tfds:<name>")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        _fail("preparing a tfds data set needs TensorFlow (reading it does not); "
+              "pip install 'rqvae[prepare]' and run this again")
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError:
+        _fail(f"unknown tfds data set '{name}'; see the tensorflow-datasets catalog for names")
+    builder.download_and_prepare()
+    Console().print(f"prepared tfds:{name} in {builder.data_dir}", highlight=False)
 
 
 def main():

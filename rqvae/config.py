@@ -23,20 +23,30 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    input_dim: int = 64  # pixels per image after flattening; set from the data set at run time
-    encoder_hidden: tuple[int, ...] = (256, 128)  # widths of the encoder's hidden layers
-    decoder_hidden: tuple[int, ...] = ()  # decoder widths; empty mirrors encoder_hidden
+    image_shape: tuple[int, ...] = (8, 8, 1)  # height, width, channels; set from the data set
+    architecture: str = "mlp"  # "mlp" or "conv" (two stride-2 convolutions each way)
+    encoder_hidden: tuple[int, ...] = (256, 128)  # mlp: widths of the encoder's hidden layers
+    decoder_hidden: tuple[int, ...] = ()  # mlp: decoder widths; empty mirrors encoder_hidden
+    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the two encoder convolutions
     latent_dim: int = 16  # dimension of z_e and of every codebook entry
     num_levels: int = 2  # residual quantization levels
     num_codes: int = 64  # entries per codebook
     codebook_init_scale: float = 0.0  # codes start U(-s, s); 0 means the classic 1/num_codes
 
+    @property
+    def input_dim(self) -> int:
+        """Pixels per flattened image."""
+        return math.prod(self.image_shape)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: str = "digits"  # "digits" (embedded scikit-learn digits, no download)
-    holdout_fraction: float = 0.2  # share of the embedded data held out for evaluation
-    split_seed: int = 0  # seed of the train/held-out split, fixed apart from the training seed
+    dataset: str = "digits"  # "digits" (embedded), "tfds:<name>" or "npz:<path>"
+    data_dir: str = ""  # tfds: where prepared data sets live; empty: $TFDS_DATA_DIR or the default
+    train_split: str = "train"  # tfds: split to train on
+    heldout_split: str = "test"  # tfds: split to evaluate on
+    holdout_fraction: float = 0.2  # digits, npz without a held-out array: share held out
+    split_seed: int = 0  # seed of that train/held-out split, fixed apart from the training seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,9 +83,11 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
 
 # Fields that fix the shapes of parameters; a resumed run may not change them.
 SHAPE_KEYS = (
-    "model.input_dim",
+    "model.image_shape",
+    "model.architecture",
     "model.encoder_hidden",
     "model.decoder_hidden",
+    "model.conv_channels",
     "model.latent_dim",
     "model.num_levels",
     "model.num_codes",
@@ -203,10 +215,15 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     m = cfg.model
-    for name in ("input_dim", "latent_dim", "num_levels", "num_codes"):
+    for name in ("latent_dim", "num_levels", "num_codes"):
         value = getattr(m, name)
         _check(value >= 1, f"model.{name} must be >= 1, got {value}")
-    for name in ("encoder_hidden", "decoder_hidden"):
+    _check(m.architecture in ("mlp", "conv"),
+           f"model.architecture must be 'mlp' or 'conv', got '{m.architecture}'")
+    _check(len(m.image_shape) == 3 and all(d >= 1 for d in m.image_shape),
+           f"model.image_shape must be [height, width, channels], got {list(m.image_shape)}")
+    _check(len(m.conv_channels) == 2, "model.conv_channels needs two channel counts")
+    for name in ("encoder_hidden", "decoder_hidden", "conv_channels"):
         widths = getattr(m, name)
         _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
     _check(m.codebook_init_scale >= 0, "model.codebook_init_scale must be >= 0")

@@ -1,4 +1,5 @@
-"""The RQ-VAE: MLP encoder, N-level residual quantizer with straight-through gradients, MLP decoder."""
+"""The RQ-VAE: encoder (MLP or conv), N-level residual quantizer with straight-through gradients,
+mirrored decoder. Images travel flat, (batch, height * width * channels), in [0, 1]."""
 
 from __future__ import annotations
 
@@ -17,6 +18,39 @@ class MLP(nn.Module):
         for width in self.widths[:-1]:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.widths[-1])(x)
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions, then a dense layer to the latent: (B, H*W*C) -> (B, D)."""
+
+    image_shape: tuple[int, ...]
+    channels: tuple[int, ...]
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x_BxP):
+        x = x_BxP.reshape(-1, *self.image_shape)
+        for width in self.channels:
+            x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2))(x))
+        return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of ConvEncoder: (B, D) -> (B, H*W*C) pre-sigmoid logits."""
+
+    image_shape: tuple[int, ...]
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, z_BxD):
+        height, width, out_channels = self.image_shape
+        # Each stride-2 SAME convolution rounds up; the output is cropped back to the image.
+        small = ((height + 3) // 4, (width + 3) // 4)
+        x = nn.relu(nn.Dense(small[0] * small[1] * self.channels[-1])(z_BxD))
+        x = x.reshape(-1, *small, self.channels[-1])
+        x = nn.relu(nn.ConvTranspose(self.channels[0], (4, 4), strides=(2, 2))(x))
+        x = nn.ConvTranspose(out_channels, (4, 4), strides=(2, 2))(x)
+        return x[:, :height, :width, :].reshape(x.shape[0], -1)
 
 
 def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, dict]:
@@ -50,9 +84,13 @@ class RQVAE(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim))
-        decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
-        self.decoder = MLP((*decoder_hidden, cfg.input_dim))
+        if cfg.architecture == "conv":
+            self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim)
+            self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels)
+        else:
+            self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim))
+            decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
+            self.decoder = MLP((*decoder_hidden, cfg.input_dim))
         # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
         # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
         scale = cfg.codebook_init_scale or 1.0 / cfg.num_codes

@@ -337,9 +337,10 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
     return summary
 
 
-def replace_input_dim(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
-    """The model's input width comes from the data set."""
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_dim=dataset.input_dim))
+def with_image_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
+    """The model's input shape comes from the data set."""
+    model = dataclasses.replace(cfg.model, image_shape=dataset.image_shape)
+    return dataclasses.replace(cfg, model=model)
 
 
 # -- run directories --------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def replace_input_dim(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    cfg: TrainerConfig  # resolved: input_dim from the data, run_dir filled in
+    cfg: TrainerConfig  # resolved: image shape from the data, run_dir filled in
     dataset: Dataset
     run_dir: Path
 
@@ -375,7 +376,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, "
                           f"or choose a new --run-dir")
     dataset = data.load(cfg.data)
-    cfg = replace_input_dim(cfg, dataset)
+    cfg = with_image_shape(cfg, dataset)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
     if cfg.batch_size > len(dataset.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "

@@ -122,7 +122,7 @@ def mnist_shaped(lambda_wasserstein, warm_start=True):
     cfg = config.load("configs/mnist.toml")
     cfg = dataclasses.replace(cfg, lambda_wasserstein=lambda_wasserstein,
                               sinkhorn_warm_start=warm_start,
-                              model=dataclasses.replace(cfg.model, input_dim=784))
+                              model=dataclasses.replace(cfg.model, image_shape=(28, 28, 1)))
     return train.compiled_part(cfg)
 
 
@@ -198,7 +198,7 @@ def convergence(steps):
     for warm in (False, True):
         cfg = config.replace(config.TrainerConfig(), {"lambda_wasserstein": 0.5,
                                                       "sinkhorn_warm_start": warm})
-        cfg = train.compiled_part(train.replace_input_dim(cfg, digits))
+        cfg = train.compiled_part(train.with_image_shape(cfg, digits))
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
         errors = np.array([h["sinkhorn_marginal_error"] for h in history])
         rows.append([f"digits hybrid, steps {steps // 2}-{steps}, warm start "

@@ -9,7 +9,7 @@ from rqvae.config import ConfigError, DataConfig
 
 
 def test_digits_are_split_deterministically_and_scaled(digits):
-    assert digits.train.shape[1] == 64 and digits.image_shape == (8, 8)
+    assert digits.train.shape[1] == 64 and digits.image_shape == (8, 8, 1)
     assert len(digits.train) + len(digits.heldout) == 1797
     assert len(digits.heldout) == round(0.2 * 1797)
     assert digits.train.dtype == np.float32
@@ -21,26 +21,138 @@ def test_digits_are_split_deterministically_and_scaled(digits):
     assert sum(row.tobytes() in train_rows for row in digits.heldout) < 5
 
 
+def test_digits_match_scikit_learn(digits):
+    from sklearn.datasets import load_digits
+
+    all_images = np.concatenate([digits.train, digits.heldout])
+    reference = load_digits().data.astype(np.float32) / 16.0
+    assert sorted(map(bytes, all_images)) == sorted(map(bytes, reference))
+
+
 def test_split_seed_changes_the_split(digits):
     other = data.load(DataConfig(split_seed=1))
     assert not np.array_equal(other.heldout, digits.heldout)
 
 
 def test_unknown_dataset_lists_valid_forms():
-    with pytest.raises(ConfigError, match="unknown data set 'cifar'.*digits.*tfds:<name>"):
+    with pytest.raises(ConfigError, match="unknown data set 'cifar'.*digits.*tfds:<name>.*npz"):
         data.load(DataConfig(dataset="cifar"))
 
 
-def test_tfds_reads_through_data_source_without_tensorflow():
-    script = """
+TFDS_SCRIPT = """
 import sys
 import tensorflow_datasets as tfds
 from rqvae import data
 from rqvae.config import DataConfig
 with tfds.testing.mock_data(num_examples=12):
-    ds = data.load(DataConfig(dataset="tfds:mnist"))
-assert ds.train.shape == (12, 784) and ds.image_shape == (28, 28), ds.train.shape
-assert 0.0 <= ds.train.min() and ds.train.max() <= 1.0
-assert "tensorflow" not in sys.modules
+    mnist = data.load(DataConfig(dataset="tfds:mnist"))
+    cifar = data.load(DataConfig(dataset="tfds:cifar10"))
+assert mnist.train.shape == (12, 784) and mnist.image_shape == (28, 28, 1), mnist.train.shape
+assert cifar.train.shape == (12, 3072) and cifar.image_shape == (32, 32, 3), cifar.train.shape
+for ds in (mnist, cifar):
+    assert ds.heldout.shape == ds.train.shape and ds.train.dtype.name == "float32"
+    assert 0.0 <= ds.train.min() and ds.train.max() <= 1.0 and ds.train.std() > 0.1
+assert "tensorflow" not in sys.modules, "tensorflow was imported"
 """
-    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_tfds_reads_mnist_and_cifar_shapes_without_tensorflow():
+    subprocess.run([sys.executable, "-c", TFDS_SCRIPT], check=True)
+
+
+def test_unprepared_tfds_data_set_says_how_to_prepare(tmp_path):
+    with pytest.raises(ConfigError, match=r"not prepared \(as ArrayRecord\) in .*rqvae data prepare tfds:mnist"):
+        data.load(DataConfig(dataset="tfds:mnist", data_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="unknown tfds data set 'no_such_set'"):
+        data.load(DataConfig(dataset="tfds:no_such_set", data_dir=str(tmp_path)))
+
+
+def _save(path, **arrays):
+    np.savez(path, **arrays)
+    return DataConfig(dataset=f"npz:{path}")
+
+
+def test_npz_uint8_nhw_with_a_held_out_split_of_its_own(tmp_path):
+    rng = np.random.default_rng(0)
+    train, heldout = (rng.integers(0, 256, (n, 6, 5), dtype=np.uint8) for n in (40, 7))
+    ds = data.load(_save(tmp_path / "x.npz", train=train, heldout=heldout))
+    assert ds.image_shape == (6, 5, 1) and ds.train.shape == (40, 30) and len(ds.heldout) == 7
+    np.testing.assert_allclose(ds.train, train.reshape(40, -1) / 255.0, rtol=1e-6)
+
+
+def test_npz_float_nhwc_without_held_out_is_split(tmp_path):
+    train = np.random.default_rng(0).random((50, 4, 4, 3), dtype=np.float32)
+    ds = data.load(_save(tmp_path / "x.npz", train=train))
+    assert ds.image_shape == (4, 4, 3) and len(ds.train) == 40 and len(ds.heldout) == 10
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"images": np.zeros((4, 3, 3), np.uint8)}, "has no array 'train'.*images"),
+    ({"train": np.zeros((4, 9), np.uint8)}, r"has shape \(4, 9\)"),
+    ({"train": np.zeros((4, 3, 3, 2), np.uint8)}, "C in 1, 3, 4"),
+    ({"train": np.zeros((4, 3, 3), np.int64)}, "dtype int64"),
+    ({"train": np.full((4, 3, 3), 255.0)}, r"float pixels must be finite and in \[0, 1\]"),
+    ({"train": np.zeros((4, 3, 3), np.uint8), "heldout": np.zeros((2, 4, 4), np.uint8)},
+     "one image shape"),
+])
+def test_bad_npz_gets_one_clear_error(tmp_path, arrays, message):
+    with pytest.raises(ConfigError, match=message):
+        data.load(_save(tmp_path / "bad.npz", **arrays))
+
+
+def test_missing_npz_and_pickled_npz_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        data.load(DataConfig(dataset=f"npz:{tmp_path}/none.npz"))
+    np.savez(tmp_path / "obj.npz", train=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ConfigError, match="not a readable .npz of plain arrays"):
+        data.load(DataConfig(dataset=f"npz:{tmp_path}/obj.npz"))
+
+
+# -- every source trains end to end through the CLI ---------------------------------------------
+
+SHORT_TOML = """
+steps = 6
+batch_size = 8
+lambda_wasserstein = 0.5
+[model]
+architecture = "{architecture}"
+encoder_hidden = [16]
+conv_channels = [4, 8]
+latent_dim = 4
+num_codes = 8
+[run]
+log_every = 3
+eval_every = 6
+checkpoint_every = 6
+"""
+
+
+@pytest.mark.parametrize("dataset, architecture, image_shape", [
+    ("tfds:mnist", "mlp", [28, 28, 1]),
+    ("tfds:cifar10", "conv", [32, 32, 3]),
+    ("npz", "conv", [6, 10, 1]),
+])
+def test_each_source_trains_through_the_cli(tmp_path, dataset, architecture, image_shape):
+    import tomllib
+
+    import tensorflow_datasets as tfds
+    from typer.testing import CliRunner
+
+    from rqvae import runlog
+    from rqvae.cli import app
+
+    config = tmp_path / "short.toml"
+    config.write_text(SHORT_TOML.format(architecture=architecture))
+    if dataset == "npz":
+        images = np.random.default_rng(0).integers(0, 256, (30, 6, 10), dtype=np.uint8)
+        np.savez(tmp_path / "mine.npz", train=images)
+        dataset = f"npz:{tmp_path / 'mine.npz'}"
+    args = ["train", "-c", str(config), "--dataset", dataset, "--run-dir", str(tmp_path / "run")]
+    with tfds.testing.mock_data(num_examples=24):
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert saved["model"]["image_shape"] == image_shape and saved["data"]["dataset"] == dataset
+    records = runlog.read(tmp_path / "run")
+    assert [r["step"] for r in records if r["kind"] == "train"] == [3, 6]
+    assert np.isfinite(records[-1]["heldout_recon"])

@@ -5,7 +5,8 @@ import numpy as np
 from rqvae.config import ModelConfig
 from rqvae.model import RQVAE, quantize
 
-CFG = ModelConfig(input_dim=64, encoder_hidden=(32,), latent_dim=4, num_levels=3, num_codes=8)
+CFG = ModelConfig(image_shape=(8, 8, 1), encoder_hidden=(32,), latent_dim=4, num_levels=3,
+                  num_codes=8)
 
 
 def _init(cfg=CFG, batch=5):
@@ -61,3 +62,13 @@ def test_straight_through_reaches_the_encoder_but_not_the_codebook():
     assert float(jnp.abs(grads["codebook"]).max()) == 0.0
     encoder_grad = jax.tree.leaves(grads["encoder"])
     assert all(float(jnp.abs(g).max()) > 0 for g in encoder_grad)
+
+
+def test_conv_architecture_round_trips_odd_image_shapes():
+    cfg = ModelConfig(image_shape=(7, 10, 3), architecture="conv", conv_channels=(4, 8),
+                      latent_dim=5, num_codes=8)
+    model, params, x = _init(cfg, batch=3)
+    x_recon, aux = model.apply(params, x)
+    assert x_recon.shape == (3, 7 * 10 * 3) and aux["z_e"].shape == (3, 5)
+    kernels = [leaf.shape for leaf in jax.tree.leaves(params["params"]["encoder"]) if leaf.ndim == 4]
+    assert kernels == [(4, 4, 3, 4), (4, 4, 4, 8)]
