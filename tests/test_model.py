@@ -67,8 +67,10 @@ def test_straight_through_reaches_the_encoder_but_not_the_codebook():
 def test_conv_architecture_round_trips_odd_image_shapes():
     cfg = ModelConfig(image_shape=(7, 10, 3), architecture="conv", conv_channels=(4, 8),
                       latent_dim=5, num_codes=8)
-    model, params, x = _init(cfg, batch=3)
-    x_recon, aux = model.apply(params, x)
+    model = RQVAE(cfg)
+    x = jax.random.uniform(jax.random.key(1), (3, cfg.input_dim))
+    params = jax.jit(model.init)(jax.random.key(0), x)  # eager conv ops compile one by one
+    x_recon, aux = jax.jit(model.apply)(params, x)
     assert x_recon.shape == (3, 7 * 10 * 3) and aux["z_e"].shape == (3, 5)
     kernels = [leaf.shape for leaf in jax.tree.leaves(params["params"]["encoder"]) if leaf.ndim == 4]
     assert kernels == [(4, 4, 3, 4), (4, 4, 4, 8)]
