@@ -22,14 +22,20 @@ def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options)
 
 
-def latest_step(run_dir: str | Path) -> int | None:
-    """The newest complete checkpoint's step, or None; reads without creating anything."""
+def all_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints, oldest first; reads without creating anything."""
     directory = Path(run_dir).absolute() / CHECKPOINT_DIR
     if not directory.is_dir():
-        return None
+        return []
     options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(directory, options=options) as mngr:
-        return mngr.latest_step()
+        return sorted(mngr.all_steps())
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    steps = all_steps(run_dir)
+    return steps[-1] if steps else None
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:

@@ -5,6 +5,7 @@ JAX is imported only inside the commands that train, so `--help` and `report` an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -146,6 +147,81 @@ def report(
         report_lib.main(run_dirs, as_json=json_output, console=_console())
     except ConfigError as err:
         _fail(str(err))
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rqvae train`.")],
+    step: Annotated[Optional[int], typer.Option(help="Checkpoint step; default the newest.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Evaluate a checkpoint on the held-out split: recon MSE, PSNR and per-level code use.
+
+    Examples:
+
+      rqvae eval runs/hybrid-20261123-101500
+
+      rqvae eval runs/x --step 4000 --json
+    """
+    _use_compilation_cache()
+    from rqvae import train as train_lib
+
+    try:
+        cfg, dataset, params, step = train_lib.load_trained(run_dir, step)
+    except ConfigError as err:
+        _fail(str(err))
+    result = train_lib.evaluate_heldout(params, dataset, cfg)
+    result = {"run": str(run_dir), "step": step, **result}
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{run_dir} at step {step}, held-out split of {dataset.name} "
+                  f"({len(dataset.heldout)} images): recon MSE {result['recon_mse']:.4g}, "
+                  f"PSNR {result['psnr_db']:.2f} dB", highlight=False)
+    table = Table(title="code use on the held-out split", title_justify="left")
+    for column in ("level", "codes used", "dead (held out)", "perplexity"):
+        table.add_column(column, justify="right")
+    for level, (used, perplexity) in enumerate(zip(result["used"], result["perplexity"])):
+        table.add_row(str(level + 1), str(used), str(cfg.model.num_codes - used), f"{perplexity:.1f}")
+    console.print(table)
+
+
+@app.command()
+def encode(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rqvae train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write.")],
+    split: Annotated[str, typer.Option(help="'train' or 'heldout'.")] = "train",
+    step: Annotated[Optional[int], typer.Option(help="Checkpoint step; default the newest.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+):
+    """Write the per-level code indices of a split, (images, levels) int32, to train a prior on.
+
+    Example:
+
+      rqvae encode runs/hybrid-20261123-101500 --out codes.npy --split train
+    """
+    if split not in ("train", "heldout"):
+        _fail(f"--split must be 'train' or 'heldout', got '{split}'")
+    if out.exists() and not force:
+        _fail(f"{out} exists; pass --force to overwrite it or choose another --out")
+    _use_compilation_cache()
+    import numpy as np
+
+    from rqvae import train as train_lib
+
+    try:
+        cfg, dataset, params, step = train_lib.load_trained(run_dir, step)
+    except ConfigError as err:
+        _fail(str(err))
+    codes = train_lib.encode(params, getattr(dataset, split), cfg)
+    tmp = out.with_name(out.name + ".tmp.npy")
+    np.save(tmp, codes)
+    tmp.replace(out)
+    Console().print(f"wrote {out}: {codes.shape[0]} images x {codes.shape[1]} levels of codes "
+                    f"(step {step}, {split} split)", highlight=False)
 
 
 data_app = typer.Typer(help="Data set chores.", no_args_is_help=True)

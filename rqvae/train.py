@@ -213,10 +213,58 @@ def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
     }
 
 
+def evaluate_heldout(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
+    """Held-out recon MSE, PSNR (pixels in [0, 1]) and per-level code use on the held-out split."""
+    counts, squared_error = _pass(params, dataset.heldout, cfg)
+    used, perplexity, _ = jax.device_get(_usage(counts, counts))
+    mse = squared_error / len(dataset.heldout)
+    return {"recon_mse": mse, "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+            "used": used.tolist(), "perplexity": perplexity.tolist()}
+
+
 @jax.jit
 def _usage(train_counts_LxK, heldout_counts_LxK):
     return (metrics.codes_used(train_counts_LxK), metrics.perplexity(train_counts_LxK),
             metrics.perplexity(heldout_counts_LxK))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _encode_chunk(params, x_BxP, *, cfg: TrainerConfig):
+    return make_model(cfg).apply(params, x_BxP, method=RQVAE.encode).T
+
+
+def encode(params, images_NxP: np.ndarray, cfg: TrainerConfig) -> np.ndarray:
+    """Per-level code indices of every image, (N, L) int32, in padded chunks (one compile)."""
+    chunk = min(EVAL_CHUNK, len(images_NxP))
+    parts = []
+    for start in range(0, len(images_NxP), chunk):
+        x = images_NxP[start : start + chunk]
+        padded = np.concatenate([x, np.zeros((chunk - len(x), x.shape[1]), x.dtype)])
+        parts.append(np.asarray(_encode_chunk(params, padded, cfg=cfg))[: len(x)])
+    return np.concatenate(parts).astype(np.int32)
+
+
+def load_trained(run_dir: Path, step: int | None = None):
+    """The config, data set, parameters and step of a run's checkpoint (default: the newest).
+
+    Raises ConfigError when the run or the checkpoint is missing.
+    """
+    config_path = Path(run_dir) / runlog.CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} holds no run (no config.toml); pass a directory written by "
+                          f"`rqvae train`")
+    cfg = config_lib.load(config_path)
+    saved_steps = checkpoint.all_steps(run_dir)
+    if not saved_steps:
+        raise ConfigError(f"{run_dir} has no complete checkpoint yet")
+    step = saved_steps[-1] if step is None else step
+    if step not in saved_steps:
+        raise ConfigError(f"{run_dir} has no checkpoint at step {step}; it has {saved_steps}")
+    dataset = data.load(cfg.data)
+    cfg = compiled_part(with_image_shape(cfg, dataset))
+    with checkpoint.manager(run_dir, cfg.run.keep_checkpoints) as mngr:
+        state = checkpoint.restore(mngr, step, init_state(cfg, len(dataset.train)))
+    return cfg, dataset, state.params, step
 
 
 # -- the loop ---------------------------------------------------------------------------------

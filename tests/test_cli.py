@@ -155,3 +155,34 @@ def test_report_on_a_bad_dir(tmp_path, make, message):
     result = rqvae("report", tmp_path / "run")
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_eval_matches_the_runs_last_evaluation(full_run):
+    run_dir, _ = full_run
+    result = rqvae("eval", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output)
+    last_eval = [r for r in runlog.read(run_dir) if r["kind"] == "eval"][-1]
+    assert evaluated["step"] == 30
+    assert evaluated["recon_mse"] == pytest.approx(last_eval["heldout_recon"], rel=1e-5)
+    assert evaluated["psnr_db"] == pytest.approx(-10 * np.log10(last_eval["heldout_recon"]),
+                                                 rel=1e-4)
+    assert rqvae("eval", run_dir, "--step", 15).exit_code == 0
+    result = rqvae("eval", run_dir, "--step", 7)
+    assert result.exit_code == 2 and "no checkpoint at step 7" in result.output
+
+
+def test_encode_writes_the_codes_of_a_split_and_never_overwrites(full_run, tmp_path):
+    run_dir, _ = full_run
+    out = tmp_path / "codes.npy"
+    result = rqvae("encode", run_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    codes = np.load(out)
+    last_eval = [r for r in runlog.read(run_dir) if r["kind"] == "eval"][-1]
+    assert codes.shape == (1438, 2) and codes.dtype == np.int32
+    assert [len(np.unique(level)) for level in codes.T] == last_eval["used"]
+    before = out.read_bytes()
+    result = rqvae("encode", run_dir, "--out", out, "--split", "heldout")
+    assert result.exit_code == 2 and "--force" in result.output and out.read_bytes() == before
+    assert rqvae("encode", run_dir, "--out", out, "--split", "heldout", "--force").exit_code == 0
+    assert np.load(out).shape == (359, 2)
