@@ -224,6 +224,62 @@ def encode(
                     f"(step {step}, {split} split)", highlight=False)
 
 
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One run, or several to overlay their curves.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs (created if needed).")],
+    log_scale: Annotated[bool, typer.Option("--log", help="Log-scale loss axes.")] = False,
+):
+    """Write PNGs: loss curves; for one run also code use, reconstructions and codebooks.
+
+    Needs matplotlib (pip install 'rqvae[plot]').
+
+    Examples:
+
+      rqvae plot runs/hybrid-20261123-101500 --out plots/
+
+      rqvae plot runs/traditional-* runs/hybrid-* --out plots/compare --log
+    """
+    from rqvae import plot as plot_lib
+
+    try:
+        for run_dir in run_dirs:
+            if not (run_dir / "metrics.jsonl").is_file():
+                raise ConfigError(f"{run_dir} holds no metrics.jsonl; pass directories written "
+                                  f"by `rqvae train`")
+        out.mkdir(parents=True, exist_ok=True)
+        written = [plot_lib.loss_curves(run_dirs, out, log_scale)]
+        if len(run_dirs) == 1:
+            written += _plot_checkpoint(run_dirs[0], out, plot_lib)
+    except ConfigError as err:
+        _fail(str(err))
+    for path in written:
+        Console().print(f"wrote {path}", highlight=False)
+
+
+def _plot_checkpoint(run_dir: Path, out: Path, plot_lib) -> list[Path]:
+    """The pictures that need the model: code use, reconstructions, codebooks."""
+    _use_compilation_cache()
+    import jax
+    import numpy as np
+
+    from rqvae import train as train_lib
+
+    cfg, dataset, params, _ = train_lib.load_trained(run_dir)
+    codes = train_lib.encode(params, dataset.train, cfg)
+    apply = jax.jit(train_lib.make_model(cfg).apply)
+    recon, _ = apply(params, dataset.heldout[:10])
+    sample = dataset.train[:2000]
+    _, aux = apply(params, sample)
+    return [
+        plot_lib.code_use(codes, cfg.model.num_codes, out),
+        plot_lib.reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape,
+                                 out),
+        plot_lib.codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
+                           codes[: len(sample)], out),
+    ]
+
+
 data_app = typer.Typer(help="Data set chores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -186,3 +186,27 @@ def test_encode_writes_the_codes_of_a_split_and_never_overwrites(full_run, tmp_p
     assert result.exit_code == 2 and "--force" in result.output and out.read_bytes() == before
     assert rqvae("encode", run_dir, "--out", out, "--split", "heldout", "--force").exit_code == 0
     assert np.load(out).shape == (359, 2)
+
+
+def test_plot_writes_the_pictures_of_a_run(full_run, tmp_path):
+    from PIL import Image
+
+    run_dir, _ = full_run
+    result = rqvae("plot", run_dir, "--out", tmp_path / "plots")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["code_use.png", "codebooks.png", "losses.png", "reconstructions.png"]
+    for name in names:
+        pixels = np.asarray(Image.open(tmp_path / "plots" / name).convert("L"))
+        assert pixels.shape[0] > 100 and pixels.std() > 5  # a picture, not a blank
+    result = rqvae("plot", run_dir, run_dir, "--out", tmp_path / "compare", "--log")
+    assert result.exit_code == 0 and [p.name for p in (tmp_path / "compare").iterdir()] == [
+        "losses.png"]
+
+
+def test_plot_without_matplotlib_names_the_extra(full_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = rqvae("plot", full_run[0], "--out", tmp_path / "plots")
+    assert result.exit_code == 2 and "pip install 'rqvae[plot]'" in result.output
