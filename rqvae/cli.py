@@ -80,6 +80,7 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/<config>-<time>.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the resolved config, and a line per logged step also on a terminal.")] = False,
 ):
     """Train an RQ-VAE; writes config.toml, metrics.jsonl and checkpoints/ into the run directory.
 
@@ -94,6 +95,8 @@ def train(
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
     """
     flags = dict(locals())
+    if quiet and verbose:
+        _fail("--quiet and --verbose contradict each other; pass one")
     overrides = {FLAG_KEYS[k]: flags[k] for k in FLAG_KEYS}
     overrides["run.run_dir"] = str(run_dir) if run_dir is not None else None
     try:
@@ -114,10 +117,12 @@ def train(
         _fail(str(err))
     console = _console()
     if not quiet:
-        console.print(f"run directory: [bold]{run.run_dir}[/]", highlight=False)
+        console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/]", highlight=False)
+    if verbose:
+        console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
     try:
         summary = train_lib.fit(run.cfg, run.dataset, run.run_dir, resume=resume,
-                                display=Display(run.cfg.batch_size, console, quiet))
+                                display=Display(run.cfg.batch_size, console, quiet, verbose))
     except train_lib.TrainingFailed as err:
         _fail(str(err), code=1)
     except train_lib.Interrupted as err:

@@ -25,10 +25,12 @@ def _eval(record: dict) -> str:
 class Display:
     """Progress of a run. On a terminal a live bar; otherwise one line per logged record."""
 
-    def __init__(self, batch_size: int, console: Console | None = None, quiet: bool = False):
+    def __init__(self, batch_size: int, console: Console | None = None, quiet: bool = False,
+                 verbose: bool = False):
         self.console = console or Console()
         self.batch_size = batch_size
         self.quiet = quiet
+        self.verbose = verbose  # a line per logged record also under the live bar
         self.live = self.console.is_terminal and not quiet
         self._progress = None
 
@@ -61,9 +63,11 @@ class Display:
             return
         if record["kind"] == "eval":
             self.console.print(_eval(record), highlight=False, soft_wrap=True)
-        elif self._progress is not None:
+        elif self._progress is not None and not self.verbose:
             self._progress.update(self._task, rate=self._rate(record["step"]), terms=_terms(record))
         else:
+            if self._progress is not None:
+                self._progress.update(self._task, rate=self._rate(record["step"]))
             self.console.print(f"step {record['step']} | {self._rate(record['step'])} | "
                                f"{_terms(record)}", highlight=False, soft_wrap=True)
 

@@ -210,3 +210,13 @@ def test_plot_without_matplotlib_names_the_extra(full_run, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = rqvae("plot", full_run[0], "--out", tmp_path / "plots")
     assert result.exit_code == 2 and "pip install 'rqvae[plot]'" in result.output
+
+
+def test_verbose_prints_the_resolved_config_and_quiet_prints_only_the_summary(tiny_toml, tmp_path):
+    verbose = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "v", "--steps", 10, "-v")
+    assert verbose.exit_code == 0, verbose.output
+    assert "[model]" in verbose.output and "num_codes = 8" in verbose.output
+    assert "step 10 |" in verbose.output
+    quiet = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "q", "--steps", 10, "-q")
+    assert quiet.exit_code == 0 and "step 10 |" not in quiet.output
+    assert "final losses" in quiet.output
