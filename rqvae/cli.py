@@ -134,8 +134,13 @@ def train(
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by `rqvae train`.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")] = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="Print every logged train step as CSV.")] = False,
+    last: Annotated[Optional[int], typer.Option(min=1, help="History: the last N logged steps.")] = None,
+    every: Annotated[Optional[int], typer.Option(min=1, help="History: steps that are multiples of K.")] = None,
 ):
     """Tables of a run's losses and codebook health; several runs side by side.
+
+    A directory that holds runs (such as runs/) stands for every run in it.
 
     Examples:
 
@@ -143,11 +148,16 @@ def report(
       rqvae report runs/default-20261123-101500
       rqvae report runs/traditional-* runs/hybrid-*     # one comparison table
       rqvae report runs/x --json | jq '.[0].final'
+      rqvae report runs/x --last 5                      # the last 5 logged steps
+      rqvae report runs/ --csv > all_runs.csv           # every run under runs/
     """
     from rqvae import report as report_lib
 
     try:
-        report_lib.main(run_dirs, as_json=json_output, console=_console())
+        if json_output and csv_output:
+            raise ConfigError("--json and --csv are two output formats; pass one")
+        report_lib.main(run_dirs, as_json=json_output, console=_console(), last=last,
+                        every=every, as_csv=csv_output)
     except ConfigError as err:
         _fail(str(err))
 

@@ -285,22 +285,86 @@ def _health_table(summary: dict, run: Run) -> Table:
     return table
 
 
-def _history_table(summary: dict, terms: tuple[str, ...]) -> Table:
-    table = Table(title="losses over the run", title_justify="left")
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A unicode sparkline of `values` downsampled to `width` points; log-scaled when all values
+    are positive and span more than a decade. Non-finite values show as a space."""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    finite = [v for v in values if _is_finite(v)]
+    if not finite:
+        return " " * len(values)
+    if min(finite) > 0 and max(finite) > 10 * min(finite):
+        values = [math.log10(v) if _is_finite(v) and v > 0 else None for v in values]
+        finite = [v for v in values if v is not None]
+    low, high = min(finite), max(finite)
+    span = (high - low) or 1.0
+    return "".join(
+        SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] if _is_finite(v) else " "
+        for v in values)
+
+
+def select_history(train: list[dict], points: int, last: int | None = None,
+                   every: int | None = None) -> list[dict]:
+    """The train records the history tables show: the last N, those at multiples of K (and the
+    last), or evenly spaced ones."""
+    if last is not None:
+        return train[-last:]
+    if every is not None:
+        chosen = [r for r in train if r["step"] % every == 0]
+        return chosen if chosen and chosen[-1] is train[-1] else chosen + train[-1:]
+    return evenly_spaced(train, points)
+
+
+def _history_table(records: list[dict], terms: tuple[str, ...], run: Run) -> Table:
+    table = Table(title="losses over the run", title_justify="left", caption_justify="left")
     for column in ("step", *terms):
         table.add_column(column, justify="right")
-    for record in summary["history"]:
+    for record in records:
         table.add_row(_fmt(record["step"]), *[_fmt(record.get(t)) for t in terms])
+    trends = Table(title=f"trends over all {len(run.train)} logged steps", title_justify="left",
+                   show_header=False, box=None)
+    trends.add_column("term")
+    trends.add_column("sparkline")
+    for term in terms:
+        trends.add_row(term, sparkline([r.get(term) for r in run.train]))
+    return table, trends
+
+
+def _health_over_time(records: list[dict], run: Run) -> Table:
+    num_codes = run.config.get("model.num_codes")
+    table = Table(title="codebook health over the run (per level: L1 / L2 / ...)",
+                  title_justify="left")
+    columns = ["step", "used %" if num_codes else "used", "perplexity", "dead (window)"]
+    marginal = any(r.get("sinkhorn_marginal_error") and any(r["sinkhorn_marginal_error"])
+                   for r in records)
+    if marginal:
+        columns.append("Sinkhorn marginal error")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in records:
+        used = [f"{100 * u / num_codes:.0f}" for u in r["used"]] if num_codes else r["used"]
+        row = [str(r["step"]), " / ".join(map(str, used)),
+               " / ".join(f"{p:.1f}" for p in r["perplexity"]), " / ".join(map(str, r["dead"]))]
+        if marginal:
+            row.append(" / ".join(f"{e:.3f}" for e in r.get("sinkhorn_marginal_error", [])))
+        table.add_row(*row)
     return table
 
 
-def _render_one(run: Run, console: Console, points: int) -> None:
+def _render_one(run: Run, console: Console, points: int, last=None, every=None) -> None:
     summary = summarize(run, points)
     terms = _shown_terms(run)
+    records = select_history(run.train, points, last, every)
     console.print(_config_table(summary, run))
     console.print(_losses_table(summary, terms))
     console.print(_health_table(summary, run))
-    console.print(_history_table(summary, terms))
+    history, trends = _history_table(records, terms, run)
+    console.print(trends)
+    console.print(history)
+    console.print(_health_over_time(records, run))
 
 
 def _comparison_rows(runs: list[Run], summaries: list[dict], num_levels: int) -> list[list]:
@@ -354,18 +418,50 @@ def _render_comparison(runs: list[Run], console: Console) -> None:
     console.print(table)
 
 
-def render(runs: list[Run], console: Console, points: int = 8) -> None:
+def render(runs: list[Run], console: Console, points: int = 8, *, last: int | None = None,
+           every: int | None = None) -> None:
     """Tables for one run (config, losses, codebook health, history), or one comparing several."""
     if len(runs) == 1:
-        _render_one(runs[0], console, points)
+        _render_one(runs[0], console, points, last, every)
     elif runs:
         _render_comparison(runs, console)
 
 
-def main(run_dirs: list[Path], as_json: bool, console: Console) -> None:
-    """Loads every run (the first bad one raises ConfigError); prints JSON or tables."""
-    runs = [load_run(Path(run_dir)) for run_dir in run_dirs]
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Each path as given, or, for a parent such as runs/, every run directory directly in it."""
+    found = []
+    for path in map(Path, paths):
+        below = sorted(p.parent for p in path.glob(f"*/{runlog.METRICS_FILE}"))
+        holds_log = (path / runlog.METRICS_FILE).exists()
+        found += below if path.is_dir() and not holds_log and below else [path]
+    return found
+
+
+def write_csv(runs: list[Run], out) -> None:
+    """One row per logged train record: run, step, time, loss terms, then per-level columns."""
+    import csv
+
+    num_levels = max(len(r.train[-1]["used"]) for r in runs)
+    per_level = ["used", "dead", "perplexity", "sinkhorn_marginal_error"]
+    writer = csv.writer(out)
+    writer.writerow(["run", "step", "time", *LOSS_TERMS,
+                     *[f"{key}_L{i + 1}" for i in range(num_levels) for key in per_level]])
+    for run in runs:
+        for r in run.train:
+            levels = [_at(r, key, i) for i in range(num_levels) for key in per_level]
+            writer.writerow([run.name, r["step"], r.get("time"), *[r.get(t) for t in LOSS_TERMS],
+                             *levels])
+
+
+def main(run_dirs: list[Path], as_json: bool, console: Console, *, last: int | None = None,
+         every: int | None = None, as_csv: bool = False) -> None:
+    """Loads every run (the first bad one raises ConfigError); prints JSON, CSV or tables."""
+    runs = [load_run(Path(run_dir)) for run_dir in find_runs(run_dirs)]
     if as_json:
         print(json.dumps([summarize(run) for run in runs], indent=2))
+    elif as_csv:
+        import sys
+
+        write_csv(runs, sys.stdout)
     else:
-        render(runs, console)
+        render(runs, console, last=last, every=every)

@@ -220,3 +220,16 @@ def test_verbose_prints_the_resolved_config_and_quiet_prints_only_the_summary(ti
     quiet = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "q", "--steps", 10, "-q")
     assert quiet.exit_code == 0 and "step 10 |" not in quiet.output
     assert "final losses" in quiet.output
+
+
+def test_report_options_last_every_csv_and_a_parent_dir(full_run):
+    run_dir, _ = full_run
+    result = rqvae("report", run_dir, "--last", 1)
+    assert result.exit_code == 0, result.output
+    history = result.output.split("losses over the run")[1].split("codebook health over")[0]
+    assert "│   30 │" in history and "│   10 │" not in history
+    assert "trends over all" in result.output and any(c in result.output for c in "▁█")
+    csv_text = rqvae("report", run_dir.parent, "--csv").output  # the parent holds this one run
+    assert csv_text.splitlines()[0].startswith("run,step,time,total") and len(csv_text.splitlines()) == 4
+    result = rqvae("report", run_dir, "--json", "--csv")
+    assert result.exit_code == 2 and "pass one" in result.output

@@ -238,7 +238,8 @@ def test_one_run_shows_its_config_losses_health_and_history(tmp_path):
     # level, used, perplexity, dead (window), dead (full pass), perplexity (full pass), heldout
     assert re.findall(r"[\d.]+", rows_of(text, "2")[0]) == ["2", "3", "2.75", "4", "3", "4.125",
                                                            "3.875", "0.0375"]
-    history_steps = [re.findall(r"[\d.]+", row)[0] for row in rows_of(text, r"\d\d")]
+    history = text.split("losses over the run")[1].split("codebook health over the run")[0]
+    history_steps = [re.findall(r"[\d.]+", row)[0] for row in rows_of(history, r"\d\d")]
     assert history_steps == ["10", "20", "30", "40"]
     assert len(re.findall(r"┃\s*wasserstein\s*┃", text)) == 2  # losses and history tables
 
@@ -311,3 +312,44 @@ def test_importing_the_report_loads_neither_jax_flax_nor_numpy():
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- sparklines, --last / --every, CSV, parent directories ---------------------------------------
+
+
+def test_sparkline_follows_the_values():
+    rising = report.sparkline([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    assert rising == "▁▂▃▄▅▆▇█"
+    falling = report.sparkline([100.0, 10.0, 1.0, 0.1])  # spans 3 decades: log scale
+    assert falling == "█▆▃▁"
+    assert len(report.sparkline([float(v) for v in range(1000)], width=40)) == 40
+    assert report.sparkline([1.0, float("nan"), 2.0]) == "▁ █"
+
+
+def test_history_selection_last_every_and_even():
+    train = [{"step": s} for s in range(10, 110, 10)]
+    assert [r["step"] for r in report.select_history(train, 8, last=3)] == [80, 90, 100]
+    assert [r["step"] for r in report.select_history(train, 8, every=30)] == [30, 60, 90, 100]
+    even = [r["step"] for r in report.select_history(train, 4)]
+    assert even[0] == 10 and even[-1] == 100 and len(even) == 4
+
+
+def test_csv_has_a_row_per_train_record_and_per_level_columns(tmp_path, capsys):
+    import csv
+    import io
+
+    records = [train_record(s, 1 / s, 0.5 / s, 0.1, 0.2, 0.01) for s in (10, 20, 30)]
+    run = make_run(tmp_path, "csv-run", tiny_cfg(lambda_wasserstein=0.5), records)
+    report.main([run], as_json=False, console=Console(), as_csv=True)
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["step"] for row in rows] == ["10", "20", "30"]
+    assert float(rows[1]["total"]) == pytest.approx(1 / 20)
+    assert {"used_L1", "dead_L2", "perplexity_L2", "sinkhorn_marginal_error_L1"} <= set(rows[0])
+    assert rows[0]["run"] == "csv-run"
+
+
+def test_a_parent_directory_stands_for_every_run_in_it(tmp_path):
+    for name in ("b-run", "a-run"):
+        make_run(tmp_path, name, tiny_cfg())
+    assert [p.name for p in report.find_runs([tmp_path])] == ["a-run", "b-run"]
+    assert report.find_runs([tmp_path / "a-run"]) == [tmp_path / "a-run"]
