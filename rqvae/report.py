@@ -1,14 +1,52 @@
 """`rqvae report`: a run's losses and codebook health, read from its directory alone.
 
 Reads `config.toml` and `metrics.jsonl` (schema in `rqvae.runlog`). Imports neither JAX, Flax nor
-numpy, so it answers at once, also while a run is still writing.
+numpy, so it answers at once, also while a run is still writing and on a 100k-step log
+(`scripts/bench_report.py`). A directory that holds runs instead of being one stands for them.
+
+`--json` prints a list with one summary per run (`summarize`). Keys are kept stable: new ones may
+be added, none renamed or dropped. Values are as logged; a non-finite loss prints as NaN or
+Infinity, as Python's json writes it.
+
+- run: the run directory's name
+- path: the run directory as given
+- config: the always-shown keys (lambdas, steps, model shape, data set), then every other key of
+  config.toml that differs from the default, flat ("model.num_codes"); {} without a config.toml
+- steps_logged: the highest step of any record in the log
+- final: the last train record's loss terms, {term: value}
+- best: the lowest finite value of each loss term, {term: {"value", "step"}} (first on a tie)
+- levels: one per quantization level, from the last train record and the last eval record
+  - level: 1-based level number
+  - used: codes picked in the last train batch
+  - perplexity: exp(entropy) of the codes picked in the last train batch
+  - dead: codes unused over the last run.dead_window steps
+  - eval_used: codes picked by any training image at the last eval (only with an eval)
+  - eval_dead: codes no training image picks at the last eval (only with an eval)
+  - eval_perplexity: perplexity of the codes over the training split (only with an eval)
+  - heldout_perplexity: the same over the held-out split (only if the eval logged it)
+  - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged and the
+    Wasserstein term was on)
+- eval: the last eval record, or null before the first
+  - step: its step
+  - heldout_recon: reconstruction loss on the held-out split
+- history: loss terms at the selected train records: 8 evenly spaced ones (first and last
+  included), or those `last` / `every` choose
+  - step: the record's step
+  - total, recon, commit, codebook, wasserstein: the loss terms at that step
+- health: codebook health at the same train records as history, per level as lists
+  - step: the record's step
+  - used, perplexity, dead: as in levels, one entry per level
+  - sinkhorn_marginal_error: one entry per level (only if logged and the Wasserstein term was on)
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import sys
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +58,8 @@ from rich.text import Text
 from rqvae import config, runlog
 from rqvae.config import ConfigError
 
-LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
+LOSS_TERMS = runlog.LOSS_TERMS
+PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
 # this is and how big its codebooks are.
 ALWAYS_SHOWN = (
@@ -35,6 +74,9 @@ ALWAYS_SHOWN = (
 # Differs in every run and is the run's path, which the report prints anyway.
 NEVER_SHOWN = ("run.run_dir",)
 BEST_STYLE = "bold green"
+HISTORY_POINTS = 8  # train records in the history and health tables unless last/every choose
+TREND_POINTS = 40  # characters of a sparkline
+SPARKS = "▁▂▃▄▅▆▇█"
 _TRAIN_CMD = "pass a directory written by `rqvae train`"
 
 
@@ -45,7 +87,7 @@ class Run:
     name: str  # the directory's name
     path: Path
     config: dict  # flat {"model.num_codes": 64, ...} from config.toml; empty if there is none
-    train: list[dict]  # records with kind == "train", in log order
+    train: runlog.TrainLog  # records with kind == "train", in log order, parsed when indexed
     evals: list[dict]  # records with kind == "eval", in log order
 
 
@@ -68,21 +110,35 @@ def load_run(run_dir: Path) -> Run:
     if not log_path.is_file():
         raise ConfigError(_no_log_message(run_dir))
     try:
-        records = runlog.read(run_dir)
+        train, evals = runlog.scan(run_dir)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {log_path}: {err}; check the file") from None
-    train = [r for r in records if r.get("kind") == "train"]
     if not train:
         raise ConfigError(
             f"{log_path} holds no train records yet; the first is written after run.log_every "
             f"steps, run the report again then"
         )
-    evals = [r for r in records if r.get("kind") == "eval"]
     return Run(run_dir.name, run_dir, _read_config(run_dir), train, evals)
 
 
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Each path that is a run; for a directory holding runs (runs/), the runs in it by name.
+
+    A path that is neither stays, for `load_run` to say what is wrong with it.
+    """
+    run_dirs = []
+    for path in map(Path, paths):
+        below = [] if (path / runlog.METRICS_FILE).is_file() else _runs_below(path)
+        run_dirs += below or [path]
+    return run_dirs
+
+
+def _runs_below(path: Path) -> list[Path]:
+    return sorted(log.parent for log in path.glob(f"*/{runlog.METRICS_FILE}") if log.is_file())
+
+
 def _no_log_message(run_dir: Path) -> str:
-    runs_below = sorted(p.parent.name for p in run_dir.glob(f"*/{runlog.METRICS_FILE}"))
+    runs_below = [p.name for p in _runs_below(run_dir)]
     if runs_below:  # a parent such as runs/ was passed instead of the runs in it
         shown = ", ".join(runs_below[:3]) + (", ..." if len(runs_below) > 3 else "")
         return (f"{run_dir} holds no {runlog.METRICS_FILE} but {len(runs_below)} run(s) below it "
@@ -127,16 +183,15 @@ def config_brief(run_config: dict) -> dict:
 def wasserstein_on(run: Run) -> bool:
     """Whether the run used the OT term: a positive weight, or any non-zero logged value."""
     weight = run.config.get("lambda_wasserstein", 0) or 0
-    return weight > 0 or any(r.get("wasserstein") for r in run.train)
+    return weight > 0 or run.train.any_nonzero("wasserstein")
 
 
-def _best(train: list[dict]) -> dict:
+def _best(train: runlog.TrainLog) -> dict:
     best = {}
     for term in LOSS_TERMS:
-        finite = [r for r in train if _is_finite(r.get(term))]
-        if finite:
-            record = min(finite, key=lambda r: r[term])  # the first, on a tie
-            best[term] = {"value": record[term], "step": record["step"]}
+        i = train.first_min(term)
+        if i is not None:
+            best[term] = {"value": train.value(term, i), "step": train.steps[i]}
     return best
 
 
@@ -144,10 +199,9 @@ def _is_finite(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _levels(run: Run) -> list[dict]:
-    final = run.train[-1]
+def _levels(run: Run, final: dict, ot_on: bool) -> list[dict]:
     last_eval = run.evals[-1] if run.evals else None
-    with_sinkhorn = wasserstein_on(run) and "sinkhorn_marginal_error" in final
+    with_sinkhorn = ot_on and "sinkhorn_marginal_error" in final
     levels = []
     for i in range(len(final.get("used", []))):
         level = {"level": i + 1, **{k: _at(final, k, i) for k in ("used", "perplexity", "dead")}}
@@ -167,7 +221,7 @@ def _at(record: dict, key: str, i: int):
     return values[i] if i < len(values) else None
 
 
-def evenly_spaced(records: list, points: int) -> list:
+def evenly_spaced(records: Sequence, points: int) -> list:
     """Up to `points` (at least 2) records at evenly spaced positions, always the first and last."""
     points = max(points, 2)
     if len(records) <= points:
@@ -176,35 +230,49 @@ def evenly_spaced(records: list, points: int) -> list:
     return [records[round(i * stride)] for i in range(points)]
 
 
-def summarize(run: Run, points: int = 8) -> dict:
-    """A JSON-ready summary of one run.
+def select(steps: list[int], points: int = HISTORY_POINTS, last: int | None = None,
+           every: int | None = None) -> list[int]:
+    """Indices of the train records (with these steps) that the history and health show.
 
-    Keys: run, path, config (see `config_brief`), steps_logged (last logged step), final (the last
-    train record's loss terms), best ({term: {value, step}}, the lowest finite value of each term),
-    levels (per level, 1-based: used, perplexity and dead from the last train record; eval_used,
-    eval_dead, eval_perplexity and heldout_perplexity from the last eval record if any;
-    sinkhorn_marginal_error if logged and the OT term was on), eval ({step, heldout_recon} of the
-    last eval record, or None) and history (loss terms at up to `points` evenly spaced logged
-    steps).
+    By default `points` evenly spaced ones, the first and last included. `every` keeps the
+    records whose step is a multiple of it, and the last; `last` keeps the last N records (of
+    those `every` kept, when both are given).
     """
-    final = run.train[-1]
+    if every is None and last is None:
+        return evenly_spaced(range(len(steps)), points)
+    indices = list(range(len(steps)))
+    if every is not None:
+        indices = [i for i, step in enumerate(steps) if step % every == 0]
+        if not indices or indices[-1] != len(steps) - 1:
+            indices.append(len(steps) - 1)
+    return indices[-last:] if last is not None else indices
+
+
+def summarize(run: Run, points: int = HISTORY_POINTS, *, last: int | None = None,
+              every: int | None = None) -> dict:
+    """A JSON-ready summary of one run; its keys are listed in the module docstring.
+
+    `points`, `last` and `every` choose the train records of history and health (see `select`).
+    """
+    indices = select(run.train.steps, points, last, every)
+    *shown, final = run.train.records([*indices, -1])
     last_eval = run.evals[-1] if run.evals else None
+    with_sinkhorn = wasserstein_on(run)
+    per_level = [k for k in PER_LEVEL if k != "sinkhorn_marginal_error" or with_sinkhorn]
     return {
         "run": run.name,
         "path": str(run.path),
         "config": config_brief(run.config),
-        "steps_logged": max(r["step"] for r in run.train + run.evals),
+        "steps_logged": max([max(run.train.steps), *(r["step"] for r in run.evals)]),
         "final": {term: final[term] for term in LOSS_TERMS if term in final},
         "best": _best(run.train),
-        "levels": _levels(run),
+        "levels": _levels(run, final, with_sinkhorn),
         "eval": (
             {"step": last_eval["step"], "heldout_recon": last_eval.get("heldout_recon")}
             if last_eval is not None else None
         ),
-        "history": [
-            {k: r[k] for k in ("step", *LOSS_TERMS) if k in r}
-            for r in evenly_spaced(run.train, points)
-        ],
+        "history": [{k: r[k] for k in ("step", *LOSS_TERMS) if k in r} for r in shown],
+        "health": [{k: r[k] for k in ("step", *per_level) if k in r} for r in shown],
     }
 
 
@@ -285,86 +353,107 @@ def _health_table(summary: dict, run: Run) -> Table:
     return table
 
 
-SPARKS = "▁▂▃▄▅▆▇█"
+def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
+    """One character per value, ▁ for the lowest to █ for the highest, at most `width` of them.
 
-
-def sparkline(values: list[float], width: int = 40) -> str:
-    """A unicode sparkline of `values` downsampled to `width` points; log-scaled when all values
-    are positive and span more than a decade. Non-finite values show as a space."""
-    if len(values) > width:
-        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    A longer series is sampled at `width` evenly spaced positions. Log-scaled when the values
+    span more than a decade (`log_scaled`), so a loss that falls a hundredfold still shows its
+    later shape. A missing or non-finite value is a blank; a constant series is all ▄.
+    """
+    values = evenly_spaced(values, width)
     finite = [v for v in values if _is_finite(v)]
     if not finite:
         return " " * len(values)
-    if min(finite) > 0 and max(finite) > 10 * min(finite):
-        values = [math.log10(v) if _is_finite(v) and v > 0 else None for v in values]
-        finite = [v for v in values if v is not None]
-    low, high = min(finite), max(finite)
-    span = (high - low) or 1.0
-    return "".join(
-        SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] if _is_finite(v) else " "
-        for v in values)
+    scale = math.log10 if log_scaled(finite) else float
+    low, high = scale(min(finite)), scale(max(finite))
+    chars = []
+    for value in values:
+        if not _is_finite(value):
+            chars.append(" ")
+        elif high == low:
+            chars.append(SPARKS[3])
+        else:
+            chars.append(SPARKS[round((scale(value) - low) / (high - low) * (len(SPARKS) - 1))])
+    return "".join(chars)
 
 
-def select_history(train: list[dict], points: int, last: int | None = None,
-                   every: int | None = None) -> list[dict]:
-    """The train records the history tables show: the last N, those at multiples of K (and the
-    last), or evenly spaced ones."""
-    if last is not None:
-        return train[-last:]
-    if every is not None:
-        chosen = [r for r in train if r["step"] % every == 0]
-        return chosen if chosen and chosen[-1] is train[-1] else chosen + train[-1:]
-    return evenly_spaced(train, points)
+def log_scaled(values: Sequence) -> bool:
+    """Whether the finite values are all positive and span more than a decade."""
+    finite = [v for v in values if _is_finite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
 
 
-def _history_table(records: list[dict], terms: tuple[str, ...], run: Run) -> Table:
-    table = Table(title="losses over the run", title_justify="left", caption_justify="left")
-    for column in ("step", *terms):
-        table.add_column(column, justify="right")
-    for record in records:
-        table.add_row(_fmt(record["step"]), *[_fmt(record.get(t)) for t in terms])
-    trends = Table(title=f"trends over all {len(run.train)} logged steps", title_justify="left",
-                   show_header=False, box=None)
-    trends.add_column("term")
-    trends.add_column("sparkline")
+def _trends_table(run: Run, terms: tuple[str, ...]) -> Table:
+    steps = run.train.steps
+    indices = evenly_spaced(range(len(steps)), TREND_POINTS)
+    table = Table(title=f"trends over all {len(steps)} logged steps", title_justify="left",
+                  caption_justify="left")
+    for header in ("term", f"step {steps[0]} … {steps[-1]}", "lowest (▁)", "highest (█)", "scale"):
+        table.add_column(header, justify="left" if header == "term" else "right")
     for term in terms:
-        trends.add_row(term, sparkline([r.get(term) for r in run.train]))
-    return table, trends
-
-
-def _health_over_time(records: list[dict], run: Run) -> Table:
-    num_codes = run.config.get("model.num_codes")
-    table = Table(title="codebook health over the run (per level: L1 / L2 / ...)",
-                  title_justify="left")
-    columns = ["step", "used %" if num_codes else "used", "perplexity", "dead (window)"]
-    marginal = any(r.get("sinkhorn_marginal_error") and any(r["sinkhorn_marginal_error"])
-                   for r in records)
-    if marginal:
-        columns.append("Sinkhorn marginal error")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for r in records:
-        used = [f"{100 * u / num_codes:.0f}" for u in r["used"]] if num_codes else r["used"]
-        row = [str(r["step"]), " / ".join(map(str, used)),
-               " / ".join(f"{p:.1f}" for p in r["perplexity"]), " / ".join(map(str, r["dead"]))]
-        if marginal:
-            row.append(" / ".join(f"{e:.3f}" for e in r.get("sinkhorn_marginal_error", [])))
-        table.add_row(*row)
+        values = [run.train.value(term, i) for i in indices]
+        finite = [v for v in values if _is_finite(v)]
+        table.add_row(term, sparkline(values), _fmt(min(finite, default=None)),
+                      _fmt(max(finite, default=None)), "log" if log_scaled(finite) else "linear")
+    table.caption = (f"each at {len(indices)} evenly spaced logged steps; log: the term spans more "
+                     f"than a decade")
     return table
 
 
-def _render_one(run: Run, console: Console, points: int, last=None, every=None) -> None:
-    summary = summarize(run, points)
+def _selection_note(last: int | None, every: int | None) -> str:
+    """What `select` chose, for the titles of the tables over the run."""
+    multiples = f"at multiples of {every}, and the last" if every is not None else ""
+    if last is not None:
+        return f" (the last {last} logged steps{' ' + multiples if multiples else ''})"
+    return f" (logged steps {multiples})" if multiples else ""
+
+
+def _history_table(summary: dict, terms: tuple[str, ...], note: str) -> Table:
+    title = f"losses over the run{note}"
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    for column in ("step", *terms):
+        table.add_column(column, justify="right")
+    for record in summary["history"]:
+        table.add_row(_fmt(record["step"]), *[_fmt(record.get(t)) for t in terms])
+    return table
+
+
+def _health_over_time_table(summary: dict, run: Run, note: str) -> Table:
+    num_codes = run.config.get("model.num_codes")
+    window = run.config.get("run.dead_window")
+    health = summary["health"]
+    columns = {"used": "used %" if num_codes else "used", "perplexity": "perplexity",
+               "dead": f"dead (last {window} steps)" if window else "dead (window)"}
+    if any("sinkhorn_marginal_error" in entry for entry in health):
+        columns["sinkhorn_marginal_error"] = "Sinkhorn marginal error"
+    title = f"codebook health over the run{note}"
+    table = Table(title=title, title_justify="left", min_width=len(title),
+                  caption="level 1 / level 2 / ...", caption_justify="left")
+    for header in ("step", *columns.values()):
+        table.add_column(header, justify="right")
+
+    def cell(entry: dict, key: str) -> str:
+        values = entry.get(key) or []
+        if key == "used" and num_codes:
+            values = [f"{100 * v / num_codes:.0f}" if _is_finite(v) else v for v in values]
+        return " / ".join(map(_fmt, values)) or "-"
+
+    for entry in health:
+        table.add_row(_fmt(entry["step"]), *[cell(entry, key) for key in columns])
+    return table
+
+
+def _render_one(run: Run, console: Console, points: int, last: int | None,
+                every: int | None) -> None:
+    summary = summarize(run, points, last=last, every=every)
     terms = _shown_terms(run)
-    records = select_history(run.train, points, last, every)
+    note = _selection_note(last, every)
     console.print(_config_table(summary, run))
     console.print(_losses_table(summary, terms))
     console.print(_health_table(summary, run))
-    history, trends = _history_table(records, terms, run)
-    console.print(trends)
-    console.print(history)
-    console.print(_health_over_time(records, run))
+    console.print(_trends_table(run, terms))
+    console.print(_history_table(summary, terms, note))
+    console.print(_health_over_time_table(summary, run, note))
 
 
 def _comparison_rows(runs: list[Run], summaries: list[dict], num_levels: int) -> list[list]:
@@ -418,50 +507,58 @@ def _render_comparison(runs: list[Run], console: Console) -> None:
     console.print(table)
 
 
-def render(runs: list[Run], console: Console, points: int = 8, *, last: int | None = None,
-           every: int | None = None) -> None:
-    """Tables for one run (config, losses, codebook health, history), or one comparing several."""
+def render(runs: list[Run], console: Console, points: int = HISTORY_POINTS, *,
+           last: int | None = None, every: int | None = None) -> None:
+    """Tables for one run (config, losses, codebook health, trends, the run's course), or one
+    comparing several runs; `last` and `every` choose the steps of the course (see `select`)."""
     if len(runs) == 1:
         _render_one(runs[0], console, points, last, every)
     elif runs:
         _render_comparison(runs, console)
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Each path as given, or, for a parent such as runs/, every run directory directly in it."""
-    found = []
-    for path in map(Path, paths):
-        below = sorted(p.parent for p in path.glob(f"*/{runlog.METRICS_FILE}"))
-        holds_log = (path / runlog.METRICS_FILE).exists()
-        found += below if path.is_dir() and not holds_log and below else [path]
-    return found
+# -- CSV and main -----------------------------------------------------------------------------
+
+CSV_COLUMNS = ("run", "step", "time", *LOSS_TERMS)
+CSV_PER_LEVEL = ("used", "dead", "perplexity", "sinkhorn_marginal_error")
 
 
 def write_csv(runs: list[Run], out) -> None:
-    """One row per logged train record: run, step, time, loss terms, then per-level columns."""
-    import csv
+    """Every logged train record of every run as CSV, for spreadsheets and pandas.
 
-    num_levels = max(len(r.train[-1]["used"]) for r in runs)
-    per_level = ["used", "dead", "perplexity", "sinkhorn_marginal_error"]
-    writer = csv.writer(out)
-    writer.writerow(["run", "step", "time", *LOSS_TERMS,
-                     *[f"{key}_L{i + 1}" for i in range(num_levels) for key in per_level]])
+    Columns: run, step, time, the loss terms, then per level used_L1, dead_L1, perplexity_L1 and
+    (when logged) sinkhorn_marginal_error_L1, used_L2, ... An empty cell is a missing value.
+    """
+    finals = [run.train[-1] for run in runs]
+    num_levels = max(len(final.get("used") or []) for final in finals)
+    per_level = [k for k in CSV_PER_LEVEL
+                 if k != "sinkhorn_marginal_error" or any(k in final for final in finals)]
+    writer = csv.writer(out, lineterminator="\n")
+    level_columns = [f"{k}_L{i + 1}" for i in range(num_levels) for k in per_level]
+    writer.writerow([*CSV_COLUMNS, *level_columns])
     for run in runs:
-        for r in run.train:
-            levels = [_at(r, key, i) for i in range(num_levels) for key in per_level]
-            writer.writerow([run.name, r["step"], r.get("time"), *[r.get(t) for t in LOSS_TERMS],
-                             *levels])
+        for record in run.train:
+            writer.writerow([run.name, *(record.get(k) for k in CSV_COLUMNS[1:]),
+                             *(_at(record, k, i) for i in range(num_levels) for k in per_level)])
 
 
 def main(run_dirs: list[Path], as_json: bool, console: Console, *, last: int | None = None,
          every: int | None = None, as_csv: bool = False) -> None:
-    """Loads every run (the first bad one raises ConfigError); prints JSON, CSV or tables."""
-    runs = [load_run(Path(run_dir)) for run_dir in find_runs(run_dirs)]
-    if as_json:
-        print(json.dumps([summarize(run) for run in runs], indent=2))
-    elif as_csv:
-        import sys
+    """Loads every run (the first bad one raises ConfigError); prints JSON, CSV or tables.
 
+    A directory that holds runs stands for the runs in it (`find_runs`). `last` and `every` choose
+    the train records of the tables over the run and of the JSON's history and health (`select`);
+    the comparison of several runs and the CSV, which has every record, do not use them.
+    """
+    if as_json and as_csv:
+        raise ConfigError("--json and --csv are two output formats; pass one")
+    for flag, value in (("--last", last), ("--every", every)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} takes a positive number of steps, not {value}")
+    runs = [load_run(run_dir) for run_dir in find_runs(run_dirs)]
+    if as_csv:
         write_csv(runs, sys.stdout)
+    elif as_json:
+        print(json.dumps([summarize(run, last=last, every=every) for run in runs], indent=2))
     else:
         render(runs, console, last=last, every=every)

@@ -3,17 +3,19 @@
     python scripts/bench_report.py [--records 100000] [--repeats 5] [--keep DIR]
 
 Writes a synthetic run directory the way `rqvae train` does (float32 values widened to Python
-floats, so the lines are as long as real ones: about 400 bytes), then prints
-1. the in-process time of `report.load_run` + `report.summarize` (median of --repeats), and
-2. the wall time of the whole command `python -m rqvae.cli report DIR` in a subprocess (median of
-   --repeats, after one warm-up run so the file is in the page cache), also with --json, and of
-   `python -c "import rqvae.cli"` for the share that is interpreter start and imports.
+floats, so lines are as long as real ones: about 350 bytes), then prints, each the median of
+--repeats:
+1. in process: `report.load_run`, `report.summarize` and `report.render` (tables into a string);
+2. whole commands in a subprocess, after one warm-up so the log is in the page cache:
+   `python -m rqvae.cli report DIR` and `... --json`, and for the part that does not depend on the
+   log, `python -c "import rqvae.cli"` and the same report of a 10-record run.
 Target (issue "See a run at a glance"): the whole command under 0.5 s on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import platform
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rich.console import Console
 
 from rqvae import config, report, runlog
 
@@ -45,6 +49,7 @@ def write_run(run_dir: Path, records: int, eval_every: int = 1000) -> int:
         model=config.ModelConfig(num_levels=LEVELS, num_codes=CODES),
         run=config.RunConfig(run_dir=str(run_dir), log_every=1, eval_every=eval_every))
     (run_dir / runlog.CONFIG_FILE).write_text(config.dumps(cfg))
+    (run_dir / runlog.METRICS_FILE).unlink(missing_ok=True)  # RunLog appends; --keep rewrites
     rng = random.Random(0)
     with runlog.RunLog(run_dir) as log:
         for step in range(1, records + 1):
@@ -107,18 +112,36 @@ def main() -> None:
         load = median_seconds(lambda: report.load_run(run_dir), args.repeats)
         run = report.load_run(run_dir)
         summarize = median_seconds(lambda: report.summarize(run), args.repeats)
+        render = median_seconds(lambda: render_tables(run_dir), args.repeats)
         print(f"in process, median of {args.repeats}: load_run {1e3 * load:.0f} ms, "
-              f"summarize {1e3 * summarize:.0f} ms, together {1e3 * (load + summarize):.0f} ms")
+              f"summarize {1e3 * summarize:.0f} ms (load+summarize {1e3 * (load + summarize):.0f} "
+              f"ms); load_run+render {1e3 * render:.0f} ms")
 
-        command("-m", "rqvae.cli", "report", str(run_dir))  # warm-up: page cache, .pyc files
-        for label, argv in [
-            ("python -c 'import rqvae.cli'", ["-c", "import rqvae.cli"]),
-            ("python -m rqvae.cli report DIR", ["-m", "rqvae.cli", "report", str(run_dir)]),
-            ("python -m rqvae.cli report DIR --json",
-             ["-m", "rqvae.cli", "report", str(run_dir), "--json"]),
-        ]:
-            wall = median_seconds(lambda: command(*argv), args.repeats)
-            print(f"{label:<40} {1e3 * wall:5.0f} ms wall (median of {args.repeats})")
+        short_run = Path(tmp) / "short-run"
+        write_run(short_run, 10)
+        commands = {
+            "python -c 'import rqvae.cli'": ["-c", "import rqvae.cli"],
+            "rqvae report (10-record run)": ["-m", "rqvae.cli", "report", str(short_run)],
+            f"rqvae report ({args.records}-record run)": ["-m", "rqvae.cli", "report", str(run_dir)],
+            f"rqvae report --json ({args.records})":
+                ["-m", "rqvae.cli", "report", str(run_dir), "--json"],
+        }
+        times = {label: [] for label in commands}
+        command(*commands[f"rqvae report ({args.records}-record run)"])  # warm-up: page cache
+        for _ in range(args.repeats):  # round robin: a slower minute of a shared machine hits all
+            for label, argv in commands.items():
+                start = time.perf_counter()
+                command(*argv)
+                times[label].append(time.perf_counter() - start)
+        for label, seconds in times.items():
+            print(f"{label:<40} {1e3 * statistics.median(seconds):5.0f} ms wall "
+                  f"(median of {args.repeats})")
+
+
+def render_tables(run_dir: Path) -> str:
+    console = Console(file=io.StringIO(), width=160)
+    report.render([report.load_run(run_dir)], console)
+    return console.file.getvalue()
 
 
 if __name__ == "__main__":

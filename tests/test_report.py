@@ -1,7 +1,9 @@
 """`rqvae report` on synthetic run directories: summaries, tables, comparisons, errors. No JAX."""
 
+import csv
 import io
 import json
+import random
 import re
 import subprocess
 import sys
@@ -56,8 +58,8 @@ def make_run(root, name, cfg=None, records=None):
 
 
 def tiny_cfg(run_dir="", **changes):
-    return TrainerConfig(steps=40, model=ModelConfig(num_codes=8),
-                         run=RunConfig(run_dir=str(run_dir), dead_window=10), **changes)
+    return TrainerConfig(**{"steps": 40, "model": ModelConfig(num_codes=8),
+                            "run": RunConfig(run_dir=str(run_dir), dead_window=10), **changes})
 
 
 def rendered(runs, styles=False, points=8):
@@ -314,42 +316,202 @@ def test_importing_the_report_loads_neither_jax_flax_nor_numpy():
     assert result.returncode == 0, result.stderr
 
 
-# -- sparklines, --last / --every, CSV, parent directories ---------------------------------------
+# -- sparklines, --last / --every, CSV, parent directories, the JSON schema ----------------------
+
+
+def decreasing_run(root, name="long", steps=range(10, 610, 10), cfg=None):
+    """Losses falling as 1/step (three decades for recon), an eval every 200 steps."""
+    records = []
+    for s in steps:
+        records.append(train_record(s, 10 / s, 5 / s, 0.5 / s, 0.25, 0.0, used=(s % 8, 8),
+                                    dead=(8 - s % 8, 0)))
+        if s % 200 == 0:
+            records.append(eval_record(s, 4 / s))
+    return make_run(root, name, cfg or tiny_cfg(steps=steps[-1]), records)
 
 
 def test_sparkline_follows_the_values():
-    rising = report.sparkline([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
-    assert rising == "▁▂▃▄▅▆▇█"
-    falling = report.sparkline([100.0, 10.0, 1.0, 0.1])  # spans 3 decades: log scale
-    assert falling == "█▆▃▁"
+    assert report.sparkline([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == "▁▂▃▄▅▆▇█"
+    assert report.sparkline([100.0, 10.0, 1.0, 0.1]) == "█▆▃▁"  # three decades: log scale
+    assert report.log_scaled([100.0, 0.1]) and not report.log_scaled([1.0, 9.0])
+    assert not report.log_scaled([-1.0, 100.0])  # not all positive: linear
     assert len(report.sparkline([float(v) for v in range(1000)], width=40)) == 40
-    assert report.sparkline([1.0, float("nan"), 2.0]) == "▁ █"
+    assert report.sparkline([1.0, float("nan"), 2.0, None]) == "▁ █ "
+    assert report.sparkline([0.5] * 3) == "▄▄▄"
 
 
-def test_history_selection_last_every_and_even():
-    train = [{"step": s} for s in range(10, 110, 10)]
-    assert [r["step"] for r in report.select_history(train, 8, last=3)] == [80, 90, 100]
-    assert [r["step"] for r in report.select_history(train, 8, every=30)] == [30, 60, 90, 100]
-    even = [r["step"] for r in report.select_history(train, 4)]
-    assert even[0] == 10 and even[-1] == 100 and len(even) == 4
+@pytest.mark.parametrize("seed", range(5))
+def test_a_monotone_series_gives_a_monotone_sparkline(seed):
+    rng = random.Random(seed)
+    values = sorted(rng.uniform(1e-4, 1.0) for _ in range(rng.randrange(2, 200)))
+    line = report.sparkline(values)
+    levels = [report.SPARKS.index(c) for c in line]
+    assert levels == sorted(levels) and line[0] == "▁" and line[-1] == "█"
+    assert len(line) == min(len(values), 40)
 
 
-def test_csv_has_a_row_per_train_record_and_per_level_columns(tmp_path, capsys):
-    import csv
-    import io
+@pytest.mark.parametrize("last, every, expected", [
+    (None, None, [10, 50, 100]),  # 4.5 rounds to even
+    (3, None, [80, 90, 100]),
+    (20, None, list(range(10, 110, 10))),
+    (None, 30, [30, 60, 90, 100]),  # multiples of 30, and the last
+    (None, 50, [50, 100]),  # the last is a multiple: not twice
+    (None, 1000, [100]),
+    (2, 30, [90, 100]),  # the last 2 of those every 30 keeps
+])
+def test_select_chooses_the_last_n_multiples_of_k_or_evenly_spaced_steps(last, every, expected):
+    steps = list(range(10, 110, 10))
+    indices = report.select(steps, points=3, last=last, every=every)
+    assert [steps[i] for i in indices] == expected
 
+
+def test_the_trends_table_has_a_sparkline_per_term_over_the_whole_run(tmp_path):
+    text = rendered([report.load_run(decreasing_run(tmp_path))])
+    assert "trends over all 60 logged steps" in text
+    trends = text.split("trends over all")[1].split("losses over the run")[0]
+    lines = {term: re.search(rf"│ {term}\s*│ (\S+) ", trends) for term in report.LOSS_TERMS}
+    assert lines["wasserstein"] is None  # the OT term was off
+    for term in ("total", "recon", "commit"):
+        line = lines[term].group(1)
+        levels = [report.SPARKS.index(c) for c in line]
+        assert len(line) == 40 and levels == sorted(levels, reverse=True)
+        assert line[0] == "█" and line[-1] == "▁"
+    assert re.search(r"│ recon\s*│ \S+ │\s*0\.008333 │\s*0\.5 │\s*log │", trends)
+    assert re.search(r"│ codebook\s*│ ▄+ │\s*0\.25 │\s*0\.25 │\s*linear │", trends)
+
+
+def test_last_and_every_choose_the_rows_of_the_tables_over_the_run(tmp_path):
+    run = report.load_run(decreasing_run(tmp_path))
+    text = rendered([run], points=8)
+    history = text.split("losses over the run")[1].split("codebook health over the run")[0]
+    assert [r.split()[1] for r in rows_of(history, r"\d+")] == [
+        "10", "90", "180", "260", "350", "430", "520", "600"]
+
+    console = Console(file=io.StringIO(), record=True, width=200)
+    report.main([run.path], as_json=False, console=console, last=2)
+    text = console.export_text()
+    history = text.split("losses over the run (the last 2 logged steps)")[1]
+    history, health = history.split("codebook health over the run (the last 2 logged steps)")
+    assert [r.split()[1] for r in rows_of(history, r"\d+")] == ["590", "600"]
+    assert [r.split()[1] for r in rows_of(health, r"\d+")] == ["590", "600"]
+    # used (590 % 8 = 6, 8) of 8 codes in %, perplexity and dead per level
+    assert re.search(r"│\s*590 │\s*75 / 100 │\s*4\.25 / 2\.75 │\s*2 / 0 │", health)
+
+    console = Console(file=io.StringIO(), record=True, width=200)
+    report.main([run.path], as_json=False, console=console, every=250)
+    text = console.export_text()
+    assert "losses over the run (logged steps at multiples of 250, and the last)" in text
+    history = text.split("losses over the run")[1].split("codebook health over")[0]
+    assert [r.split()[1] for r in rows_of(history, r"\d+")] == ["250", "500", "600"]
+
+
+def test_json_history_and_health_follow_last_and_every(tmp_path, capsys):
+    run_dir = decreasing_run(tmp_path, cfg=tiny_cfg(steps=600, lambda_wasserstein=0.5))
+    report.main([run_dir], as_json=True, console=Console(), every=200)
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert [h["step"] for h in summary["history"]] == [200, 400, 600]
+    assert summary["history"][0] == {"step": 200, "total": 0.05, "recon": 0.025,
+                                     "commit": 0.0025, "codebook": 0.25, "wasserstein": 0.0}
+    assert summary["health"][1] == {"step": 400, "used": [0, 8], "perplexity": [4.25, 2.75],
+                                    "dead": [8, 0], "sinkhorn_marginal_error": [0.0125, 0.0375]}
+    report.main([run_dir], as_json=True, console=Console(), every=200, last=1)
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert [h["step"] for h in summary["health"]] == [600]
+
+
+def test_csv_has_a_row_per_train_record_of_every_run(tmp_path, capsys):
     records = [train_record(s, 1 / s, 0.5 / s, 0.1, 0.2, 0.01) for s in (10, 20, 30)]
-    run = make_run(tmp_path, "csv-run", tiny_cfg(lambda_wasserstein=0.5), records)
-    report.main([run], as_json=False, console=Console(), as_csv=True)
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [row["step"] for row in rows] == ["10", "20", "30"]
-    assert float(rows[1]["total"]) == pytest.approx(1 / 20)
-    assert {"used_L1", "dead_L2", "perplexity_L2", "sinkhorn_marginal_error_L1"} <= set(rows[0])
-    assert rows[0]["run"] == "csv-run"
+    records.insert(2, eval_record(20, 0.5))
+    make_run(tmp_path, "b-hybrid", tiny_cfg(lambda_wasserstein=0.5), records)
+    plain = [{k: v for k, v in train_record(s, 2 / s, 1 / s, 0.1, 0.2, 0.0).items()
+              if k != "sinkhorn_marginal_error"} for s in (10, 20)]
+    make_run(tmp_path, "a-plain", tiny_cfg(), plain)
+    report.main([tmp_path], as_json=False, console=Console(), as_csv=True)
+    text = capsys.readouterr().out
+    assert "\r" not in text
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["run", "step", "time", "total", "recon", "commit", "codebook",
+                       "wasserstein", "used_L1", "dead_L1", "perplexity_L1",
+                       "sinkhorn_marginal_error_L1", "used_L2", "dead_L2", "perplexity_L2",
+                       "sinkhorn_marginal_error_L2"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("a-plain", "10"), ("a-plain", "20"),
+                                                ("b-hybrid", "10"), ("b-hybrid", "20"),
+                                                ("b-hybrid", "30")]
+    assert rows[1] == ["a-plain", "10", "0.1", "0.2", "0.1", "0.1", "0.2", "0.0",
+                       "5", "2", "4.25", "", "3", "4", "2.75", ""]
+    assert rows[4][3:5] == [repr(1 / 20), repr(0.5 / 20)] and rows[4][11] == "0.0125"
+
+    report.main([tmp_path / "a-plain"], as_json=False, console=Console(), as_csv=True)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "sinkhorn" not in header and header.endswith("perplexity_L2")
 
 
-def test_a_parent_directory_stands_for_every_run_in_it(tmp_path):
+def test_a_parent_directory_stands_for_every_run_in_it(tmp_path, capsys):
     for name in ("b-run", "a-run"):
         make_run(tmp_path, name, tiny_cfg())
-    assert [p.name for p in report.find_runs([tmp_path])] == ["a-run", "b-run"]
-    assert report.find_runs([tmp_path / "a-run"]) == [tmp_path / "a-run"]
+    (tmp_path / "notes").mkdir()  # no run: not reported
+    assert report.find_runs([tmp_path]) == [tmp_path / "a-run", tmp_path / "b-run"]
+    assert report.find_runs([tmp_path / "a-run", tmp_path]) == [
+        tmp_path / "a-run", tmp_path / "a-run", tmp_path / "b-run"]
+    report.main([tmp_path], as_json=True, console=Console())
+    assert [s["run"] for s in json.loads(capsys.readouterr().out)] == ["a-run", "b-run"]
+    text = rendered([report.load_run(p) for p in report.find_runs([tmp_path])])
+    assert "2 runs side by side" in text
+    with pytest.raises(ConfigError, match=r"notes holds no metrics.jsonl; pass a directory"):
+        report.main([tmp_path / "notes"], as_json=True, console=Console())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"last": 0}, "--last takes a positive number of steps, not 0"),
+    ({"every": -5}, "--every takes a positive number of steps, not -5"),
+    ({"as_csv": True, "as_json": True}, "--json and --csv are two output formats; pass one"),
+])
+def test_bad_options_are_config_errors(tmp_path, capsys, options, message):
+    options = {"as_json": False} | options
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        report.main([make_run(tmp_path, "run", tiny_cfg())], console=Console(), **options)
+    assert capsys.readouterr().out == ""
+
+
+def documented_json_keys() -> dict[str, set]:
+    """{top-level key: its documented sub-keys} from the `--json` list in report's docstring."""
+    keys, parent = {}, None
+    for line in report.__doc__.split("`--json`")[1].splitlines():
+        if match := re.match(r"(  )?- ([\w, ]+):", line):
+            names = set(match.group(2).split(", "))
+            if match.group(1):
+                keys[parent] |= names
+            else:
+                (parent,) = names
+                keys[parent] = set()
+    return keys
+
+
+def test_the_json_keys_are_the_documented_ones(tmp_path):
+    run_dir = decreasing_run(tmp_path, cfg=tiny_cfg(steps=600, lambda_wasserstein=0.5))
+    summary = report.summarize(report.load_run(run_dir))
+    documented = documented_json_keys()
+    assert set(documented) == set(summary)
+    assert {"run", "path", "config", "steps_logged", "final", "best", "levels", "eval",
+            "history"} <= set(summary)  # the keys of the first release stay
+    for key in ("levels", "history", "health"):
+        assert documented[key] == set().union(*summary[key]), key
+    assert documented["eval"] == set(summary["eval"])
+    assert set(summary["final"]) == set(summary["best"]) == set(report.LOSS_TERMS)
+
+
+def test_a_log_in_another_layout_gives_the_same_summary(tmp_path):
+    """The fast reader (RunLog's layout) and the line-by-line one agree on every key."""
+    fast = decreasing_run(tmp_path, "fast", cfg=tiny_cfg(steps=600, lambda_wasserstein=0.5))
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / runlog.CONFIG_FILE).write_bytes((fast / runlog.CONFIG_FILE).read_bytes())
+    lines = (fast / runlog.METRICS_FILE).read_text().splitlines()
+    (slow / runlog.METRICS_FILE).write_text(
+        "\n".join(json.dumps(json.loads(line), indent=None) for line in lines) + "\n")
+    for options in ({}, {"last": 3}, {"every": 70}):
+        summaries = [report.summarize(report.load_run(d), **options) for d in (fast, slow)]
+        for summary in summaries:
+            del summary["run"], summary["path"]
+        assert summaries[0] == summaries[1]
+        assert summaries[0]["best"]["total"] == {"value": 10 / 600, "step": 600}

@@ -1,6 +1,9 @@
 """The JSONL run log: what is written reads back; a cut-off or truncated log stays readable."""
 
 import json
+import math
+
+import pytest
 
 from rqvae import runlog
 
@@ -80,3 +83,104 @@ def test_truncate_after_keeps_everything_up_to_the_last_step_and_ignores_a_missi
     empty.mkdir()
     runlog.truncate_after(empty, 5)
     assert list(empty.iterdir()) == []
+
+
+# -- scan: long logs for reports --------------------------------------------------------------
+
+
+def _train(step, total, **extra):
+    losses = {"total": total, "recon": total / 2, "commit": 0.125, "codebook": 0.25,
+              "wasserstein": 0.0}
+    return {"kind": "train", "step": step, "time": step / 10, **losses, "used": [3, 4],
+            "perplexity": [2.5, 3.5], "dead": [1, 0], **extra}
+
+
+def _eval(step):
+    return {"kind": "eval", "step": step, "time": step / 9, "heldout_recon": 0.5, "used": [4, 4],
+            "perplexity": [3.0, 3.5], "dead": [0, 0]}
+
+
+def _scanned(run_dir):
+    """What scan gives, as read would: (train records, eval records, per-term first-min index)."""
+    train, evals = runlog.scan(run_dir)
+    best = {t: train.first_min(t) for t in runlog.LOSS_TERMS}
+    return list(train), evals, best
+
+
+def _expected(run_dir):
+    records = runlog.read(run_dir)
+    train = [r for r in records if r["kind"] == "train"]
+    best = {}
+    for term in runlog.LOSS_TERMS:
+        finite = [i for i, r in enumerate(train)
+                  if isinstance(r.get(term), int | float) and math.isfinite(r[term])]
+        best[term] = min(finite, key=lambda i: train[i][term]) if finite else None
+    return train, [r for r in records if r["kind"] == "eval"], best
+
+
+def test_scan_of_a_log_written_by_runlog_parses_only_its_eval_lines(tmp_path, monkeypatch):
+    records = [_train(s, 1 / s) for s in range(1, 301)]
+    records[150:150] = [_eval(150)]
+    for tied in records[120], records[200]:  # a tie: the first one is the best
+        tied.update(total=0.001, recon=0.0005)
+    _write(tmp_path, records)
+    parsed, parse = [], runlog._parse
+    monkeypatch.setattr(runlog, "_parse", lambda line: parsed.append(line) or parse(line))
+    train, evals = runlog.scan(tmp_path)
+    assert len(parsed) == 2  # the eval line and the (empty) unterminated tail, no train line
+    assert train.steps == list(range(1, 301)) and evals == [_eval(150)]
+    assert train.first_min("total") == 120 and train.value("total", 120) == 0.001
+    assert train.first_min("recon") == 120
+    assert train.first_min("commit") == 0  # constant: the first record
+    assert train.records([299, 0, -1]) == [records[-1], records[0], records[-1]]
+    assert not train.any_nonzero("wasserstein")
+
+
+@pytest.mark.parametrize("case", ["plain", "numbers", "hand-written", "cut off", "no newline"])
+def test_scan_gives_what_read_gives(tmp_path, monkeypatch, case):
+    records = [_train(s, 0.5 + 0.25 * (s % 3)) for s in range(10, 110, 10)]
+    if case == "numbers":  # outside d.ddd: exponents, >= 10, negative, NaN, infinity, an int
+        totals = [3e-05, 12.5, -0.5, float("nan"), float("inf"), 2, 1e-07]
+        for record, total in zip(records, totals):
+            record["total"] = total
+    records[-1]["wasserstein"] = 1e-05 if case == "numbers" else 0.5
+    records.insert(4, _eval(40))
+    _write(tmp_path, records)
+    path = tmp_path / runlog.METRICS_FILE
+    if case == "hand-written":  # spaces after separators, a blank line, a line that is no record
+        path.write_text("\n".join(json.dumps(r) for r in records[:5]) + "\n\n[1]\n"
+                        + "".join(json.dumps(r) + "\n" for r in records[5:]))
+    if case == "cut off":
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_train(110, 0.01))[:70])
+    if case == "no newline":
+        path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert _scanned(tmp_path) == _expected(tmp_path)
+    parsed, parse = [], runlog._parse
+    monkeypatch.setattr(runlog, "_parse", lambda line: parsed.append(line) or parse(line))
+    train, _ = runlog.scan(tmp_path)
+    fast = case in ("plain", "numbers", "cut off")  # RunLog's layout: eval line and tail parsed
+    assert len(parsed) == 2 if fast else len(parsed) > 10
+    assert train.any_nonzero("wasserstein")  # the last record's; test above: all zero
+    if case == "numbers":
+        assert train.first_min("total") == 2 and train.value("total", 2) == -0.5
+        assert train.value("total", 5) == 2 and isinstance(train.value("total", 5), int)
+
+
+def test_scan_of_a_log_without_train_records_is_empty(tmp_path):
+    _write(tmp_path, [_eval(5)])
+    train, evals = runlog.scan(tmp_path)
+    assert len(train) == 0 and list(train) == [] and evals == [_eval(5)]
+    assert train.first_min("total") is None
+    with pytest.raises(IndexError):
+        train[0]
+
+
+def test_a_line_in_the_layout_but_no_json_keeps_its_step_and_loss_terms(tmp_path):
+    _write(tmp_path, [_train(10, 0.5)])
+    with open(tmp_path / runlog.METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_train(20, 0.25), separators=(",", ":"))[:-12] + "}\n")
+    train, _ = runlog.scan(tmp_path)
+    assert train.steps == [10, 20]
+    assert train[1] == {"kind": "train", "step": 20, "total": 0.25, "recon": 0.125,
+                        "commit": 0.125, "codebook": 0.25, "wasserstein": 0.0}
