@@ -122,7 +122,7 @@ def _tfds_images(source, name: str) -> np.ndarray:
         raise ConfigError(f"tfds:{name} has no 'image' feature (it has {sorted(first)}); "
                           f"rqvae trains on image data sets")
     images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
-    return _scaled(images, f"tfds:{name}")
+    return _checked_images(images, f"tfds:{name}")
 
 
 # -- npz --------------------------------------------------------------------------------------
@@ -140,14 +140,19 @@ def _npz(path: Path, cfg: DataConfig) -> Dataset:
     if "train" not in contents:
         raise ConfigError(f"{path} has no array 'train' (it has {sorted(contents)}); save your "
                           f"images with np.savez(path, train=images, heldout=optional_images)")
-    train = _scaled(_nhwc(contents["train"], f"{path}['train']"), f"{path}['train']")
+    train = _checked_images(contents["train"], f"{path}['train']")
     if "heldout" not in contents:
         return _dataset(f"npz:{path}", *_hold_out(train, cfg))
-    heldout = _scaled(_nhwc(contents["heldout"], f"{path}['heldout']"), f"{path}['heldout']")
+    heldout = _checked_images(contents["heldout"], f"{path}['heldout']")
     if heldout.shape[1:] != train.shape[1:]:
         raise ConfigError(f"{path}: 'heldout' images are {heldout.shape[1:]}, 'train' images "
                           f"{train.shape[1:]}; both need one image shape")
     return _dataset(f"npz:{path}", train, heldout)
+
+
+def _checked_images(images: np.ndarray, what: str) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 or float images as (N, H, W, C) float32 in [0, 1]."""
+    return _scaled(_nhwc(images, what), what)
 
 
 def _nhwc(images: np.ndarray, what: str) -> np.ndarray:
@@ -161,8 +166,6 @@ def _nhwc(images: np.ndarray, what: str) -> np.ndarray:
 
 def _scaled(images: np.ndarray, what: str) -> np.ndarray:
     """uint8 images to [0, 1]; float images must already be in [0, 1]."""
-    if images.ndim == 3:
-        images = images[..., None]
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     if np.issubdtype(images.dtype, np.floating):

@@ -13,7 +13,7 @@ import numpy as np
 from rqvae import runlog
 from rqvae.config import ConfigError
 
-LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
+LOSS_TERMS = runlog.LOSS_TERMS
 
 
 def _pyplot():

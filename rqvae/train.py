@@ -22,7 +22,7 @@ from rqvae.data import Dataset
 from rqvae.losses import compute_losses
 from rqvae.model import RQVAE
 
-LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
+LOSS_TERMS = runlog.LOSS_TERMS
 PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")
 
 
