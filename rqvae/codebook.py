@@ -1,0 +1,157 @@
+"""The two standard remedies against dead codes, as pure functions: k-means initialisation of a
+residual codebook and restarting codes unused for a while from the current batch.
+
+Both follow vector-quantize-pytorch (`kmeans_init`, `threshold_ema_dead_code`), so that runs with
+them are fair comparators to the Wasserstein loss. Distances are nearest-code by squared distance,
+as in `rqvae.model.quantize`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from rqvae.model import quantize
+
+# -- k-means initialisation -------------------------------------------------------------------
+
+
+def _nearest_code(points_NxD: jax.Array, codebook_KxD: jax.Array) -> jax.Array:
+    """Index of each point's nearest code, ties to the lowest index (as in `quantize`)."""
+    # ||p - c||^2 without ||p||^2, which does not change the argmin; no (N, K, D) intermediate.
+    distance_NxK = jnp.sum(codebook_KxD**2, axis=-1) - 2.0 * points_NxD @ codebook_KxD.T
+    return jnp.argmin(distance_NxK, axis=-1)
+
+
+def _kmeans(points_NxD: jax.Array, num_codes: int, key: jax.Array, iters: int) -> jax.Array:
+    """Lloyd's k-means from `num_codes` points sampled from the data: (K, D).
+
+    Sampled without replacement when there are enough points, with replacement otherwise. A code
+    no point picks keeps its centroid (no division by zero), so duplicates of an N < K sample
+    stay finite: they are ties the argmin always resolves to their first copy.
+    """
+    num_points = points_NxD.shape[0]
+    index_K = jax.random.choice(key, num_points, (num_codes,), replace=num_points < num_codes)
+    initial_KxD = jnp.take(points_NxD, index_K, axis=0)
+
+    def lloyd_step(_, centroids_KxD):
+        index_N = _nearest_code(points_NxD, centroids_KxD)
+        sums_KxD = jax.ops.segment_sum(points_NxD, index_N, num_segments=num_codes)
+        counts_K = jnp.bincount(index_N, length=num_codes).astype(points_NxD.dtype)
+        means_KxD = sums_KxD / jnp.maximum(counts_K, 1.0)[:, None]
+        return jnp.where(counts_K[:, None] > 0, means_KxD, centroids_KxD)
+
+    return lax.fori_loop(0, iters, lloyd_step, initial_KxD)
+
+
+@functools.partial(jax.jit, static_argnames=("num_levels", "num_codes", "iters"))
+def kmeans_codebooks(
+    z_NxD: jax.Array, num_levels: int, num_codes: int, key: jax.Array, iters: int = 10
+) -> jax.Array:
+    """A residual codebook (L, K, D) float32 fitted by k-means, level by level.
+
+    Level 1 clusters the encoder outputs `z_NxD`; level l > 1 clusters what is left after
+    quantizing with the levels already fitted, so each level starts where the training would
+    see it. Each level samples its initial centroids from its inputs with `fold_in(key, level)`
+    and runs `iters` Lloyd iterations; `iters=0` returns the samples themselves.
+    """
+    residual_NxD = z_NxD.astype(jnp.float32)
+    levels = []
+    for level in range(num_levels):
+        codebook_KxD = _kmeans(residual_NxD, num_codes, jax.random.fold_in(key, level), iters)
+        levels.append(codebook_KxD)
+        residual_NxD = residual_NxD - quantize(residual_NxD, codebook_KxD[None])[0]
+    return jnp.stack(levels)
+
+
+# -- dead-code restart ------------------------------------------------------------------------
+
+
+def stale_codes(last_used_LxK: jax.Array, step, threshold: int) -> jax.Array:
+    """Codes not picked at any of the last `threshold` steps up to and including `step`: (L, K).
+
+    `last_used` is `metrics.update_last_used`'s: the step a code was last picked, -1 never. A
+    never-picked code counts as picked just before step 0, so it gets the same `threshold`
+    chances as a restarted one: steps 0 .. threshold - 1, and is stale from step threshold - 1
+    on, i.e. once `threshold` steps have been taken. (`metrics.dead_in_window`, a health
+    metric, counts never-picked codes as dead from the first step instead.)
+    """
+    return last_used_LxK <= step - threshold
+
+
+@functools.partial(jax.jit, static_argnames="threshold")
+def restart_dead_codes(
+    codebook_LxKxD: jax.Array,
+    last_used_LxK: jax.Array,
+    step,
+    level_inputs_LxBxD: jax.Array,
+    key: jax.Array,
+    *,
+    threshold: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Re-seeds every stale code (see `stale_codes`) from a random row of its level's inputs.
+
+    Call it after `metrics.update_last_used` has recorded this batch at `step`, with the same
+    `step` and the batch's `level_inputs` (the encoder output at level 1, the residual below):
+    codes are re-seeded where this batch's data is. Within a level the rows are drawn without
+    replacement while the batch has enough of them, then repeat. A restarted code's `last_used`
+    becomes `step`, which gives it a fresh window of `threshold` steps. Every other code, and its
+    `last_used`, is returned bitwise unchanged.
+
+    Returns the codebook, last_used and the number of codes restarted per level (L,) int32.
+    """
+    if threshold < 1:
+        raise ValueError(f"threshold must be >= 1 step, got {threshold}")
+    stale_LxK = stale_codes(last_used_LxK, step, threshold)
+    batch_size = level_inputs_LxBxD.shape[1]
+
+    def reseed_level(codebook_KxD, stale_K, inputs_BxD, level_key):
+        # The r-th stale code takes the r-th row of a random order of the batch.
+        order_B = jax.random.permutation(level_key, batch_size)
+        rank_K = jnp.cumsum(stale_K) - 1
+        seeds_KxD = jnp.take(inputs_BxD, order_B[rank_K % batch_size], axis=0)
+        return jnp.where(stale_K[:, None], seeds_KxD.astype(codebook_KxD.dtype), codebook_KxD)
+
+    level_keys = jax.random.split(key, codebook_LxKxD.shape[0])
+    codebook_LxKxD = jax.vmap(reseed_level)(codebook_LxKxD, stale_LxK, level_inputs_LxBxD,
+                                            level_keys)
+    last_used_LxK = jnp.where(stale_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
+    return codebook_LxKxD, last_used_LxK, jnp.sum(stale_LxK, axis=-1, dtype=jnp.int32)
+
+
+def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
+    """Zeros the Adam moments (mu, nu) of the restarted codebook rows; everything else unchanged.
+
+    A re-seeded code is a new parameter at a new place: its old first moment would push it along
+    its previous (dead) trajectory, and its old second moment would scale its steps by gradients
+    it saw elsewhere. Zeroed, it is treated exactly like a code never picked so far, whose
+    moments are already zero under the VQ losses (an unpicked code gets no gradient). Adam's step
+    count is shared by all parameters and is kept, so the row's first updates are larger than at
+    a true start: for a steady gradient up to ~6.5x the learning rate per coordinate, about ten
+    steps in, as for any never-picked code that gets picked late.
+
+    `opt_state` is an optax state holding `ScaleByAdamState`s whose moments are shaped like the
+    model's params, `{"params": {"codebook": (L, K, D), ...}}`. `restarted_LxK` is
+    `stale_codes(last_used, step, threshold)` of the arguments given to `restart_dead_codes`
+    (which resets last_used, so it cannot be derived afterwards).
+    """
+    is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
+    if not any(is_adam(node) for node in jax.tree.leaves(opt_state, is_leaf=is_adam)):
+        raise ValueError("opt_state holds no ScaleByAdamState to reset")
+
+    def zero_rows(moments):
+        codebook_LxKxD = moments["params"]["codebook"]
+        zeroed = jnp.where(restarted_LxK[..., None], jnp.zeros_like(codebook_LxKxD),
+                           codebook_LxKxD)
+        return {**moments, "params": {**moments["params"], "codebook": zeroed}}
+
+    def reset(node):
+        if is_adam(node):
+            return node._replace(mu=zero_rows(node.mu), nu=zero_rows(node.nu))
+        return node
+
+    return jax.tree.map(reset, opt_state, is_leaf=is_adam)
