@@ -57,6 +57,10 @@ class RunConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     dead_window: int = 200  # a code unused for this many steps counts as dead in train records
+    steps_per_call: int = 100  # train steps per compiled call (a device-side loop); more: less
+    #   host overhead, fewer checks for signals. Calls also stop at log/eval/checkpoint steps.
+    num_devices: int = 0  # devices to train on, data-parallel; 0: every device (of every host)
+    distributed: bool = False  # call jax.distributed.initialize() first, for multi-host runs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,9 +236,11 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         f"data.holdout_fraction must be in (0, 1), got {cfg.data.holdout_fraction}",
     )
     r = cfg.run
-    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "dead_window"):
+    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "dead_window",
+                 "steps_per_call"):
         value = getattr(r, name)
         _check(value >= 1, f"run.{name} must be >= 1, got {value}")
+    _check(r.num_devices >= 0, f"run.num_devices must be >= 0 (0: every device), got {r.num_devices}")
     return cfg
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rqvae import checkpoint, data, metrics, runlog
 from rqvae import config as config_lib
@@ -142,11 +144,12 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
     return new_state, step_metrics
 
 
-def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig):
+def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig, batch_sharding=None):
     """The next batch, by index into on-device data, and the epoch order it came from.
 
     Each epoch's order is a permutation drawn from fold_in(key, epoch): a resumed run draws the
     same batches as one that never stopped. The last partial batch of an epoch is dropped.
+    With a `batch_sharding`, each device gathers only its own slice of the batch.
     """
     num_images = images_NxP.shape[0]
     epoch, position = jnp.divmod(state.step, num_images // cfg.batch_size)
@@ -157,13 +160,32 @@ def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig):
         lambda: state.perm,
     ).astype(jnp.int32)
     index_B = jax.lax.dynamic_slice(perm, (position * cfg.batch_size,), (cfg.batch_size,))
+    if batch_sharding is not None:
+        index_B = jax.lax.with_sharding_constraint(index_B, batch_sharding)
     return jnp.take(images_NxP, index_B, axis=0), perm
 
 
-@functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
-def step_on_device_data(state: TrainState, images_NxP, *, cfg: TrainerConfig):
-    batch_BxP, perm = next_batch(state, images_NxP, cfg)
+def step_on_device_data(state: TrainState, images_NxP, *, cfg: TrainerConfig,
+                        batch_sharding=None):
+    batch_BxP, perm = next_batch(state, images_NxP, cfg, batch_sharding)
     return train_step(state.replace(perm=perm), batch_BxP, cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
+def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: TrainerConfig,
+              batch_sharding=None):
+    """`num_steps` train steps in one call; returns the new state and the last step's metrics.
+
+    The steps run in a `lax.fori_loop` whose trip count is an argument, not a constant: XLA makes
+    it one while loop, so calls of any length share a single compilation, and the host dispatches
+    once per call instead of once per step. `batch_sharding` splits each batch across devices
+    (data parallel; the state is replicated and XLA adds the cross-device sums).
+    """
+    step = functools.partial(step_on_device_data, cfg=cfg, batch_sharding=batch_sharding)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(step, state, images_NxP)[1])
+    return jax.lax.fori_loop(0, num_steps, lambda _, carry: step(carry[0], images_NxP),
+                             (state, zeros))
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -267,6 +289,69 @@ def load_trained(run_dir: Path, step: int | None = None):
     return cfg, dataset, state.params, step
 
 
+# -- devices ----------------------------------------------------------------------------------
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(cfg: TrainerConfig) -> None:
+    """Joins a multi-host run when `run.distributed` or RQVAE_DISTRIBUTED=1 asks for it.
+
+    Under SLURM (srun) or Open MPI, jax finds the coordinator and the process ids itself.
+    Elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID in every process. Must run before anything touches a device.
+    """
+    if not (cfg.run.distributed or os.environ.get("RQVAE_DISTRIBUTED") == "1"):
+        return
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(name):
+            kwargs[key] = int(os.environ[name])
+    jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(cfg: TrainerConfig) -> Mesh:
+    """A one-axis mesh over the devices the run trains on: `run.num_devices` of them, or all.
+
+    Raises ConfigError when there are too few devices or the batch does not split evenly.
+    """
+    devices = jax.devices()  # every host's devices, in the same order on every host
+    count = cfg.run.num_devices or len(devices)
+    if count > len(devices):
+        raise ConfigError(f"run.num_devices is {count} but only {len(devices)} "
+                          f"{devices[0].platform} devices are visible; lower run.num_devices")
+    if cfg.batch_size % count:
+        raise ConfigError(f"batch_size {cfg.batch_size} does not split evenly across {count} "
+                          f"devices; use a multiple of {count} or set run.num_devices")
+    return Mesh(np.array(devices[:count]), (DATA_AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+    """Host or device arrays -> global arrays with a full copy on every device of the mesh.
+
+    Built from each process's own copy, which works across hosts as well as on one.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, jax.device_get(tree))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding | None:
+    """How a batch is split: along the mesh's data axis; None on a single device."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS)) if mesh.size > 1 else None
+
+
+def is_primary() -> bool:
+    """Only process 0 writes the run log and prints; orbax coordinates checkpoint writes."""
+    return jax.process_index() == 0
+
+
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -315,23 +400,49 @@ class _SignalFlag:
             signal.signal(s, handler)
 
 
+def _call_end(done: int, cfg: TrainerConfig) -> int:
+    """Where the next compiled call stops: the next log, eval or checkpoint step, the end of the
+    run, or `steps_per_call` steps on, whichever comes first."""
+    r = cfg.run
+    ends = [cfg.steps, done + r.steps_per_call]
+    ends += [(done // every + 1) * every for every in (r.log_every, r.eval_every, r.checkpoint_every)]
+    return min(ends)
+
+
+class _NoLog:
+    """The run log of a process other than 0: writes nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
 def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, display) -> dict:
     """Trains from scratch or from the run's newest checkpoint up to `cfg.steps`.
 
     Writes metrics.jsonl and checkpoints into `run_dir`. Returns the last train and eval records.
     Raises TrainingFailed on a non-finite loss and Interrupted on SIGINT/SIGTERM.
     """
-    state = init_state(cfg, len(dataset.train))
+    mesh = make_mesh(cfg)
+    sharding = batch_sharding(mesh)
+    state = replicate(init_state(cfg, len(dataset.train)), mesh)
     mngr = checkpoint.manager(run_dir, cfg.run.keep_checkpoints)
     step_cfg = compiled_part(cfg)
+    primary = is_primary()
     start, time_offset = 0, 0.0
     if resume:
         start = mngr.latest_step()
         state = checkpoint.restore(mngr, start, state)
-        runlog.truncate_after(run_dir, start)
+        if primary:
+            runlog.truncate_after(run_dir, start)
         previous = runlog.read(run_dir)
         time_offset = previous[-1]["time"] if previous else 0.0
-    images = jax.device_put(dataset.train)
+    images = replicate(dataset.train, mesh)
     last_checkpoint = start if resume else None
     summary: dict = {}
     pending = None  # (step, on-device metrics) awaiting a lagged fetch
@@ -357,23 +468,31 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
         checkpoint.save(mngr, step, state)
         last_checkpoint = step
 
+    def at(step, every):
+        return step % every == 0 or step == cfg.steps
+
     t0 = time.perf_counter()
-    with runlog.RunLog(run_dir) as log, _SignalFlag() as signals, mngr, display:
+    run_log = runlog.RunLog(run_dir) if primary else _NoLog()
+    with run_log as log, _SignalFlag() as signals, mngr, display:
         display.start(start, cfg.steps)
-        for step in range(start + 1, cfg.steps + 1):
-            state, device_metrics = step_on_device_data(state, images, cfg=step_cfg)
-            flush()  # the previous step's metrics, fetched once this step is queued
-            if step % cfg.run.log_every == 0 or step == cfg.steps:
+        step = start
+        while step < cfg.steps:
+            end = _call_end(step, cfg)
+            state, device_metrics = run_steps(state, images, end - step, cfg=step_cfg,
+                                              batch_sharding=sharding)
+            step = end
+            flush()  # the previous call's metrics, fetched once this call is queued
+            if at(step, cfg.run.log_every):
                 pending = (step, device_metrics)
             display.advance(step)
-            if step % cfg.run.eval_every == 0 or step == cfg.steps:
+            if at(step, cfg.run.eval_every):
                 flush()
                 summary["eval"] = {"kind": "eval", "step": step,
                                    "time": round(time_offset + time.perf_counter() - t0, 3)}
-                summary["eval"].update(evaluate(state.params, dataset, step_cfg))
+                summary["eval"].update(evaluate(_local_copy(state.params, mesh), dataset, step_cfg))
                 log.write(summary["eval"])
                 display.log(summary["eval"])
-            if step % cfg.run.checkpoint_every == 0 or step == cfg.steps:
+            if at(step, cfg.run.checkpoint_every):
                 save(step)
             if signals.signum is not None:
                 if last_checkpoint != step:
@@ -383,6 +502,13 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
         flush()
         mngr.wait_until_finished()
     return summary
+
+
+def _local_copy(tree, mesh: Mesh):
+    """The tree on this process's first device, for evaluation (which runs on one device)."""
+    if mesh.size == 1:
+        return tree
+    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
 
 
 def with_image_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
@@ -412,6 +538,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
     Every check comes before the first write, so a refused command leaves no trace and never
     touches an existing run. Raises ConfigError with the problem and its fix.
     """
+    initialize_distributed(cfg)
     run_dir = Path(cfg.run.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
         if not _holds_run(run_dir):
@@ -429,6 +556,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
     if cfg.batch_size > len(dataset.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "
                           f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
+    make_mesh(cfg)  # enough devices, and a batch that splits evenly across them
     if resume:
         saved = config_lib.load(run_dir / runlog.CONFIG_FILE)
         changed = config_lib.shape_differences(saved, cfg)
@@ -438,10 +566,11 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         if latest >= cfg.steps:
             raise ConfigError(f"{run_dir} already reached step {latest} of {cfg.steps}; "
                               f"pass a larger --steps to train further")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (runlog.CONFIG_FILE + ".tmp")
-    tmp.write_text(config_lib.dumps(cfg))
-    tmp.replace(run_dir / runlog.CONFIG_FILE)
+    if is_primary():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / (runlog.CONFIG_FILE + ".tmp")
+        tmp.write_text(config_lib.dumps(cfg))
+        tmp.replace(run_dir / runlog.CONFIG_FILE)
     return Run(cfg, dataset, run_dir)
 
 

@@ -1,11 +1,16 @@
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae import train
+from rqvae import config, runlog, train
 
 # One step of the tiny config on the first 16 training digits. Update these only for an intended
 # change of the model, its init, the losses or the optimizer, never to make a refactor pass.
@@ -85,3 +90,97 @@ def test_evaluate_counts_dead_codes_over_the_training_split(tiny_cfg, digits):
     _, aux = train.make_model(tiny_cfg).apply(state.params, jnp.asarray(digits.train))
     direct = [len(np.unique(level)) for level in np.asarray(aux["indices"])]
     assert result["used"] == direct
+
+
+# -- the compiled loop and devices --------------------------------------------------------------
+
+LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+_lowered: list[str] | None = None  # function names lowered while a test is counting
+
+
+def _count_lowering(event, _duration, fun_name="", **_):
+    if _lowered is not None and event == LOWERING_EVENT:
+        _lowered.append(fun_name)
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_lowering)
+
+
+def _fit(cfg, resume=False):
+    from rich.console import Console
+
+    from rqvae.progress import Display
+
+    run = train.open_run(cfg, name="t", resume=resume)
+    display = Display(cfg.batch_size, Console(quiet=True), quiet=True)
+    return train.fit(run.cfg, run.dataset, run.run_dir, resume=resume, display=display)
+
+
+def test_a_run_compiles_its_train_loop_once(tiny_cfg, tmp_path):
+    global _lowered
+    # Calls of 4, 3, 4, 3, 1, ... steps (4 per call, a log every 7): one program for them all.
+    # A fresh seed makes it a program no other test compiled.
+    cfg = config.replace(tiny_cfg, {"seed": 4242, "run.steps_per_call": 4, "run.log_every": 7,
+                                    "run.run_dir": str(tmp_path / "run"), "steps": 20})
+    assert train._call_end(0, cfg) == 4 and train._call_end(4, cfg) == 7
+    _lowered = []
+    try:
+        _fit(cfg)
+        first_run = list(_lowered)
+        _lowered.clear()
+        _fit(config.replace(cfg, {"steps": 30}), resume=True)  # resumed: nothing new to compile
+        resumed = list(_lowered)
+    finally:
+        _lowered = None
+    assert first_run.count("jit(run_steps)") == 1, first_run
+    assert resumed == [], resumed
+    records = [r for r in runlog.read(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [7, 14, 20, 21, 28, 30]
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+from rqvae import config, data, train
+from tests.test_train import _fit
+devices = {}
+for path in sys.argv[1:]:
+    cfg = config.load(path)
+    _fit(cfg)
+    mesh = train.make_mesh(cfg)  # the program fit ran, looked up again: was it partitioned?
+    train_images = data.load(cfg.data).train
+    compiled = train.run_steps.lower(
+        train.replicate(train.init_state(cfg, len(train_images)), mesh),
+        train.replicate(train_images, mesh), 1, cfg=train.compiled_part(cfg),
+        batch_sharding=train.batch_sharding(mesh)).compile()
+    devices[cfg.run.run_dir] = [mesh.size, "all-reduce" in compiled.as_text()]
+print(json.dumps(devices))
+"""
+
+
+def _losses(run_dir):
+    return [(r["step"], [r[k] for k in train.LOSS_TERMS]) for r in runlog.read(run_dir)
+            if r["kind"] == "train"]
+
+
+def test_four_devices_train_like_one(tmp_path):
+    # The same 20 steps data-parallel over 4 (forced host) devices and on 1 of them: the
+    # Wasserstein term is solved over the global batch, so the losses agree to float32 rounding.
+    tiny = {"steps": 20, "batch_size": 16, "lambda_wasserstein": 0.5, "model.encoder_hidden": (32,),
+            "model.latent_dim": 4, "model.num_codes": 8, "run.log_every": 1,
+            "run.eval_every": 20, "run.checkpoint_every": 20}
+    paths = []
+    for name, num_devices in (("four", 0), ("one", 1)):
+        cfg = config.replace(config.from_dict({}), {
+            **tiny, "run.num_devices": num_devices, "run.run_dir": str(tmp_path / name)})
+        paths.append(tmp_path / f"{name}.toml")
+        paths[-1].write_text(config.dumps(cfg))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, *map(str, paths)], env=env,
+                            capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices = json.loads(result.stdout.strip().splitlines()[-1])
+    assert devices == {str(tmp_path / "four"): [4, True], str(tmp_path / "one"): [1, False]}
+    four_losses, one_losses = _losses(tmp_path / "four"), _losses(tmp_path / "one")
+    assert [s for s, _ in four_losses] == list(range(1, 21))
+    for (_, a), (_, b) in zip(four_losses, one_losses):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
