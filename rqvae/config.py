@@ -75,6 +75,9 @@ class TrainerConfig:
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
     sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
+    kmeans_init: bool = False  # start each level's codebook by k-means on the first batches
+    kmeans_init_batches: int = 8  # batches of encoder outputs (at init) that k-means clusters
+    dead_code_threshold: int = 0  # re-seed a code unused this many steps from the batch; 0: off
     steps: int = 8000  # optimizer steps in the run
     batch_size: int = 128  # images per step
     seed: int = 0  # seeds parameters, batches and every other random draw
@@ -217,6 +220,10 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     )
     _check(all(w >= 0 for w in weights), f"wasserstein_level_weights must be >= 0, got {weights}")
     _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
+    _check(cfg.kmeans_init_batches >= 1,
+           f"kmeans_init_batches must be >= 1, got {cfg.kmeans_init_batches}")
+    _check(cfg.dead_code_threshold >= 0,
+           f"dead_code_threshold must be >= 0 steps (0: off), got {cfg.dead_code_threshold}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     m = cfg.model
     for name in ("latent_dim", "num_levels", "num_codes"):

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rqvae import checkpoint, data, metrics, runlog
+from rqvae import checkpoint, codebook, data, metrics, runlog
 from rqvae import config as config_lib
 from rqvae.config import ConfigError, TrainerConfig
 from rqvae.data import Dataset
@@ -120,6 +120,9 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
 
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
     last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
+    if cfg.dead_code_threshold:
+        params, opt_state, last_used = _restart_dead_codes(
+            params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
     ok = healthy & jnp.all(finite_terms)
@@ -142,6 +145,36 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
         failed_step=new_state.failed_step,
     )
     return new_state, step_metrics
+
+
+def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cfg):
+    """The comparator remedy: codes unused for `dead_code_threshold` steps are re-seeded from
+    this batch's level inputs, with fresh Adam moments."""
+    stale_LxK = codebook.stale_codes(last_used_LxK, step, cfg.dead_code_threshold)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 2), step)
+    codebook_LxKxD, last_used_LxK, _ = codebook.restart_dead_codes(
+        params["params"]["codebook"], last_used_LxK, step,
+        jax.lax.stop_gradient(level_inputs_LxBxD), key, threshold=cfg.dead_code_threshold)
+    params = {**params, "params": {**params["params"], "codebook": codebook_LxKxD}}
+    return params, codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK
+
+
+@functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
+def kmeans_init(state: TrainState, images_NxP, *, cfg: TrainerConfig) -> TrainState:
+    """The comparator remedy: each level's codebook fitted by k-means to the encoder outputs
+    (and residuals) of the first `kmeans_init_batches` batches the run will train on."""
+    batches, walker = [], state
+    for i in range(cfg.kmeans_init_batches):
+        batch_BxP, perm = next_batch(walker.replace(step=jnp.int32(i)), images_NxP, cfg)
+        batches.append(batch_BxP)
+        walker = walker.replace(perm=perm)
+    z_NxD = make_model(cfg).apply(state.params, jnp.concatenate(batches),
+                                  method=lambda model, x: model.encoder(x))
+    m = cfg.model
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 3)
+    codebook_LxKxD = codebook.kmeans_codebooks(z_NxD, m.num_levels, m.num_codes, key)
+    params = {**state.params, "params": {**state.params["params"], "codebook": codebook_LxKxD}}
+    return state.replace(params=params)
 
 
 def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig, batch_sharding=None):
@@ -430,7 +463,10 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
     """
     mesh = make_mesh(cfg)
     sharding = batch_sharding(mesh)
-    state = replicate(init_state(cfg, len(dataset.train)), mesh)
+    state = init_state(cfg, len(dataset.train))
+    if cfg.kmeans_init and not resume:
+        state = kmeans_init(state, dataset.train, cfg=compiled_part(cfg))
+    state = replicate(state, mesh)
     mngr = checkpoint.manager(run_dir, cfg.run.keep_checkpoints)
     step_cfg = compiled_part(cfg)
     primary = is_primary()

@@ -184,3 +184,33 @@ def test_four_devices_train_like_one(tmp_path):
     assert [s for s, _ in four_losses] == list(range(1, 21))
     for (_, a), (_, b) in zip(four_losses, one_losses):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+# -- the comparator remedies --------------------------------------------------------------------
+
+
+def test_kmeans_init_fits_the_codebook_to_the_first_batches(tiny_cfg, digits):
+    cfg = train.compiled_part(config.replace(tiny_cfg, {"kmeans_init": True,
+                                                        "kmeans_init_batches": 2}))
+    state = train.init_state(cfg, len(digits.train))
+    fitted = train.kmeans_init(train.init_state(cfg, len(digits.train)), digits.train, cfg=cfg)
+    images = jnp.asarray(digits.train)  # k-means saw 32 of them
+    def level1_error(params):
+        _, aux = train.make_model(cfg).apply(params, images)
+        return float(jnp.mean((aux["z_e"] - aux["level_codes"][0]) ** 2))
+
+    assert level1_error(fitted.params) < 0.2 * level1_error(state.params)
+    # Only the codebook moved.
+    np.testing.assert_array_equal(fitted.params["params"]["encoder"]["Dense_0"]["kernel"],
+                                  state.params["params"]["encoder"]["Dense_0"]["kernel"])
+
+
+def test_dead_code_restart_leaves_no_code_unused_past_the_threshold(tiny_cfg, digits):
+    threshold = 3
+    cfg = train.compiled_part(config.replace(tiny_cfg, {"dead_code_threshold": threshold,
+                                                        "lambda_wasserstein": 0.0}))
+    state = train.init_state(cfg, len(digits.train))
+    state, _ = train.run_steps(state, jnp.asarray(digits.train), 12, cfg=cfg)
+    assert int(state.step) == 12
+    # Without restarts, codes that start far from the data are never picked (last_used -1).
+    assert bool(jnp.all(state.last_used > state.step - 1 - threshold)), state.last_used
