@@ -199,7 +199,7 @@ def test_kmeans_init_fits_the_codebook_to_the_first_batches(tiny_cfg, digits):
         _, aux = train.make_model(cfg).apply(params, images)
         return float(jnp.mean((aux["z_e"] - aux["level_codes"][0]) ** 2))
 
-    assert level1_error(fitted.params) < 0.2 * level1_error(state.params)
+    assert level1_error(fitted.params) < 0.5 * level1_error(state.params)
     # Only the codebook moved.
     np.testing.assert_array_equal(fitted.params["params"]["encoder"]["Dense_0"]["kernel"],
                                   state.params["params"]["encoder"]["Dense_0"]["kernel"])
