@@ -112,6 +112,13 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
     A non-finite loss leaves the state as it was and records the step in `failed_step`; from
     then on the state stays frozen, so the loop can stop and the bad state is never saved.
     """
+    new_state, outcome = _update(state, batch_BxP, cfg)
+    return new_state, step_metrics(new_state, outcome, cfg)
+
+
+def _update(state: TrainState, batch_BxP, cfg: TrainerConfig):
+    """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
+    code counts and index). The loop carries only that, and summarizes the last step once."""
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
         state.params, batch_BxP, state.sinkhorn_g, cfg
     )
@@ -136,15 +143,25 @@ def train_step(state: TrainState, batch_BxP, *, cfg: TrainerConfig):
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
         sinkhorn_g=keep(losses["sinkhorn_g"], state.sinkhorn_g),
     )
-    step_metrics = {k: losses[k] for k in LOSS_TERMS}
-    step_metrics.update(
+    outcome = {k: losses[k] for k in (*LOSS_TERMS, "sinkhorn_marginal_error")}
+    outcome.update(counts=counts_LxK, step=state.step)
+    return new_state, outcome
+
+
+def step_metrics(new_state: TrainState, outcome: dict, cfg: TrainerConfig) -> dict:
+    """The flat on-device metrics of a step: loss terms, and per level the codes the batch used,
+    their perplexity, the codes dead over the last `run.dead_window` steps and the Sinkhorn
+    marginal error."""
+    result = {k: outcome[k] for k in LOSS_TERMS}
+    counts_LxK = outcome["counts"]
+    result.update(
         used=metrics.codes_used(counts_LxK),
         perplexity=metrics.perplexity(counts_LxK),
-        dead=metrics.dead_in_window(last_used, state.step, cfg.run.dead_window),
-        sinkhorn_marginal_error=losses["sinkhorn_marginal_error"],
+        dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.run.dead_window),
+        sinkhorn_marginal_error=outcome["sinkhorn_marginal_error"],
         failed_step=new_state.failed_step,
     )
-    return new_state, step_metrics
+    return result
 
 
 def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cfg):
@@ -198,10 +215,10 @@ def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig, batch_sharding
     return jnp.take(images_NxP, index_B, axis=0), perm
 
 
-def step_on_device_data(state: TrainState, images_NxP, *, cfg: TrainerConfig,
-                        batch_sharding=None):
+def _update_on_device_data(state: TrainState, images_NxP, cfg: TrainerConfig,
+                           batch_sharding=None):
     batch_BxP, perm = next_batch(state, images_NxP, cfg, batch_sharding)
-    return train_step(state.replace(perm=perm), batch_BxP, cfg=cfg)
+    return _update(state.replace(perm=perm), batch_BxP, cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
@@ -214,11 +231,12 @@ def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: TrainerConfig,
     once per call instead of once per step. `batch_sharding` splits each batch across devices
     (data parallel; the state is replicated and XLA adds the cross-device sums).
     """
-    step = functools.partial(step_on_device_data, cfg=cfg, batch_sharding=batch_sharding)
+    step = functools.partial(_update_on_device_data, cfg=cfg, batch_sharding=batch_sharding)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(step, state, images_NxP)[1])
-    return jax.lax.fori_loop(0, num_steps, lambda _, carry: step(carry[0], images_NxP),
-                             (state, zeros))
+    state, outcome = jax.lax.fori_loop(0, num_steps, lambda _, carry: step(carry[0], images_NxP),
+                                       (state, zeros))
+    return state, step_metrics(state, outcome, cfg)
 
 
 # -- evaluation -------------------------------------------------------------------------------
