@@ -1,0 +1,168 @@
+"""Training throughput of the compiled train loop, and of the same model in PyTorch.
+
+    pip install -e '.[bench]' && python scripts/bench_train.py [--quick]
+    # the PyTorch comparator also needs: pip install torch vector-quantize-pytorch
+
+Prints, for the default config (digits 8x8) and the MNIST-shaped one (configs/mnist.toml on the
+digits upsampled to 28x28): images/s, ms/step and compile time with the Wasserstein term off and
+on, and their ratio; the steps-per-call sweep behind the `run.steps_per_call` default; and, when
+torch is installed, the MNIST-shaped model written with vector-quantize-pytorch's `ResidualVQ`
+(scripts/torch_baseline.py) with the throughput ratio. Timed figures are medians of interleaved
+repeats, so drift on a shared machine hits every variant alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from bench_sinkhorn import mnist_like_images, table
+from rqvae import config, data, train
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds: list[float] = []
+
+
+def _on_event(event, duration, fun_name="", **_):
+    if event in COMPILE_EVENTS and "run_steps" in fun_name:
+        _compile_seconds.append(duration)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+class Loop:
+    """A training run of one config, advanced `steps_per_call` steps per compiled call."""
+
+    def __init__(self, cfg: config.TrainerConfig, images_NxP: np.ndarray, steps_per_call: int):
+        self.cfg, self.steps_per_call = train.compiled_part(cfg), steps_per_call
+        self.images = jax.device_put(images_NxP)
+        self.state = train.init_state(self.cfg, len(images_NxP))
+        _compile_seconds.clear()
+        self.advance(1)  # compiles; the first call's length does not matter (one program)
+        self.compile_s = sum(_compile_seconds)
+
+    def advance(self, calls: int) -> float:
+        """Runs `calls` calls; returns their wall time in seconds, device work included."""
+        start = time.perf_counter()
+        for _ in range(calls):
+            self.state, metrics = train.run_steps(self.state, self.images, self.steps_per_call,
+                                                  cfg=self.cfg)
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - start
+
+    def ms_per_step(self, steps: int) -> float:
+        calls = max(1, steps // self.steps_per_call)
+        return 1e3 * self.advance(calls) / (calls * self.steps_per_call)
+
+
+def interleaved(loops: dict, steps: int, repeats: int) -> dict:
+    """Median ms/step of each loop over `repeats` rounds that take turns."""
+    for loop in loops.values():
+        loop.ms_per_step(steps // 4)  # warm: codes spread, caches hot
+    timings = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            timings[name].append(loop.ms_per_step(steps))
+    return {name: statistics.median(t) for name, t in timings.items()}
+
+
+def configs():
+    digits = data.load(config.DataConfig())
+    default = train.with_image_shape(config.TrainerConfig(), digits)
+    mnist = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "mnist.toml"))
+    mnist = dataclasses.replace(mnist, model=dataclasses.replace(mnist.model,
+                                                                 image_shape=(28, 28, 1)))
+    return {"default (digits 8x8)": (default, digits.train),
+            "MNIST-shaped (configs/mnist.toml)": (mnist, np.asarray(mnist_like_images()))}
+
+
+def throughput(steps: int, repeats: int) -> dict:
+    rows, results = [], {}
+    for name, (cfg, images) in configs().items():
+        variants = {lam: dataclasses.replace(cfg, lambda_wasserstein=lam) for lam in (0.0, 0.5)}
+        loops = {lam: Loop(c, images, c.run.steps_per_call) for lam, c in variants.items()}
+        ms = interleaved(loops, steps, repeats)
+        for lam, loop in loops.items():
+            results[(name, lam)] = ms[lam]
+            rows.append([name, f"{lam:g}", f"{cfg.batch_size}", f"{cfg.batch_size * 1e3 / ms[lam]:,.0f}",
+                         f"{ms[lam]:.3f}", f"{loop.compile_s:.2f}",
+                         f"{ms[0.5] / ms[0.0]:.2f}" if lam else ""])
+    table(f"1. train loop, {config.RunConfig().steps_per_call} steps per call (the default)",
+          ["config", "lambda_wasserstein", "batch", "images/s", "ms/step", "compile s",
+           "W on/off"], rows)
+    return results
+
+
+def steps_per_call_sweep(steps: int, repeats: int, sizes=(1, 10, 100, 1000)):
+    cfg, images = configs()["MNIST-shaped (configs/mnist.toml)"]
+    loops = {k: Loop(cfg, images, k) for k in sizes}
+    ms = interleaved(loops, steps, repeats)
+    table("2. steps per compiled call, MNIST-shaped, lambda_wasserstein 0.5",
+          ["steps per call", "ms/step", "images/s", "vs 1 per call"],
+          [[f"{k}", f"{ms[k]:.3f}", f"{cfg.batch_size * 1e3 / ms[k]:,.0f}",
+            f"{ms[sizes[0]] / ms[k]:.2f}x"] for k in sizes])
+
+
+def against_pytorch(steps: int, repeats: int):
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec(
+            "vector_quantize_pytorch") is None:
+        print("3. PyTorch comparator skipped: pip install torch vector-quantize-pytorch\n")
+        return
+    import torch_baseline
+
+    cfg, images = configs()["MNIST-shaped (configs/mnist.toml)"]
+    traditional = dataclasses.replace(cfg, lambda_wasserstein=0.0)
+    loops = {k: Loop(traditional, images, k) for k in (1, cfg.run.steps_per_call)}
+    jax_ms = {k: [] for k in loops}
+    torch_runs = []
+    for loop in loops.values():
+        loop.ms_per_step(steps // 4)
+    for _ in range(repeats):  # taking turns with the PyTorch model
+        for k, loop in loops.items():
+            jax_ms[k].append(loop.ms_per_step(steps))
+        torch_runs.append(torch_baseline.measure(steps=steps, warmup=10,
+                                                 batch_size=cfg.batch_size))
+    torch_ms = statistics.median(r["ms_per_step"] for r in torch_runs)
+    first = torch_runs[0]
+    rows = [[f"PyTorch {first['torch_version']} + vector-quantize-pytorch {first['vq_version']}"
+             f" (ResidualVQ, eager, {first['threads']} threads)", f"{torch_ms:.3f}",
+             f"{cfg.batch_size * 1e3 / torch_ms:,.0f}", "1.00x"]]
+    for k, times in jax_ms.items():
+        ms = statistics.median(times)
+        rows.append([f"rqvae, jitted, {k} step(s) per call", f"{ms:.3f}",
+                     f"{cfg.batch_size * 1e3 / ms:,.0f}", f"{torch_ms / ms:.2f}x"])
+    table("3. the MNIST-shaped model against PyTorch, lambda_wasserstein 0 (same losses: recon + "
+          "0.25 commit, codebook by gradient here and by EMA there), batch 256, Adam",
+          ["implementation", "ms/step", "images/s", "throughput vs PyTorch"], rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few steps, one repeat")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "sweep", "torch"])
+    args = parser.parse_args()
+    steps, repeats = (200, 1) if args.quick else (1000, 3)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+          f"{jax.device_count()} device(s); timed: {steps} steps x {repeats} repeats\n")
+    if "throughput" not in args.skip:
+        throughput(steps, repeats)
+    if "sweep" not in args.skip:
+        steps_per_call_sweep(steps, repeats)
+    if "torch" not in args.skip:
+        against_pytorch(steps, repeats)
+
+
+if __name__ == "__main__":
+    main()
