@@ -124,8 +124,16 @@ def _coerce(key: str, value, expected):
 
 
 def _unknown_key(key: str, valid: typing.Iterable[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(valid), n=1)
+    # A key of another section ("num_codes" for "model.num_codes").
+    elsewhere = [k for k in flatten(to_dict(TrainerConfig())) if k.rsplit(".", 1)[-1] == leaf]
+    if close:
+        hint = f"; did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?"
+    elif elsewhere:
+        hint = f"; did you mean '{elsewhere[0]}'?"
+    else:
+        hint = f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
@@ -177,6 +185,25 @@ def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConf
             node = node.setdefault(parent, {})
         node[leaf] = value
     return validate(_merge(cfg, nested, ""))
+
+
+def parse_assignments(assignments: typing.Iterable[str]) -> dict[str, typing.Any]:
+    """`--set` arguments, "model.num_codes=256", as dotted-key overrides for `replace`.
+
+    Values are read as TOML values (256, 0.5, true, [512, 256], "text"); a bare word that is not
+    one (tfds:mnist) is taken as a string.
+    """
+    overrides = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. model.num_codes=256), got '{assignment}'")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        overrides[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return overrides
 
 
 def _merge(obj, values: dict, prefix: str):

@@ -93,3 +93,15 @@ def test_shape_differences_lists_only_shape_keys():
     a = TrainerConfig()
     b = config.replace(a, {"model.num_codes": 32, "lambda_wasserstein": 1.0})
     assert config.shape_differences(a, b) == ["model.num_codes: 64 -> 32"]
+
+
+def test_set_assignments_read_toml_values_and_name_bad_keys():
+    overrides = config.parse_assignments(["model.num_codes=256", "model.encoder_hidden=[64, 32]",
+                                          "kmeans_init=true", "data.dataset=tfds:mnist"])
+    cfg = config.replace(config.TrainerConfig(), overrides)
+    assert (cfg.model.num_codes, cfg.model.encoder_hidden) == (256, (64, 32))
+    assert cfg.kmeans_init is True and cfg.data.dataset == "tfds:mnist"
+    with pytest.raises(config.ConfigError, match="KEY=VALUE"):
+        config.parse_assignments(["num_codes"])
+    with pytest.raises(config.ConfigError, match="did you mean 'model.num_codes'"):
+        config.replace(config.TrainerConfig(), config.parse_assignments(["num_codes=8"]))
