@@ -58,7 +58,7 @@ def test_presets_set_the_documented_lambdas():
     "toml, message",
     [
         ("lambda_wasserstien = 1.0", "did you mean 'lambda_wasserstein'"),
-        ("[model]\nnum_code = 3", "unknown config key 'model.num_code'; did you mean 'num_codes'"),
+        ("[model]\nnum_code = 3", "unknown config key 'model.num_code'; did you mean 'model.num_codes'"),
         ('steps = "10"', "steps must be int"),
         ("lambda_commit = true", "lambda_commit must be float"),
         ("[model]\nencoder_hidden = 3", "model.encoder_hidden must be a list"),
