@@ -1,44 +1,129 @@
 """The `rqvae` command: a thin Typer shell that parses, validates and delegates.
 
-JAX is imported only inside the commands that train, so `--help` and `report` answer at once.
+JAX is imported only inside the commands that train, rich only where a command prints, and
+pydantic (which Typer 0.2x converts option values with) not for the values these commands take,
+so `--help` and `report` answer at once (`scripts/bench_report.py` times both).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, get_args, get_origin
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from rqvae import config as config_lib
 from rqvae.config import ConfigError
-from rqvae.progress import Display
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_CODES = """Exit codes: 0 ok, 1 training failed (non-finite loss), 2 bad input,
 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+
+
+# -- option values without pydantic -----------------------------------------------------------
+# Typer 0.2x converts every value but a flag's through a pydantic TypeAdapter, and importing
+# pydantic takes longer than a whole `rqvae report` of a short run. The values these commands take
+# (none, a path, an integer, a decimal, a word) are converted here instead. Any other value, and
+# every one Typer would reject, goes on to Typer's own conversion: what a command receives and
+# every error message stay Typer's. A Typer without that conversion (older ones) is left as it is.
+
+_PLAIN_TEXT = {  # type -> the text it is converted from here; bool: only "no value"
+    int: re.compile(r"-?[0-9]+"),
+    float: re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"),
+    str: re.compile(r".*", re.DOTALL),
+    Path: re.compile(r".+", re.DOTALL),
+    bool: None,
+}
+# Typer's defaults for a path, under which it only checks that an existing path is readable.
+_PLAIN_PATH = {"exists": False, "file_okay": True, "dir_okay": True, "readable": True,
+               "writable": False, "resolve_path": False, "allow_dash": False, "path_type": None}
+
+
+class _PlainValues:
+    """Converts the plain values of one parameter; Typer converts the others."""
+
+    def __init__(self, kind: type, info):
+        self.kind, self.info, self.text = kind, info, _PLAIN_TEXT[kind]
+
+    def coerce(self, value, param, ctx):
+        many = param.multiple or param.nargs == -1
+        if value is None:
+            return () if many else None
+        items = value if many and isinstance(value, list | tuple) else [value]
+        values = [self._convert(item) for item in items]
+        if None in values or (many and isinstance(value, str)):
+            param._runtime_param = None  # Typer's conversion from here on
+            return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+        return values if many else values[0]
+
+    def _convert(self, text):
+        """The value of `text`, or None where Typer is to convert it."""
+        if self.text is None or not isinstance(text, str) or not self.text.fullmatch(text):
+            return None
+        value, low, high = self.kind(text), self.info.min, self.info.max
+        if (low is not None and value < low) or (high is not None and value > high):
+            return None
+        if self.kind is Path and os.path.exists(text) and not os.access(text, os.R_OK):
+            return None
+        return value
+
+
+def _convert_plain_values(command, ctx) -> None:
+    """Gives each parameter of the command tree that Typer would convert through pydantic (it has
+    a `type_descriptor` and no `_runtime_param` yet) a `_PlainValues`, if its type is plain."""
+    for param in command.get_params(ctx):  # get_params: with --help, made once per command
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or getattr(param, "_runtime_param", False) is not None:
+            continue
+        info, kind = descriptor.parameter_info, descriptor.annotation
+        if get_origin(kind) is list and len(get_args(kind)) == 1:
+            kind = get_args(kind)[0]
+        if (kind in _PLAIN_TEXT and info.parser is None and not info.clamp
+                and descriptor.file_annotation is None
+                and (kind is not Path or all(getattr(info, key, None) == value
+                                             for key, value in _PLAIN_PATH.items()))):
+            param._runtime_param = _PlainValues(kind, info)
+    for subcommand in getattr(command, "commands", {}).values():
+        _convert_plain_values(subcommand, ctx)
+
+
+class _RootGroup(typer.core.TyperGroup):
+    """The `rqvae` command group, whose commands convert plain values without pydantic."""
+
+    def parse_args(self, ctx, args):
+        _convert_plain_values(self, ctx)
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(
     help=f"Train residual-quantized VAEs whose codebook entries all stay alive.\n\n{EXIT_CODES}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rendering it through rich costs 0.1-0.2 s per call
+    cls=_RootGroup,
 )
-err_console = Console(stderr=True)
 
 
 def _console() -> Console:
     """The terminal's width on a terminal; wide enough for every table in a log file or pipe."""
+    from rich.console import Console
+
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _fail(message: str, code: int = 2):
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                               soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -109,7 +194,10 @@ def train(
         cfg = config_lib.replace(config_lib.load(base), overrides)
         name = config.stem if config is not None else "default"
         _use_compilation_cache()
+        from rich.markup import escape
+
         from rqvae import train as train_lib  # JAX loads here, after the cheap checks
+        from rqvae.progress import Display
 
         run = train_lib.open_run(cfg, name=name, resume=resume)
     except ConfigError as err:
@@ -223,6 +311,7 @@ def encode(
         _fail(f"{out} exists; pass --force to overwrite it or choose another --out")
     _use_compilation_cache()
     import numpy as np
+    from rich.console import Console
 
     from rqvae import train as train_lib
 
@@ -267,6 +356,8 @@ def plot(
             written += _plot_checkpoint(run_dirs[0], out, plot_lib)
     except ConfigError as err:
         _fail(str(err))
+    from rich.console import Console
+
     for path in written:
         Console().print(f"wrote {path}", highlight=False)
 
@@ -327,6 +418,8 @@ def data_prepare(
     except tfds.core.registered.DatasetNotFoundError:
         _fail(f"unknown tfds data set '{name}'; see the tensorflow-datasets catalog for names")
     builder.download_and_prepare()
+    from rich.console import Console
+
     Console().print(f"prepared tfds:{name} in {builder.data_dir}", highlight=False)
 
 

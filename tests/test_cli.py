@@ -1,7 +1,11 @@
 """End-to-end runs of the `rqvae` command through Typer's CliRunner, on the tiny config."""
 
+import ast
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -233,3 +237,86 @@ def test_report_options_last_every_csv_and_a_parent_dir(full_run):
     assert csv_text.splitlines()[0].startswith("run,step,time,total") and len(csv_text.splitlines()) == 4
     result = rqvae("report", run_dir, "--json", "--csv")
     assert result.exit_code == 2 and "pass one" in result.output
+
+
+# -- what a command loads ----------------------------------------------------------------------
+# Run as the console script runs it, then list the heavy packages it imported: JAX only in
+# commands that train or load checkpoints, pydantic (Typer 0.2x's converter) not for plain
+# values, rich not for help. How long they take: scripts/bench_report.py.
+
+IMPORTED = """
+import sys
+from rqvae.cli import main
+sys.argv[0] = "rqvae"
+try:
+    main()
+except SystemExit as exit:
+    status = exit.code
+heavy = ("jax", "flax", "numpy", "pydantic", "rich")
+print(sorted(m for m in heavy if m in sys.modules), status, file=sys.stderr)
+"""
+
+
+def _imported(*args):
+    """The heavy packages `rqvae ARGS` imports, its exit status and its output."""
+    result = subprocess.run([sys.executable, "-c", IMPORTED, *map(str, args)], check=False,
+                            capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[1])
+    modules, status = result.stderr.strip().splitlines()[-1].rsplit(" ", 1)
+    return ast.literal_eval(modules), int(status or 0), result.stdout + result.stderr
+
+
+HELP_SHOWS = {  # command -> a line of its help: an example, or the shell completion options
+    "": "--install-completion",
+    "train": "rqvae train -c configs/hybrid.toml",
+    "report": "rqvae report runs/x --json | jq '.[0].final'",
+    "eval": "rqvae eval runs/x --step 4000 --json",
+    "encode": "rqvae encode runs/hybrid-20261123-101500 --out codes.npy --split train",
+    "plot": "rqvae plot runs/hybrid-20261123-101500 --out plots/",
+    "data prepare": "rqvae data prepare tfds:mnist && rqvae train -c configs/mnist.toml",
+}
+
+
+@pytest.mark.parametrize("command", HELP_SHOWS)
+def test_help_keeps_its_examples_and_imports_no_jax_pydantic_or_rich(command):
+    modules, status, output = _imported(*command.split(), "--help")
+    assert status == 0 and HELP_SHOWS[command] in output
+    assert modules == []
+
+
+def test_report_imports_no_jax_or_pydantic(full_run):
+    run_dir, _ = full_run
+    modules, status, output = _imported("report", run_dir, "--last", 2, "--every", 10)
+    assert status == 0 and "codebook health per level" in output
+    assert modules == ["rich"]
+    modules, status, output = _imported("report", run_dir, "--last", 0)
+    assert status == 2 and "Invalid value for '--last'" in output  # Typer's message, as before
+
+
+def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monkeypatch):
+    from rqvae import cli, config, report
+
+    seen = {}
+    monkeypatch.setattr(report, "main", lambda run_dirs, **options: seen.update(
+        run_dirs=run_dirs, **options))
+    assert rqvae("report", tmp_path / "a", "b", "--every", "10").exit_code == 0
+    assert seen["run_dirs"] == [tmp_path / "a", Path("b")]
+    assert seen["every"] == 10 and type(seen["every"]) is int and seen["last"] is None
+
+    def replace(cfg, overrides):
+        seen.update(overrides)
+        raise config.ConfigError("stopped before training")
+
+    monkeypatch.setattr(cli.config_lib, "replace", replace)
+    result = rqvae("train", "--lambda-wasserstein", "0.5", "--sinkhorn-epsilon", "1e-3",
+                   "--learning-rate", ".5", "--steps", "007", "--dataset", "npz:x.npz",
+                   "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2 and "stopped before training" in result.output
+    assert {key: (seen[key], type(seen[key])) for key in (
+        "lambda_wasserstein", "sinkhorn_epsilon", "learning_rate", "steps", "data.dataset",
+        "run.run_dir", "seed")} == {
+        "lambda_wasserstein": (0.5, float), "sinkhorn_epsilon": (0.001, float),
+        "learning_rate": (0.5, float), "steps": (7, int), "data.dataset": ("npz:x.npz", str),
+        "run.run_dir": (str(tmp_path / "r"), str), "seed": (None, type(None))}
+    result = rqvae("train", "--steps", "many")
+    assert result.exit_code == 2 and "Invalid value for '--steps'" in result.output

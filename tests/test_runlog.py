@@ -184,3 +184,42 @@ def test_a_line_in_the_layout_but_no_json_keeps_its_step_and_loss_terms(tmp_path
     assert train.steps == [10, 20]
     assert train[1] == {"kind": "train", "step": 20, "total": 0.25, "recon": 0.125,
                         "commit": 0.125, "codebook": 0.25, "wasserstein": 0.0}
+
+
+@pytest.mark.parametrize("layout", ["plain", "numbers"])
+def test_scan_a_chunk_at_a_time_gives_what_read_gives(tmp_path, monkeypatch, layout):
+    """Chunks of a line or two: the lowest values and their first records across chunks, evals in
+    between, and (numbers) a chunk in the middle with losses outside d.ddd, after which the rest
+    of the log is matched as numbers."""
+    train_records = [_train(s, 0.5 + 0.25 * (s % 7) / 7) for s in range(10, 410, 10)]
+    train_records[5]["total"] = train_records[31]["total"] = 0.125  # a tie, chunks apart
+    train_records[12]["recon"] = 0.0625
+    train_records[33]["wasserstein"] = 0.25
+    if layout == "numbers":
+        train_records[20]["commit"] = 1e-05
+        train_records[25]["total"] = float("nan")
+        train_records[27]["recon"] = 12.5
+    records = [*train_records]
+    for step in (100, 250, 400):
+        records.insert([r["step"] for r in records].index(step) + 1, _eval(step))
+    _write(tmp_path, records)
+    monkeypatch.setattr(runlog, "_CHUNK", 300)  # a train line is about 230 bytes
+    assert _scanned(tmp_path) == _expected(tmp_path)
+    parsed, parse = [], runlog._parse
+    monkeypatch.setattr(runlog, "_parse", lambda line: parsed.append(line) or parse(line))
+    train, evals = runlog.scan(tmp_path)
+    assert len(parsed) == 4  # the 3 eval lines and the (empty) unterminated tail: no fallback
+    assert evals == [_eval(100), _eval(250), _eval(400)]
+    assert train.first_min("total") == 5 and train.first_min("recon") == 12
+    assert train.first_min("commit") == (20 if layout == "numbers" else 0)
+    assert train.any_nonzero("wasserstein")
+    assert train.value("recon", 27) == train_records[27]["recon"]
+    assert train.value("codebook", -1) == 0.25
+    assert train.records([39, 0, 20, -1]) == [train_records[i] for i in (39, 0, 20, 39)]
+
+
+def test_a_term_that_is_zero_in_every_chunk_is_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlog, "_CHUNK", 300)
+    _write(tmp_path, [_train(s, 0.5) for s in range(1, 50)])
+    train, _ = runlog.scan(tmp_path)
+    assert not train.any_nonzero("wasserstein") and train.any_nonzero("commit")
