@@ -164,6 +164,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed of parameters and batches.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="'digits', 'tfds:<name>' or 'npz:<path>'.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/<config>-<time>.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE for any config key, repeatable: --set model.num_codes=256 --set kmeans_init=true.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the resolved config, and a line per logged step also on a terminal.")] = False,
@@ -176,14 +177,18 @@ def train(
       rqvae train                                       # embedded digits, about 20 s on CPU
       rqvae train -c configs/hybrid.toml                # codebook + Wasserstein losses
       rqvae train --lambda-wasserstein 0.5 --steps 2000
+      rqvae train -c configs/hybrid.toml --set model.num_codes=256 --set dead_code_threshold=20
+      srun rqvae train -c configs/mnist.toml --set run.distributed=true   # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
     """
     flags = dict(locals())
     if quiet and verbose:
         _fail("--quiet and --verbose contradict each other; pass one")
-    overrides = {FLAG_KEYS[k]: flags[k] for k in FLAG_KEYS}
-    overrides["run.run_dir"] = str(run_dir) if run_dir is not None else None
     try:
+        overrides = config_lib.parse_assignments(set_ or [])  # named flags win over --set
+        overrides.update({FLAG_KEYS[k]: flags[k] for k in FLAG_KEYS if flags[k] is not None})
+        if run_dir is not None:
+            overrides["run.run_dir"] = str(run_dir)
         base = config
         if resume and base is None:
             if run_dir is None:
@@ -202,9 +207,14 @@ def train(
         run = train_lib.open_run(cfg, name=name, resume=resume)
     except ConfigError as err:
         _fail(str(err))
+    primary = train_lib.is_primary()  # in a multi-host run, process 0 alone prints
+    quiet = quiet or not primary
     console = _console()
     if not quiet:
-        console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/]", highlight=False)
+        devices = train_lib.make_mesh(run.cfg).devices.flat
+        on = f"{len(devices)} {devices[0].platform} devices" if len(devices) > 1 else "1 device"
+        console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/] (training on {on})",
+                      highlight=False)
     if verbose:
         console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
     try:
@@ -215,7 +225,8 @@ def train(
     except train_lib.Interrupted as err:
         _fail(f"{err}; checkpoint saved. Continue with: rqvae train --resume --run-dir {run.run_dir}",
               code=128 + err.signum)
-    train_lib.print_summary(summary, run.run_dir, console)
+    if primary:
+        train_lib.print_summary(summary, run.run_dir, console)
 
 
 @app.command()

@@ -119,6 +119,9 @@ BAD_INPUTS = [
     (["--run-dir", "{run}"], "already holds a run; pass --resume"),
     (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
     (["--resume", "--run-dir", "{run}"], "already reached step 30 of 30"),
+    (["--set", "num_codes"], "--set takes KEY=VALUE"),
+    (["--set", "num_codes=4"], "unknown config key 'num_codes'; did you mean 'model.num_codes'?"),
+    (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
 ]
 
 
@@ -217,10 +220,12 @@ def test_plot_without_matplotlib_names_the_extra(full_run, tmp_path, monkeypatch
 
 
 def test_verbose_prints_the_resolved_config_and_quiet_prints_only_the_summary(tiny_toml, tmp_path):
-    verbose = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "v", "--steps", 10, "-v")
+    verbose = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "v", "--steps", 10, "-v",
+                    "--set", "run.log_every=5", "--set", "steps=20")  # --steps wins over --set
     assert verbose.exit_code == 0, verbose.output
     assert "[model]" in verbose.output and "num_codes = 8" in verbose.output
-    assert "step 10 |" in verbose.output
+    assert "log_every = 5" in verbose.output and "steps = 10" in verbose.output
+    assert "step 5 |" in verbose.output and "step 10 |" in verbose.output
     quiet = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "q", "--steps", 10, "-q")
     assert quiet.exit_code == 0 and "step 10 |" not in quiet.output
     assert "final losses" in quiet.output

@@ -142,6 +142,10 @@ MULTI_DEVICE_SCRIPT = """
 import json, sys
 from rqvae import config, data, train
 from tests.test_train import _fit
+try:
+    train.make_mesh(config.replace(config.load(sys.argv[1]), {"batch_size": 10}))
+except config.ConfigError as err:
+    print(err)
 devices = {}
 for path in sys.argv[1:]:
     cfg = config.load(path)
@@ -178,6 +182,7 @@ def test_four_devices_train_like_one(tmp_path):
     result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, *map(str, paths)], env=env,
                             capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch_size 10 does not split evenly across 4 devices" in result.stdout
     devices = json.loads(result.stdout.strip().splitlines()[-1])
     assert devices == {str(tmp_path / "four"): [4, True], str(tmp_path / "one"): [1, False]}
     four_losses, one_losses = _losses(tmp_path / "four"), _losses(tmp_path / "one")

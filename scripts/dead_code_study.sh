@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Does the Wasserstein loss keep every code alive, and at what price? Trains the five methods
+# (traditional, k-means init, dead-code restart, pure Wasserstein, hybrid) over several seeds,
+# prints the `rqvae report` comparison of every run and a table of mean and spread per method.
+#
+#   scripts/dead_code_study.sh [--quick] [--out DIR]
+#
+# Digits (embedded): 2 levels x 64 codes and x 256 codes, latent 16, STEPS steps, 3 seeds.
+# With tfds MNIST prepared (rqvae data prepare tfds:mnist) it also runs configs/mnist.toml
+# (2 levels x 512 codes); set MNIST=0 to skip it, MNIST=1 to require it. --quick: 1 seed, 64
+# codes, 1000 steps, no MNIST. Runs already in DIR are kept and reused, so an interrupted study
+# continues where it stopped.
+set -euo pipefail
+
+out=runs/study
+quick=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --out) out="$2"; shift ;;
+    *) echo "error: unknown argument '$1'; use [--quick] [--out DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [[ $quick == 1 ]]; then
+  seeds=(0); sizes=(64); steps=${STEPS:-1000}; mnist=0
+else
+  seeds=(0 1 2); sizes=(64 256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
+fi
+cd "$(dirname "$0")/.."
+methods=(traditional kmeans restart wasserstein hybrid)
+
+train() {  # name config seed extra-args...
+  local run_dir="$1" config="$2" seed="$3"; shift 3
+  if [[ -f "$run_dir/metrics.jsonl" ]] && grep -q '"kind": "eval"' "$run_dir/metrics.jsonl"; then
+    echo "kept $run_dir"; return
+  fi
+  rm -rf "$run_dir"  # an unfinished run from an interrupted study
+  echo "training $run_dir"
+  rqvae train -c "configs/$config.toml" --seed "$seed" --run-dir "$run_dir" --quiet "$@" >/dev/null
+}
+
+for codes in "${sizes[@]}"; do
+  for method in "${methods[@]}"; do
+    for seed in "${seeds[@]}"; do
+      train "$out/digits-$codes/$method-s$seed" "$method" "$seed" --steps "$steps" \
+        --set "model.num_codes=$codes" --set "run.eval_every=$steps"
+    done
+  done
+done
+
+if [[ $mnist == auto ]]; then
+  python -c "from rqvae import config, data; data.load(config.DataConfig(dataset='tfds:mnist'))" \
+    2>/dev/null && mnist=1 || mnist=0
+  [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
+fi
+if [[ $mnist == 1 ]]; then
+  for method in "${methods[@]}"; do
+    for seed in "${seeds[@]}"; do
+      lambdas=()
+      case $method in  # configs/mnist.toml is the hybrid; the others change its losses
+        traditional) lambdas=(--lambda-wasserstein 0) ;;
+        kmeans) lambdas=(--lambda-wasserstein 0 --set kmeans_init=true) ;;
+        restart) lambdas=(--lambda-wasserstein 0 --set dead_code_threshold=20) ;;
+        wasserstein) lambdas=(--lambda-codebook 0 --lambda-wasserstein 1) ;;
+      esac
+      train "$out/mnist-512/$method-s$seed" mnist "$seed" "${lambdas[@]}"
+    done
+  done
+fi
+
+for group in "$out"/*/; do
+  echo
+  echo "== $(basename "$group"): every run"
+  rqvae report "$group"
+done
+echo
+rqvae report "$out"/*/ --json | python scripts/study_table.py

@@ -1,0 +1,67 @@
+"""Mean and spread per method of a dead-code study: reads `rqvae report --json` on stdin.
+
+    rqvae report runs/study/*/ --json | python scripts/study_table.py
+
+Runs are grouped by their parent directory (the setting, e.g. digits-64) and their name without
+the seed suffix (hybrid-s0, hybrid-s1 -> hybrid). Per level: codes alive over a full pass of the
+training split at the last evaluation (% of the codebook) and their perplexity; then held-out
+recon MSE. Each cell is mean ± standard deviation over the seeds, with the seed count in n.
+Prints a Markdown table, as pasted into the README's Results section.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+METHOD_ORDER = ["traditional", "kmeans", "restart", "wasserstein", "hybrid"]
+
+
+def spread(values: list[float], digits: int) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for summary in json.load(sys.stdin):
+        if summary.get("eval") is None:
+            continue  # not finished: no full-split evaluation yet
+        path = Path(summary["path"].rstrip("/"))
+        method = re.sub(r"-s\d+$", "", path.name)
+        groups[(path.parent.name, method)].append(summary)
+    if not groups:
+        sys.exit("error: no finished runs on stdin; pass `rqvae report DIR --json` of study runs")
+
+    def order(key):
+        setting, method = key
+        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+        return setting, rank, method
+
+    levels = max(len(s["levels"]) for runs in groups.values() for s in runs)
+    header = ["setting", "method", "n"]
+    for level in range(1, levels + 1):
+        header += [f"alive L{level} (%)", f"perplexity L{level}"]
+    header.append("held-out recon MSE")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|")
+    for key in sorted(groups, key=order):
+        runs = groups[key]
+        num_codes = runs[0]["config"]["model.num_codes"]
+        row = [key[0], key[1], str(len(runs))]
+        for level in range(levels):
+            alive = [100 * s["levels"][level]["eval_used"] / num_codes for s in runs]
+            perplexity = [s["levels"][level]["eval_perplexity"] for s in runs]
+            row += [spread(alive, 1), spread(perplexity, 1)]
+        row.append(spread([s["eval"]["heldout_recon"] for s in runs], 4))
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
