@@ -166,29 +166,63 @@ def _losses(run_dir):
             if r["kind"] == "train"]
 
 
-def test_four_devices_train_like_one(tmp_path):
-    # The same 20 steps data-parallel over 4 (forced host) devices and on 1 of them: the
-    # Wasserstein term is solved over the global batch, so the losses agree to float32 rounding.
-    tiny = {"steps": 20, "batch_size": 16, "lambda_wasserstein": 0.5, "model.encoder_hidden": (32,),
-            "model.latent_dim": 4, "model.num_codes": 8, "run.log_every": 1,
-            "run.eval_every": 20, "run.checkpoint_every": 20}
-    paths = []
-    for name, num_devices in (("four", 0), ("one", 1)):
-        cfg = config.replace(config.from_dict({}), {
-            **tiny, "run.num_devices": num_devices, "run.run_dir": str(tmp_path / name)})
-        paths.append(tmp_path / f"{name}.toml")
-        paths[-1].write_text(config.dumps(cfg))
+TINY_PARALLEL = {"steps": 20, "batch_size": 16, "lambda_wasserstein": 0.5,
+                 "model.encoder_hidden": (32,), "model.latent_dim": 4, "model.num_codes": 8,
+                 "run.log_every": 1, "run.eval_every": 20, "run.checkpoint_every": 20}
+
+
+def _write_config(path, overrides):
+    path.write_text(config.dumps(config.replace(config.from_dict({}), {**TINY_PARALLEL,
+                                                                        **overrides})))
+    return path
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_four_devices_and_two_hosts_train_like_one_device(tmp_path):
+    # The same 20 steps data-parallel over 4 (forced host) devices, over 2 processes x 2 devices
+    # joined by jax.distributed, and on 1 device: the Wasserstein term is solved over the global
+    # batch, so the losses agree to float32 rounding.
+    repo = Path(__file__).parent.parent
+    paths = [_write_config(tmp_path / f"{name}.toml", {"run.num_devices": n,
+                                                        "run.run_dir": str(tmp_path / name)})
+             for name, n in (("four", 0), ("one", 1))]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, *map(str, paths)], env=env,
-                            capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "batch_size 10 does not split evenly across 4 devices" in result.stdout
-    devices = json.loads(result.stdout.strip().splitlines()[-1])
+    single_host = subprocess.Popen([sys.executable, "-c", MULTI_DEVICE_SCRIPT, *map(str, paths)],
+                                   env=env, cwd=repo, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    two_hosts_config = _write_config(tmp_path / "hosts.toml", {"run.distributed": True})
+    port = _free_port()
+    hosts = [subprocess.Popen(
+        [sys.executable, "-m", "rqvae.cli", "train", "-c", str(two_hosts_config), "--run-dir",
+         str(tmp_path / "hosts"), "-q"], cwd=repo, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "JAX_NUM_PROCESSES": "2",
+             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_PROCESS_ID": str(i)})
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in (single_host, *hosts)]
+    for process, (_, stderr) in zip((single_host, *hosts), outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    stdout = outputs[0][0]
+    assert "batch_size 10 does not split evenly across 4 devices" in stdout
+    devices = json.loads(stdout.strip().splitlines()[-1])
     assert devices == {str(tmp_path / "four"): [4, True], str(tmp_path / "one"): [1, False]}
-    four_losses, one_losses = _losses(tmp_path / "four"), _losses(tmp_path / "one")
-    assert [s for s, _ in four_losses] == list(range(1, 21))
-    for (_, a), (_, b) in zip(four_losses, one_losses):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    assert "final losses" in outputs[1][0] and "final losses" not in outputs[2][0]  # process 0
+    one = _losses(tmp_path / "one")
+    assert [s for s, _ in one] == list(range(1, 21))
+    for run in ("four", "hosts"):
+        losses = _losses(tmp_path / run)  # process 0 alone wrote the log: each step once
+        assert [s for s, _ in losses] == list(range(1, 21)), run
+        for (_, a), (_, b) in zip(losses, one):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    assert (tmp_path / "hosts" / "checkpoints" / "20").is_dir()
 
 
 # -- the comparator remedies --------------------------------------------------------------------
