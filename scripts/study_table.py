@@ -18,7 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METHOD_ORDER = ["traditional", "kmeans", "restart", "wasserstein", "hybrid"]
+METHOD_ORDER = ["traditional", "kmeans", "restart", "wasserstein", "hybrid", "hybrid-encoder-grad",
+                "hybrid-eps0.01"]
 
 
 def spread(values: list[float], digits: int) -> str:
