@@ -152,7 +152,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few steps, one repeat")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "sweep", "torch"])
     args = parser.parse_args()
-    steps, repeats = (200, 1) if args.quick else (1000, 3)
+    steps, repeats = (200, 1) if args.quick else (500, 3)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
           f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
           f"{jax.device_count()} device(s); timed: {steps} steps x {repeats} repeats\n")
