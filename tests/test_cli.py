@@ -315,13 +315,14 @@ def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monke
     monkeypatch.setattr(cli.config_lib, "replace", replace)
     result = rqvae("train", "--lambda-wasserstein", "0.5", "--sinkhorn-epsilon", "1e-3",
                    "--learning-rate", ".5", "--steps", "007", "--dataset", "npz:x.npz",
-                   "--run-dir", tmp_path / "r")
+                   "--run-dir", tmp_path / "r", "--set", "model.num_codes=16")
     assert result.exit_code == 2 and "stopped before training" in result.output
     assert {key: (seen[key], type(seen[key])) for key in (
         "lambda_wasserstein", "sinkhorn_epsilon", "learning_rate", "steps", "data.dataset",
-        "run.run_dir", "seed")} == {
+        "run.run_dir", "model.num_codes")} == {
         "lambda_wasserstein": (0.5, float), "sinkhorn_epsilon": (0.001, float),
         "learning_rate": (0.5, float), "steps": (7, int), "data.dataset": ("npz:x.npz", str),
-        "run.run_dir": (str(tmp_path / "r"), str), "seed": (None, type(None))}
+        "run.run_dir": (str(tmp_path / "r"), str), "model.num_codes": (16, int)}
+    assert "seed" not in seen  # flags left out override nothing
     result = rqvae("train", "--steps", "many")
     assert result.exit_code == 2 and "Invalid value for '--steps'" in result.output
