@@ -124,12 +124,12 @@ def _coerce(key: str, value, expected):
 
 
 def _unknown_key(key: str, valid: typing.Iterable[str]) -> ConfigError:
-    leaf = key.rsplit(".", 1)[-1]
+    section, _, leaf = key.rpartition(".")
     close = difflib.get_close_matches(leaf, list(valid), n=1)
-    # A key of another section ("num_codes" for "model.num_codes").
-    elsewhere = [k for k in flatten(to_dict(TrainerConfig())) if k.rsplit(".", 1)[-1] == leaf]
+    # Else a key of another section ("num_codes" for "model.num_codes").
+    elsewhere = [k for k in flatten(to_dict(TrainerConfig())) if k.rpartition(".")[2] == leaf]
     if close:
-        hint = f"; did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?"
+        hint = f"; did you mean '{section + '.' if section else ''}{close[0]}'?"
     elif elsewhere:
         hint = f"; did you mean '{elsewhere[0]}'?"
     else:

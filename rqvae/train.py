@@ -172,8 +172,12 @@ def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxB
     codebook_LxKxD, last_used_LxK, _ = codebook.restart_dead_codes(
         params["params"]["codebook"], last_used_LxK, step,
         jax.lax.stop_gradient(level_inputs_LxBxD), key, threshold=cfg.dead_code_threshold)
-    params = {**params, "params": {**params["params"], "codebook": codebook_LxKxD}}
-    return params, codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK
+    return (_with_codebook(params, codebook_LxKxD),
+            codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK)
+
+
+def _with_codebook(params, codebook_LxKxD):
+    return {**params, "params": {**params["params"], "codebook": codebook_LxKxD}}
 
 
 @functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
@@ -190,8 +194,7 @@ def kmeans_init(state: TrainState, images_NxP, *, cfg: TrainerConfig) -> TrainSt
     m = cfg.model
     key = jax.random.fold_in(jax.random.key(cfg.seed), 3)
     codebook_LxKxD = codebook.kmeans_codebooks(z_NxD, m.num_levels, m.num_codes, key)
-    params = {**state.params, "params": {**state.params["params"], "codebook": codebook_LxKxD}}
-    return state.replace(params=params)
+    return state.replace(params=_with_codebook(state.params, codebook_LxKxD))
 
 
 def next_batch(state: TrainState, images_NxP, cfg: TrainerConfig, batch_sharding=None):
@@ -360,7 +363,13 @@ def initialize_distributed(cfg: TrainerConfig) -> None:
     for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
         if os.environ.get(name):
             kwargs[key] = int(os.environ[name])
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"could not join a multi-host run ({reason}); run under srun, or set "
+                          f"JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID "
+                          f"in every process") from err
 
 
 def make_mesh(cfg: TrainerConfig) -> Mesh:
@@ -481,12 +490,12 @@ def fit(cfg: TrainerConfig, dataset: Dataset, run_dir: Path, *, resume: bool, di
     """
     mesh = make_mesh(cfg)
     sharding = batch_sharding(mesh)
+    step_cfg = compiled_part(cfg)
     state = init_state(cfg, len(dataset.train))
     if cfg.kmeans_init and not resume:
-        state = kmeans_init(state, dataset.train, cfg=compiled_part(cfg))
+        state = kmeans_init(state, dataset.train, cfg=step_cfg)
     state = replicate(state, mesh)
     mngr = checkpoint.manager(run_dir, cfg.run.keep_checkpoints)
-    step_cfg = compiled_part(cfg)
     primary = is_primary()
     start, time_offset = 0, 0.0
     if resume:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import os
 import platform
@@ -77,6 +78,7 @@ def interleaved(loops: dict, steps: int, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in timings.items()}
 
 
+@functools.cache
 def configs():
     digits = data.load(config.DataConfig())
     default = train.with_image_shape(config.TrainerConfig(), digits)
@@ -87,21 +89,19 @@ def configs():
             "MNIST-shaped (configs/mnist.toml)": (mnist, np.asarray(mnist_like_images()))}
 
 
-def throughput(steps: int, repeats: int) -> dict:
-    rows, results = [], {}
+def throughput(steps: int, repeats: int) -> None:
+    rows = []
     for name, (cfg, images) in configs().items():
         variants = {lam: dataclasses.replace(cfg, lambda_wasserstein=lam) for lam in (0.0, 0.5)}
         loops = {lam: Loop(c, images, c.run.steps_per_call) for lam, c in variants.items()}
         ms = interleaved(loops, steps, repeats)
         for lam, loop in loops.items():
-            results[(name, lam)] = ms[lam]
             rows.append([name, f"{lam:g}", f"{cfg.batch_size}", f"{cfg.batch_size * 1e3 / ms[lam]:,.0f}",
                          f"{ms[lam]:.3f}", f"{loop.compile_s:.2f}",
                          f"{ms[0.5] / ms[0.0]:.2f}" if lam else ""])
     table(f"1. train loop, {config.RunConfig().steps_per_call} steps per call (the default)",
           ["config", "lambda_wasserstein", "batch", "images/s", "ms/step", "compile s",
            "W on/off"], rows)
-    return results
 
 
 def steps_per_call_sweep(steps: int, repeats: int, sizes=(1, 10, 100, 1000)):
@@ -114,34 +114,37 @@ def steps_per_call_sweep(steps: int, repeats: int, sizes=(1, 10, 100, 1000)):
             f"{ms[sizes[0]] / ms[k]:.2f}x"] for k in sizes])
 
 
+class TorchModel:
+    """The PyTorch comparator (scripts/torch_baseline.py), timed like a `Loop`."""
+
+    def __init__(self, batch_size: int):
+        import torch_baseline
+
+        self.measure, self.batch_size, self.last = torch_baseline.measure, batch_size, None
+
+    def ms_per_step(self, steps: int) -> float:
+        self.last = self.measure(steps=steps, warmup=10, batch_size=self.batch_size)
+        return self.last["ms_per_step"]
+
+
 def against_pytorch(steps: int, repeats: int):
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec(
             "vector_quantize_pytorch") is None:
         print("3. PyTorch comparator skipped: pip install torch vector-quantize-pytorch\n")
         return
-    import torch_baseline
-
     cfg, images = configs()["MNIST-shaped (configs/mnist.toml)"]
     traditional = dataclasses.replace(cfg, lambda_wasserstein=0.0)
-    loops = {k: Loop(traditional, images, k) for k in (1, cfg.run.steps_per_call)}
-    jax_ms = {k: [] for k in loops}
-    torch_runs = []
-    for loop in loops.values():
-        loop.ms_per_step(steps // 4)
-    for _ in range(repeats):  # taking turns with the PyTorch model
-        for k, loop in loops.items():
-            jax_ms[k].append(loop.ms_per_step(steps))
-        torch_runs.append(torch_baseline.measure(steps=steps, warmup=10,
-                                                 batch_size=cfg.batch_size))
-    torch_ms = statistics.median(r["ms_per_step"] for r in torch_runs)
-    first = torch_runs[0]
+    torch_model = TorchModel(cfg.batch_size)
+    loops = {"torch": torch_model,
+             **{k: Loop(traditional, images, k) for k in (1, cfg.run.steps_per_call)}}
+    ms = interleaved(loops, steps, repeats)  # taking turns with the PyTorch model
+    torch_ms, first = ms.pop("torch"), torch_model.last
     rows = [[f"PyTorch {first['torch_version']} + vector-quantize-pytorch {first['vq_version']}"
              f" (ResidualVQ, eager, {first['threads']} threads)", f"{torch_ms:.3f}",
              f"{cfg.batch_size * 1e3 / torch_ms:,.0f}", "1.00x"]]
-    for k, times in jax_ms.items():
-        ms = statistics.median(times)
-        rows.append([f"rqvae, jitted, {k} step(s) per call", f"{ms:.3f}",
-                     f"{cfg.batch_size * 1e3 / ms:,.0f}", f"{torch_ms / ms:.2f}x"])
+    for k, loop_ms in ms.items():
+        rows.append([f"rqvae, jitted, {k} step(s) per call", f"{loop_ms:.3f}",
+                     f"{cfg.batch_size * 1e3 / loop_ms:,.0f}", f"{torch_ms / loop_ms:.2f}x"])
     table("3. the MNIST-shaped model against PyTorch, lambda_wasserstein 0 (same losses: recon + "
           "0.25 commit, codebook by gradient here and by EMA there), batch 256, Adam",
           ["implementation", "ms/step", "images/s", "throughput vs PyTorch"], rows)

@@ -167,3 +167,14 @@ def test_left_over_temporary_checkpoint_is_ignored_and_cleaned(fault_setup, tmp_
     assert not junk.exists()
     # The first part ended at step 60 with an eval the reference did not make there.
     _assert_same_as_reference(run_dir, reference, same_schedule=False)
+
+
+def test_a_multi_host_run_without_a_coordinator_is_one_line_and_writes_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "SLURM"))}
+    result = subprocess.run(_command("train", "--steps", "2", "--run-dir", tmp_path / "run"),
+                            env={**env, "RQVAE_DISTRIBUTED": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: could not join a multi-host run") and "JAX_COORDINATOR_ADDRESS" in line
+    assert not (tmp_path / "run").exists()
