@@ -7,10 +7,18 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 
-def code_counts(indices_LxB: jax.Array, num_codes: int) -> jax.Array:
-    """How often each code was picked, per level: (L, num_codes) int32."""
-    one_hot = jax.nn.one_hot(indices_LxB, num_codes, dtype=jnp.int32)
-    return jnp.sum(one_hot, axis=1)
+def code_counts(indices_LxB: jax.Array, num_codes: int, weights_B: jax.Array | None = None
+                ) -> jax.Array:
+    """How often each code was picked, per level: (L, num_codes) int32.
+
+    `weights_B` (int) counts each item that many times, e.g. 0 for padding. A scatter-add: B
+    updates, where a one-hot sum would compare every item with every code.
+    """
+    num_levels, batch = indices_LxB.shape
+    weights_B = jnp.ones(batch, jnp.int32) if weights_B is None else weights_B.astype(jnp.int32)
+    level_LxB = jnp.broadcast_to(jnp.arange(num_levels)[:, None], indices_LxB.shape)
+    counts = jnp.zeros((num_levels, num_codes), jnp.int32)
+    return counts.at[level_LxB, indices_LxB].add(jnp.broadcast_to(weights_B, indices_LxB.shape))
 
 
 def codes_used(counts_LxK: jax.Array) -> jax.Array:

@@ -122,26 +122,32 @@ def _update(state: TrainState, batch_BxP, cfg: TrainerConfig):
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
         state.params, batch_BxP, state.sinkhorn_g, cfg
     )
-    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
-    last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
-    if cfg.dead_code_threshold:
-        params, opt_state, last_used = _restart_dead_codes(
-            params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
     ok = healthy & jnp.all(finite_terms)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+
+    def advance():
+        updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
+        if cfg.dead_code_threshold:
+            params, opt_state, last_used = _restart_dead_codes(
+                params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
+        return params, opt_state, last_used, losses["sinkhorn_g"]
+
+    # A branch, not a select between the new and the old state: a select keeps both alive, and
+    # XLA would copy the parameters and the optimizer state every step to do that.
+    params, opt_state, last_used, sinkhorn_g = jax.lax.cond(
+        ok, advance, lambda: (state.params, state.opt_state, state.last_used, state.sinkhorn_g))
     new_state = state.replace(
         step=state.step + ok.astype(jnp.int32),
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        last_used=keep(last_used, state.last_used),
+        params=params,
+        opt_state=opt_state,
+        last_used=last_used,
         failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
-        sinkhorn_g=keep(losses["sinkhorn_g"], state.sinkhorn_g),
+        sinkhorn_g=sinkhorn_g,
     )
     outcome = {k: losses[k] for k in (*LOSS_TERMS, "sinkhorn_marginal_error")}
     outcome.update(counts=counts_LxK, step=state.step)
@@ -250,8 +256,7 @@ EVAL_CHUNK = 4096
 @functools.partial(jax.jit, static_argnames="cfg")
 def _eval_chunk(params, x_BxP, valid_B, *, cfg: TrainerConfig):
     x_recon, aux = make_model(cfg).apply(params, x_BxP)
-    one_hot = jax.nn.one_hot(aux["indices"], cfg.model.num_codes, dtype=jnp.int32)
-    counts_LxK = jnp.sum(one_hot * valid_B[None, :, None], axis=1)
+    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes, valid_B)
     squared_error = jnp.sum(valid_B * jnp.mean((x_BxP - x_recon) ** 2, axis=-1))
     return counts_LxK, squared_error
 

@@ -10,6 +10,9 @@ def test_counts_used_and_perplexity():
     np.testing.assert_array_equal(counts, [[1, 1, 1, 1, 0], [0, 0, 4, 0, 0]])
     np.testing.assert_array_equal(metrics.codes_used(counts), [4, 1])
     np.testing.assert_allclose(metrics.perplexity(counts), [4.0, 1.0], rtol=1e-6)
+    # Weights: padding (0) is not counted, the rest as often as its weight says.
+    weighted = metrics.code_counts(indices, 5, jnp.array([1, 0, 2, 1]))
+    np.testing.assert_array_equal(weighted, [[1, 0, 2, 1, 0], [0, 0, 4, 0, 0]])
 
 
 def test_dead_in_window_counts_codes_unused_for_the_window():
