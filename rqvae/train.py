@@ -136,10 +136,9 @@ def _update(state: TrainState, batch_BxP, cfg: TrainerConfig):
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
         return params, opt_state, last_used, losses["sinkhorn_g"]
 
-    # A branch, not a select between the new and the old state: a select keeps both alive, and
-    # XLA would copy the parameters and the optimizer state every step to do that.
-    params, opt_state, last_used, sinkhorn_g = jax.lax.cond(
-        ok, advance, lambda: (state.params, state.opt_state, state.last_used, state.sinkhorn_g))
+    params, opt_state, last_used, sinkhorn_g = _where_ok(
+        ok, advance, (state.params, state.opt_state, state.last_used, state.sinkhorn_g),
+        branch=jax.default_backend() == "cpu")
     new_state = state.replace(
         step=state.step + ok.astype(jnp.int32),
         params=params,
@@ -152,6 +151,19 @@ def _update(state: TrainState, batch_BxP, cfg: TrainerConfig):
     outcome = {k: losses[k] for k in (*LOSS_TERMS, "sinkhorn_marginal_error")}
     outcome.update(counts=counts_LxK, step=state.step)
     return new_state, outcome
+
+
+def _where_ok(ok, update, old, *, branch: bool):
+    """`update()` if `ok`, else `old` (a tree of the same structure).
+
+    branch: decide with `lax.cond`. On CPU a select between the new and the old tree keeps both
+    alive, and XLA then copies every parameter and Adam moment once per step; a branch updates
+    them in place. On accelerators the select: there a branch reads its predicate back to the
+    host, which would stall the device once per step, and the copies are cheap.
+    """
+    if branch:
+        return jax.lax.cond(ok, update, lambda: old)
+    return jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), update(), old)
 
 
 def step_metrics(new_state: TrainState, outcome: dict, cfg: TrainerConfig) -> dict:
