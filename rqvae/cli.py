@@ -147,7 +147,6 @@ FLAG_KEYS = {
     "batch_size": "batch_size",
     "seed": "seed",
     "dataset": "data.dataset",
-    "run_dir": "run.run_dir",
 }
 
 
@@ -191,11 +190,12 @@ def train(
             overrides["run.run_dir"] = str(run_dir)
         base = config
         if resume and base is None:
-            if run_dir is None:
+            if overrides.get("run.run_dir") is None:
                 _fail("--resume needs --run-dir naming the run to continue")
-            base = run_dir / "config.toml"
+            resume_dir = Path(overrides["run.run_dir"])
+            base = resume_dir / "config.toml"
             if not base.is_file():
-                _fail(f"{run_dir} holds no run to resume (no config.toml); check --run-dir")
+                _fail(f"{resume_dir} holds no run to resume (no config.toml); check --run-dir")
         cfg = config_lib.replace(config_lib.load(base), overrides)
         name = config.stem if config is not None else "default"
         _use_compilation_cache()
@@ -253,8 +253,6 @@ def report(
     from rqvae import report as report_lib
 
     try:
-        if json_output and csv_output:
-            raise ConfigError("--json and --csv are two output formats; pass one")
         report_lib.main(run_dirs, as_json=json_output, console=_console(), last=last,
                         every=every, as_csv=csv_output)
     except ConfigError as err:

@@ -15,16 +15,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from rqvae.model import quantize
+from rqvae.model import nearest_code, quantize
 
 # -- k-means initialisation -------------------------------------------------------------------
-
-
-def _nearest_code(points_NxD: jax.Array, codebook_KxD: jax.Array) -> jax.Array:
-    """Index of each point's nearest code, ties to the lowest index (as in `quantize`)."""
-    # ||p - c||^2 without ||p||^2, which does not change the argmin; no (N, K, D) intermediate.
-    distance_NxK = jnp.sum(codebook_KxD**2, axis=-1) - 2.0 * points_NxD @ codebook_KxD.T
-    return jnp.argmin(distance_NxK, axis=-1)
 
 
 def _kmeans(points_NxD: jax.Array, num_codes: int, key: jax.Array, iters: int) -> jax.Array:
@@ -39,7 +32,7 @@ def _kmeans(points_NxD: jax.Array, num_codes: int, key: jax.Array, iters: int) -
     initial_KxD = jnp.take(points_NxD, index_K, axis=0)
 
     def lloyd_step(_, centroids_KxD):
-        index_N = _nearest_code(points_NxD, centroids_KxD)
+        index_N = nearest_code(points_NxD, centroids_KxD)
         sums_KxD = jax.ops.segment_sum(points_NxD, index_N, num_segments=num_codes)
         counts_K = jnp.bincount(index_N, length=num_codes).astype(points_NxD.dtype)
         means_KxD = sums_KxD / jnp.maximum(counts_K, 1.0)[:, None]

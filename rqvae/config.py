@@ -125,13 +125,14 @@ def _coerce(key: str, value, expected):
 
 def _unknown_key(key: str, valid: typing.Iterable[str]) -> ConfigError:
     section, _, leaf = key.rpartition(".")
-    close = difflib.get_close_matches(leaf, list(valid), n=1)
-    # Else a key of another section ("num_codes" for "model.num_codes").
+    # First a key of that name in another section ("num_codes" for "model.num_codes"), else a
+    # near miss in this one.
     elsewhere = [k for k in flatten(to_dict(TrainerConfig())) if k.rpartition(".")[2] == leaf]
-    if close:
-        hint = f"; did you mean '{section + '.' if section else ''}{close[0]}'?"
-    elif elsewhere:
+    close = difflib.get_close_matches(leaf, list(valid), n=1)
+    if elsewhere:
         hint = f"; did you mean '{elsewhere[0]}'?"
+    elif close:
+        hint = f"; did you mean '{section + '.' if section else ''}{close[0]}'?"
     else:
         hint = f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -174,17 +175,25 @@ def load(path: str | Path | None) -> TrainerConfig:
 
 
 def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConfig:
-    """Applies dotted-key overrides (`"model.num_codes": 128`); None values are skipped."""
-    nested: dict = {}
+    """Applies dotted-key overrides (`"model.num_codes": 128`); None values are skipped.
+
+    The overrides are merged into the config's dict and the result is built and checked like a
+    TOML file, so an override gets the same messages as the same key in a file.
+    """
+    values = to_dict(cfg)
     for dotted, value in overrides.items():
         if value is None:
             continue
         *parents, leaf = dotted.split(".")
-        node = nested
-        for parent in parents:
+        node = values
+        for depth, parent in enumerate(parents):
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ConfigError(f"cannot set {dotted}: {section} is {node!r}, not a table of "
+                                  f"keys; see configs/default.toml for the keys")
         node[leaf] = value
-    return validate(_merge(cfg, nested, ""))
+    return from_dict(values)
 
 
 def parse_assignments(assignments: typing.Iterable[str]) -> dict[str, typing.Any]:
@@ -202,22 +211,8 @@ def parse_assignments(assignments: typing.Iterable[str]) -> dict[str, typing.Any
             value = tomllib.loads(f"value = {text.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
-        overrides[key.strip()] = tuple(value) if isinstance(value, list) else value
+        overrides[key.strip()] = value
     return overrides
-
-
-def _merge(obj, values: dict, prefix: str):
-    types_by_name = _field_types(type(obj))
-    changes = {}
-    for key, value in values.items():
-        if key not in types_by_name:
-            raise _unknown_key(f"{prefix}{key}", types_by_name)
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _merge(current, value, f"{prefix}{key}.")
-        else:
-            changes[key] = _coerce(f"{prefix}{key}", value, types_by_name[key])
-    return dataclasses.replace(obj, **changes)
 
 
 def _check(ok: bool, message: str):

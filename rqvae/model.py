@@ -53,6 +53,14 @@ class ConvDecoder(nn.Module):
         return x[:, :height, :width, :].reshape(x.shape[0], -1)
 
 
+def nearest_code(points_NxD: jax.Array, codebook_KxD: jax.Array) -> jax.Array:
+    """Index of each point's nearest code by squared distance, ties to the lowest index."""
+    # ||p - c||^2 without its ||p||^2 term, which does not change the argmin; no (N, K, D)
+    # intermediate.
+    distance_NxK = jnp.sum(codebook_KxD**2, axis=-1) - 2.0 * points_NxD @ codebook_KxD.T
+    return jnp.argmin(distance_NxK, axis=-1)
+
+
 def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, dict]:
     """Residual quantization: level l picks the nearest code of codebook l to what is left.
 
@@ -62,9 +70,7 @@ def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, 
     residual = z_e_BxD
     level_inputs, level_codes, indices = [], [], []
     for codebook_KxD in codebook_LxKxD:
-        # ||r - c||^2 without its ||r||^2 term, which does not change the argmin.
-        distance_BxK = jnp.sum(codebook_KxD**2, axis=-1) - 2.0 * residual @ codebook_KxD.T
-        index_B = jnp.argmin(distance_BxK, axis=-1)
+        index_B = nearest_code(residual, codebook_KxD)
         code_BxD = jnp.take(codebook_KxD, index_B, axis=0)
         level_inputs.append(residual)
         level_codes.append(code_BxD)

@@ -57,9 +57,10 @@ from rich.text import Text
 
 from rqvae import config, runlog
 from rqvae.config import ConfigError
+from rqvae.runlog import is_finite
 
 LOSS_TERMS = runlog.LOSS_TERMS
-PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")
+PER_LEVEL = runlog.PER_LEVEL
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
 # this is and how big its codebooks are.
 ALWAYS_SHOWN = (
@@ -195,10 +196,6 @@ def _best(train: runlog.TrainLog) -> dict:
     return best
 
 
-def _is_finite(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _levels(run: Run, final: dict, ot_on: bool) -> list[dict]:
     last_eval = run.evals[-1] if run.evals else None
     with_sinkhorn = ot_on and "sinkhorn_marginal_error" in final
@@ -330,12 +327,11 @@ def _losses_table(summary: dict, terms: tuple[str, ...]) -> Table:
 def _health_table(summary: dict, run: Run) -> Table:
     levels = summary["levels"]
     num_codes = run.config.get("model.num_codes")
-    window = run.config.get("run.dead_window")
     codes = f" ({num_codes} codes each)" if num_codes is not None else ""
     table = Table(title=f"codebook health per level{codes}", title_justify="left",
                   caption_justify="left")
     columns = {"level": "level", "used": "used (batch)", "perplexity": "perplexity (batch)",
-               "dead": f"dead (last {window} steps)" if window else "dead (window)"}
+               "dead": _dead_header(run)}
     if summary["eval"] is not None:
         columns |= {"eval_dead": "dead (full pass)", "eval_perplexity": "perplexity (full pass)"}
         if any("heldout_perplexity" in level for level in levels):
@@ -361,14 +357,14 @@ def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
     later shape. A missing or non-finite value is a blank; a constant series is all ▄.
     """
     values = evenly_spaced(values, width)
-    finite = [v for v in values if _is_finite(v)]
+    finite = [v for v in values if is_finite(v)]
     if not finite:
         return " " * len(values)
     scale = math.log10 if log_scaled(finite) else float
     low, high = scale(min(finite)), scale(max(finite))
     chars = []
     for value in values:
-        if not _is_finite(value):
+        if not is_finite(value):
             chars.append(" ")
         elif high == low:
             chars.append(SPARKS[3])
@@ -379,7 +375,7 @@ def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
 
 def log_scaled(values: Sequence) -> bool:
     """Whether the finite values are all positive and span more than a decade."""
-    finite = [v for v in values if _is_finite(v)]
+    finite = [v for v in values if is_finite(v)]
     return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
 
 
@@ -392,7 +388,7 @@ def _trends_table(run: Run, terms: tuple[str, ...]) -> Table:
         table.add_column(header, justify="left" if header == "term" else "right")
     for term in terms:
         values = [run.train.value(term, i) for i in indices]
-        finite = [v for v in values if _is_finite(v)]
+        finite = [v for v in values if is_finite(v)]
         table.add_row(term, sparkline(values), _fmt(min(finite, default=None)),
                       _fmt(max(finite, default=None)), "log" if log_scaled(finite) else "linear")
     table.caption = (f"each at {len(indices)} evenly spaced logged steps; log: the term spans more "
@@ -418,12 +414,16 @@ def _history_table(summary: dict, terms: tuple[str, ...], note: str) -> Table:
     return table
 
 
+def _dead_header(run: Run) -> str:
+    window = run.config.get("run.dead_window")
+    return f"dead (last {window} steps)" if window else "dead (window)"
+
+
 def _health_over_time_table(summary: dict, run: Run, note: str) -> Table:
     num_codes = run.config.get("model.num_codes")
-    window = run.config.get("run.dead_window")
     health = summary["health"]
     columns = {"used": "used %" if num_codes else "used", "perplexity": "perplexity",
-               "dead": f"dead (last {window} steps)" if window else "dead (window)"}
+               "dead": _dead_header(run)}
     if any("sinkhorn_marginal_error" in entry for entry in health):
         columns["sinkhorn_marginal_error"] = "Sinkhorn marginal error"
     title = f"codebook health over the run{note}"
@@ -435,7 +435,7 @@ def _health_over_time_table(summary: dict, run: Run, note: str) -> Table:
     def cell(entry: dict, key: str) -> str:
         values = entry.get(key) or []
         if key == "used" and num_codes:
-            values = [f"{100 * v / num_codes:.0f}" if _is_finite(v) else v for v in values]
+            values = [f"{100 * v / num_codes:.0f}" if is_finite(v) else v for v in values]
         return " / ".join(map(_fmt, values)) or "-"
 
     for entry in health:
@@ -485,7 +485,7 @@ def _render_comparison(runs: list[Run], console: Console) -> None:
     rows = _comparison_rows(runs, summaries, num_levels)
     best = {}
     for c in ranked:
-        values = [row[c] for row in rows if _is_finite(row[c])]
+        values = [row[c] for row in rows if is_finite(row[c])]
         if len(set(values)) > 1:  # nothing to single out when every run ties
             best[c] = min(values)
     table = Table(title=f"{len(runs)} runs side by side (best recon and dead counts in {BEST_STYLE})",

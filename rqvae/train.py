@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rqvae import checkpoint, codebook, data, metrics, runlog
@@ -25,7 +26,7 @@ from rqvae.losses import compute_losses
 from rqvae.model import RQVAE
 
 LOSS_TERMS = runlog.LOSS_TERMS
-PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")
+PER_LEVEL = runlog.PER_LEVEL
 
 
 class TrainingFailed(RuntimeError):
@@ -188,8 +189,8 @@ def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxB
     stale_LxK = codebook.stale_codes(last_used_LxK, step, cfg.dead_code_threshold)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 2), step)
     codebook_LxKxD, last_used_LxK, _ = codebook.restart_dead_codes(
-        params["params"]["codebook"], last_used_LxK, step,
-        jax.lax.stop_gradient(level_inputs_LxBxD), key, threshold=cfg.dead_code_threshold)
+        params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
+        threshold=cfg.dead_code_threshold)
     return (_with_codebook(params, codebook_LxKxD),
             codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK)
 
@@ -619,6 +620,10 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
     touches an existing run. Raises ConfigError with the problem and its fix.
     """
     initialize_distributed(cfg)
+    hosts = jax.process_count()
+    if hosts > 1 and not cfg.run.run_dir:
+        raise ConfigError(f"a run on {hosts} hosts needs --run-dir, on a file system every host "
+                          f"sees (each would name its own default directory)")
     run_dir = Path(cfg.run.run_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if resume:
         if not _holds_run(run_dir):
@@ -646,6 +651,8 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         if latest >= cfg.steps:
             raise ConfigError(f"{run_dir} already reached step {latest} of {cfg.steps}; "
                               f"pass a larger --steps to train further")
+    if hosts > 1:  # every host has checked the directory before process 0 writes to it
+        multihost_utils.sync_global_devices("rqvae: run directory checked")
     if is_primary():
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / (runlog.CONFIG_FILE + ".tmp")

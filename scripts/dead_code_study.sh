@@ -10,8 +10,8 @@
 # Digits (embedded): 2 levels x 64 codes and x 256 codes, latent 16, STEPS steps, 3 seeds.
 # With tfds MNIST prepared (rqvae data prepare tfds:mnist) it also runs configs/mnist.toml
 # (2 levels x 512 codes); set MNIST=0 to skip it, MNIST=1 to require it. --quick: 1 seed, 64
-# codes, 1000 steps, no MNIST. Runs already in DIR are kept and reused, so an interrupted study
-# continues where it stopped.
+# codes, 1000 steps, no MNIST. Runs already in DIR that reached their final step are kept and
+# reused, so an interrupted study continues where it stopped.
 set -euo pipefail
 
 out=runs/study
@@ -40,9 +40,11 @@ variant() {  # method -> config name and extra arguments
   esac
 }
 
-train() {  # run-dir config args...
-  local run_dir="$1" config="$2"; shift 2
-  if [[ -f "$run_dir/metrics.jsonl" ]] && grep -q '"kind": *"eval"' "$run_dir/metrics.jsonl"; then
+train() {  # run-dir final-step config args...
+  local run_dir="$1" final="$2" config="$3"; shift 3
+  # Finished: evaluated at its final step (a run of another length, e.g. --quick's, is redone).
+  if [[ -f "$run_dir/metrics.jsonl" ]] &&
+      grep -Eq "\"kind\": *\"eval\", *\"step\": *$final[,}]" "$run_dir/metrics.jsonl"; then
     echo "kept $run_dir"; return
   fi
   rm -rf "$run_dir"  # an unfinished run from an interrupted study
@@ -54,7 +56,7 @@ for codes in "${sizes[@]}"; do
   for method in "${methods[@]}"; do
     for seed in "${seeds[@]}"; do
       # shellcheck disable=SC2046  # the variant's words are meant to split
-      train "$out/digits-$codes/$method-s$seed" $(variant "$method") --seed "$seed" \
+      train "$out/digits-$codes/$method-s$seed" "$steps" $(variant "$method") --seed "$seed" \
         --steps "$steps" --set "model.num_codes=$codes" --set "run.eval_every=$steps"
     done
   done
@@ -66,6 +68,7 @@ if [[ $mnist == auto ]]; then
   [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
 fi
 if [[ $mnist == 1 ]]; then
+  mnist_steps=$(python -c "import tomllib; print(tomllib.load(open('configs/mnist.toml', 'rb'))['steps'])")
   for method in "${methods[@]:0:5}"; do
     for seed in "${seeds[@]}"; do
       lambdas=()
@@ -75,7 +78,7 @@ if [[ $mnist == 1 ]]; then
         restart) lambdas=(--lambda-wasserstein 0 --set dead_code_threshold=20) ;;
         wasserstein) lambdas=(--lambda-codebook 0 --lambda-wasserstein 1) ;;
       esac
-      train "$out/mnist-512/$method-s$seed" mnist --seed "$seed" "${lambdas[@]}"
+      train "$out/mnist-512/$method-s$seed" "$mnist_steps" mnist --seed "$seed" "${lambdas[@]}"
     done
   done
 fi

@@ -32,8 +32,8 @@ def spread(values: list[float], digits: int) -> str:
 def main() -> None:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for summary in json.load(sys.stdin):
-        if summary.get("eval") is None:
-            continue  # not finished: no full-split evaluation yet
+        if summary.get("eval") is None or summary["eval"]["step"] != summary["config"]["steps"]:
+            continue  # not finished: no full-split evaluation at the last step yet
         path = Path(summary["path"].rstrip("/"))
         method = re.sub(r"-s\d+$", "", path.name)
         groups[(path.parent.name, method)].append(summary)

@@ -105,3 +105,10 @@ def test_set_assignments_read_toml_values_and_name_bad_keys():
         config.parse_assignments(["num_codes"])
     with pytest.raises(config.ConfigError, match="did you mean 'model.num_codes'"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["num_codes=8"]))
+    with pytest.raises(config.ConfigError, match="did you mean 'data.dataset'"):
+        config.replace(config.TrainerConfig(), config.parse_assignments(["dataset=npz:x.npz"]))
+    # A section given a value, or a value given keys: one line, as for the same in a file.
+    with pytest.raises(config.ConfigError, match=r"model must be a table \[model\], got 3"):
+        config.replace(config.TrainerConfig(), config.parse_assignments(["model=3"]))
+    with pytest.raises(config.ConfigError, match="cannot set seed.x: seed is 0, not a table"):
+        config.replace(config.TrainerConfig(), config.parse_assignments(["seed.x=1"]))

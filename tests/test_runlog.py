@@ -136,9 +136,12 @@ def test_scan_of_a_log_written_by_runlog_parses_only_its_eval_lines(tmp_path, mo
     assert not train.any_nonzero("wasserstein")
 
 
-@pytest.mark.parametrize("case", ["plain", "numbers", "hand-written", "cut off", "no newline"])
+@pytest.mark.parametrize("case", ["plain", "numbers", "hand-written", "cut off", "no newline",
+                                  "repeated step"])
 def test_scan_gives_what_read_gives(tmp_path, monkeypatch, case):
     records = [_train(s, 0.5 + 0.25 * (s % 3)) for s in range(10, 110, 10)]
+    if case == "repeated step":  # e.g. logs joined by hand: the best is the second step 30
+        records[6].update(step=30, total=0.125)
     if case == "numbers":  # outside d.ddd: exponents, >= 10, negative, NaN, infinity, an int
         totals = [3e-05, 12.5, -0.5, float("nan"), float("inf"), 2, 1e-07]
         for record, total in zip(records, totals):
