@@ -30,6 +30,7 @@ if [[ $quick == 1 ]]; then
 else
   seeds=(0 1 2); sizes=(64 256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
 fi
+out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
 methods=(traditional kmeans restart wasserstein hybrid hybrid-encoder-grad hybrid-eps0.01)
 variant() {  # method -> config name and extra arguments
