@@ -1,10 +1,26 @@
 """The run log: `metrics.jsonl`, one JSON object per line, in the run directory.
 
-Train records: {"kind": "train", "step", "time" (s since the run started), "total", "recon",
-"commit", "codebook", "wasserstein", and per-level lists "used", "perplexity", "dead",
-"sinkhorn_marginal_error"}. Eval records: {"kind": "eval", "step", "time", "heldout_recon",
-per-level "used", "perplexity" and "dead" over a full pass of the training split}.
-`read` parses every record; `scan` reads a long log for a report without parsing every line.
+This module defines every record's keys and their meaning; writers and readers use these names.
+
+- train (every run.log_every steps): "kind": "train", "step", "time" (s since the run started),
+  the LOSS_TERMS, and per level (lists) the TRAIN_PER_LEVEL keys:
+  - batch_used: codes the step's batch picked
+  - batch_perplexity: exp(entropy) of the codes the step's batch picked
+  - window_dead: codes no batch picked over the last run.dead_window steps
+  - sinkhorn_marginal_error: the transport plan's row-marginal error (0 with the term off)
+- eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
+  "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
+  level the EVAL_PER_LEVEL keys:
+  - train_used, train_dead: codes some / no training image picks, over a full pass of the
+    training split (the definitive dead-code count)
+  - train_perplexity: perplexity of the codes over that full pass
+  - heldout_used, heldout_perplexity: the same over the held-out split
+- resume: "kind": "resume", "step" (the checkpoint it resumed from), "time", "changed"
+  ({key: [old, new]} for every setting that differs from the run's config until then)
+- end: "kind": "end", "step", "time", "status" ("completed", "interrupted" or "failed") and
+  "reason"; a log that stops without one belongs to a run still training or one that died.
+
+Logs written before these names are read with the old names mapped to the new (`RENAMED`).
 This module imports neither JAX nor Flax.
 """
 
@@ -21,10 +37,18 @@ from itertools import compress
 from operator import itemgetter, not_
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.toml"
+from rqvae.rundir import CONFIG_FILE, METRICS_FILE  # noqa: F401  (re-exported for readers)
+
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
-PER_LEVEL = ("used", "perplexity", "dead", "sinkhorn_marginal_error")  # lists, one per level
+TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", "sinkhorn_marginal_error")
+EVAL_SCALARS = ("heldout_recon", "heldout_psnr")
+EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
+                  "heldout_perplexity")
+# Old key -> new key, by record kind, for logs written before the names above.
+RENAMED = {
+    "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead"},
+    "eval": {"used": "train_used", "dead": "train_dead", "perplexity": "train_perplexity"},
+}
 
 
 class RunLog:
