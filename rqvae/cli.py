@@ -280,7 +280,7 @@ def evaluate(
         cfg, dataset, params, step = train_lib.load_trained(run_dir, step)
     except ConfigError as err:
         _fail(str(err))
-    result = train_lib.evaluate_heldout(params, dataset, cfg)
+    result = train_lib.evaluate(params, dataset, cfg)
     result = {"run": str(run_dir), "step": step, **result}
     if json_output:
         print(json.dumps(result, indent=2))
@@ -289,12 +289,12 @@ def evaluate(
 
     console = _console()
     console.print(f"{run_dir} at step {step}, held-out split of {dataset.name} "
-                  f"({len(dataset.heldout)} images): recon MSE {result['recon_mse']:.4g}, "
-                  f"PSNR {result['psnr_db']:.2f} dB", highlight=False)
+                  f"({len(dataset.heldout)} images): recon MSE {result['heldout_recon']:.4g}, "
+                  f"PSNR {result['heldout_psnr']:.2f} dB", highlight=False)
     table = Table(title="code use on the held-out split", title_justify="left")
     for column in ("level", "codes used", "dead (held out)", "perplexity"):
         table.add_column(column, justify="right")
-    for level, (used, perplexity) in enumerate(zip(result["used"], result["perplexity"])):
+    for level, (used, perplexity) in enumerate(zip(result["heldout_used"], result["heldout_perplexity"])):
         table.add_row(str(level + 1), str(used), str(cfg.model.num_codes - used), f"{perplexity:.1f}")
     console.print(table)
 

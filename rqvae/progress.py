@@ -13,13 +13,13 @@ def _terms(record: dict) -> str:
     if record.get("wasserstein"):
         keys.append("wasserstein")
     losses = " ".join(f"{k} {record[k]:.4g}" for k in keys)
-    return f"{losses} | used {record['used']} dead {record['dead']}"
+    return f"{losses} | used {record['batch_used']} dead {record['window_dead']}"
 
 
 def _eval(record: dict) -> str:
     return (f"eval step {record['step']}: heldout recon {record['heldout_recon']:.4g} | "
-            f"dead over train split {record['dead']} | perplexity "
-            f"{[round(p, 1) for p in record['perplexity']]}")
+            f"dead over train split {record['train_dead']} | perplexity "
+            f"{[round(p, 1) for p in record['train_perplexity']]}")
 
 
 class Display:

@@ -26,7 +26,7 @@ from rqvae.losses import compute_losses
 from rqvae.model import RQVAE
 
 LOSS_TERMS = runlog.LOSS_TERMS
-PER_LEVEL = runlog.PER_LEVEL
+PER_LEVEL = runlog.TRAIN_PER_LEVEL
 
 
 class TrainingFailed(RuntimeError):
@@ -174,9 +174,9 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: TrainerConfig) -> di
     result = {k: outcome[k] for k in LOSS_TERMS}
     counts_LxK = outcome["counts"]
     result.update(
-        used=metrics.codes_used(counts_LxK),
-        perplexity=metrics.perplexity(counts_LxK),
-        dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.run.dead_window),
+        batch_used=metrics.codes_used(counts_LxK),
+        batch_perplexity=metrics.perplexity(counts_LxK),
+        window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.run.dead_window),
         sinkhorn_marginal_error=outcome["sinkhorn_marginal_error"],
         failed_step=new_state.failed_step,
     )
@@ -290,36 +290,31 @@ def _pass(params, images_NxP: np.ndarray, cfg: TrainerConfig):
 
 
 def evaluate(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
-    """Held-out recon MSE, and code use over a full pass of the training split.
+    """Held-out recon MSE and PSNR, and per-level code use over full passes of both splits.
 
-    The full pass is the definitive dead-code count: a code no training image picks is dead.
+    Keys and their meaning: `runlog` (eval records). The full pass of the training split is the
+    definitive dead-code count: a code no training image picks is dead.
     """
     train_counts, _ = _pass(params, dataset.train, cfg)
     heldout_counts, heldout_error = _pass(params, dataset.heldout, cfg)
-    used, train_perplexity, heldout_perplexity = jax.device_get(
-        _usage(train_counts, heldout_counts))
+    train_used, train_perplexity, heldout_used, heldout_perplexity = (
+        x.tolist() for x in jax.device_get(_usage(train_counts, heldout_counts)))
+    mse = heldout_error / len(dataset.heldout)
     return {
-        "heldout_recon": heldout_error / len(dataset.heldout),
-        "used": used.tolist(),
-        "perplexity": train_perplexity.tolist(),
-        "dead": (cfg.model.num_codes - used).tolist(),
-        "heldout_perplexity": heldout_perplexity.tolist(),
+        "heldout_recon": mse,
+        "heldout_psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+        "train_used": train_used,
+        "train_dead": [cfg.model.num_codes - u for u in train_used],
+        "train_perplexity": train_perplexity,
+        "heldout_used": heldout_used,
+        "heldout_perplexity": heldout_perplexity,
     }
-
-
-def evaluate_heldout(params, dataset: Dataset, cfg: TrainerConfig) -> dict:
-    """Held-out recon MSE, PSNR (pixels in [0, 1]) and per-level code use on the held-out split."""
-    counts, squared_error = _pass(params, dataset.heldout, cfg)
-    used, perplexity, _ = jax.device_get(_usage(counts, counts))
-    mse = squared_error / len(dataset.heldout)
-    return {"recon_mse": mse, "psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
-            "used": used.tolist(), "perplexity": perplexity.tolist()}
 
 
 @jax.jit
 def _usage(train_counts_LxK, heldout_counts_LxK):
     return (metrics.codes_used(train_counts_LxK), metrics.perplexity(train_counts_LxK),
-            metrics.perplexity(heldout_counts_LxK))
+            metrics.codes_used(heldout_counts_LxK), metrics.perplexity(heldout_counts_LxK))
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -669,9 +664,9 @@ def print_summary(summary: dict, run_dir: Path, console) -> None:
     table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
     for column in ("level", "used (window)", "dead (window)", "dead (train split)", "perplexity"):
         table.add_column(column, justify="right")
-    for level, (used, dead) in enumerate(zip(final["used"], final["dead"])):
-        full_dead = str(last_eval["dead"][level]) if last_eval else "-"
-        perplexity = f"{last_eval['perplexity'][level]:.1f}" if last_eval else "-"
+    for level, (used, dead) in enumerate(zip(final["batch_used"], final["window_dead"])):
+        full_dead = str(last_eval["train_dead"][level]) if last_eval else "-"
+        perplexity = f"{last_eval['train_perplexity'][level]:.1f}" if last_eval else "-"
         table.add_row(str(level + 1), str(used), str(dead), full_dead, perplexity)
     console.print(table)
     losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)

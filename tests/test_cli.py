@@ -54,7 +54,8 @@ def test_train_writes_config_log_and_checkpoints(full_run):
                               ("eval", 30)]
     record = runlog.read(run_dir)[-2]
     assert set(train.LOSS_TERMS) <= set(record) and record["wasserstein"] > 0
-    assert len(record["used"]) == len(record["dead"]) == len(record["perplexity"]) == 2
+    assert (len(record["batch_used"]) == len(record["window_dead"])
+            == len(record["batch_perplexity"]) == 2)
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [15, 30]
 
 
@@ -171,8 +172,8 @@ def test_eval_matches_the_runs_last_evaluation(full_run):
     evaluated = json.loads(result.output)
     last_eval = [r for r in runlog.read(run_dir) if r["kind"] == "eval"][-1]
     assert evaluated["step"] == 30
-    assert evaluated["recon_mse"] == pytest.approx(last_eval["heldout_recon"], rel=1e-5)
-    assert evaluated["psnr_db"] == pytest.approx(-10 * np.log10(last_eval["heldout_recon"]),
+    assert evaluated["heldout_recon"] == pytest.approx(last_eval["heldout_recon"], rel=1e-5)
+    assert evaluated["heldout_psnr"] == pytest.approx(-10 * np.log10(last_eval["heldout_recon"]),
                                                  rel=1e-4)
     assert rqvae("eval", run_dir, "--step", 15).exit_code == 0
     result = rqvae("eval", run_dir, "--step", 7)
@@ -187,7 +188,7 @@ def test_encode_writes_the_codes_of_a_split_and_never_overwrites(full_run, tmp_p
     codes = np.load(out)
     last_eval = [r for r in runlog.read(run_dir) if r["kind"] == "eval"][-1]
     assert codes.shape == (1438, 2) and codes.dtype == np.int32
-    assert [len(np.unique(level)) for level in codes.T] == last_eval["used"]
+    assert [len(np.unique(level)) for level in codes.T] == last_eval["train_used"]
     before = out.read_bytes()
     result = rqvae("encode", run_dir, "--out", out, "--split", "heldout")
     assert result.exit_code == 2 and "--force" in result.output and out.read_bytes() == before

@@ -50,7 +50,7 @@ def test_a_step_of_the_loop_is_the_single_train_step(tiny_cfg, digits):
     assert int(loop_state.step) == 1 and int(loop_state.failed_step) == -1
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  jax.device_get(loop_state.params), jax.device_get(single_state.params))
-    assert looped["used"].shape == looped["dead"].shape == (cfg.model.num_levels,)
+    assert looped["batch_used"].shape == looped["window_dead"].shape == (cfg.model.num_levels,)
 
 
 def test_non_finite_loss_freezes_the_state_and_names_the_step(tiny_cfg, digits):
@@ -116,13 +116,14 @@ def test_evaluate_counts_dead_codes_over_the_training_split(tiny_cfg, digits):
     state = train.init_state(tiny_cfg, len(digits.train))
     result = train.evaluate(state.params, digits, tiny_cfg)
     levels = tiny_cfg.model.num_levels
-    assert len(result["dead"]) == len(result["used"]) == levels
-    assert all(u + d == tiny_cfg.model.num_codes for u, d in zip(result["used"], result["dead"]))
+    assert len(result["train_dead"]) == len(result["train_used"]) == levels
+    assert all(u + d == tiny_cfg.model.num_codes
+               for u, d in zip(result["train_used"], result["train_dead"]))
     assert 0 < result["heldout_recon"] < 1
     # The same counts by a direct pass, for comparison with the chunked one.
     _, aux = train.make_model(tiny_cfg).apply(state.params, jnp.asarray(digits.train))
     direct = [len(np.unique(level)) for level in np.asarray(aux["indices"])]
-    assert result["used"] == direct
+    assert result["train_used"] == direct
 
 
 # -- the compiled loop and devices --------------------------------------------------------------
