@@ -1,24 +1,29 @@
 """The `rqvae` command: a thin Typer shell that parses, validates and delegates.
 
-JAX is imported only inside the commands that train, rich only where a command prints, and
-pydantic (which Typer 0.2x converts option values with) not for the values these commands take,
-so `--help` and `report` answer at once (`scripts/bench_report.py` times both).
+JAX is imported only inside the commands that need it and rich only where a command prints, so
+`--help` and `report` answer quickly (`scripts/bench_report.py` times both). Bad input of any kind
+(ConfigError, UserError) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import os
-import re
 import signal
 import sys
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from rqvae import config as config_lib
 from rqvae.config import ConfigError
+from rqvae.rundir import UserError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,95 +32,38 @@ EXIT_CODES = """Exit codes: 0 ok, 1 training failed (non-finite loss), 2 bad inp
 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
 
 
-# -- option values without pydantic -----------------------------------------------------------
-# Typer 0.2x converts every value but a flag's through a pydantic TypeAdapter, and importing
-# pydantic takes longer than a whole `rqvae report` of a short run. The values these commands take
-# (none, a path, an integer, a decimal, a word) are converted here instead. Any other value, and
-# every one Typer would reject, goes on to Typer's own conversion: what a command receives and
-# every error message stay Typer's. A Typer without that conversion (older ones) is left as it is.
-
-_PLAIN_TEXT = {  # type -> the text it is converted from here; bool: only "no value"
-    int: re.compile(r"-?[0-9]+"),
-    float: re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"),
-    str: re.compile(r".*", re.DOTALL),
-    Path: re.compile(r".+", re.DOTALL),
-    bool: None,
-}
-# Typer's defaults for a path, under which it only checks that an existing path is readable.
-_PLAIN_PATH = {"exists": False, "file_okay": True, "dir_okay": True, "readable": True,
-               "writable": False, "resolve_path": False, "allow_dash": False, "path_type": None}
-
-
-class _PlainValues:
-    """Converts the plain values of one parameter; Typer converts the others."""
-
-    def __init__(self, kind: type, info):
-        self.kind, self.info, self.text = kind, info, _PLAIN_TEXT[kind]
-
-    def coerce(self, value, param, ctx):
-        many = param.multiple or param.nargs == -1
-        if value is None:
-            return () if many else None
-        items = value if many and isinstance(value, list | tuple) else [value]
-        values = [self._convert(item) for item in items]
-        if None in values or (many and isinstance(value, str)):
-            param._runtime_param = None  # Typer's conversion from here on
-            return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
-        return values if many else values[0]
-
-    def _convert(self, text):
-        """The value of `text`, or None where Typer is to convert it."""
-        if self.text is None or not isinstance(text, str) or not self.text.fullmatch(text):
-            return None
-        value, low, high = self.kind(text), self.info.min, self.info.max
-        if (low is not None and value < low) or (high is not None and value > high):
-            return None
-        if self.kind is Path and os.path.exists(text) and not os.access(text, os.R_OK):
-            return None
-        return value
-
-
-def _convert_plain_values(command, ctx) -> None:
-    """Gives each parameter of the command tree that Typer would convert through pydantic (it has
-    a `type_descriptor` and no `_runtime_param` yet) a `_PlainValues`, if its type is plain."""
-    for param in command.get_params(ctx):  # get_params: with --help, made once per command
-        descriptor = getattr(param, "type_descriptor", None)
-        if descriptor is None or getattr(param, "_runtime_param", False) is not None:
-            continue
-        info, kind = descriptor.parameter_info, descriptor.annotation
-        if get_origin(kind) is list and len(get_args(kind)) == 1:
-            kind = get_args(kind)[0]
-        if (kind in _PLAIN_TEXT and info.parser is None and not info.clamp
-                and descriptor.file_annotation is None
-                and (kind is not Path or all(getattr(info, key, None) == value
-                                             for key, value in _PLAIN_PATH.items()))):
-            param._runtime_param = _PlainValues(kind, info)
-    for subcommand in getattr(command, "commands", {}).values():
-        _convert_plain_values(subcommand, ctx)
-
-
-class _RootGroup(typer.core.TyperGroup):
-    """The `rqvae` command group, whose commands convert plain values without pydantic."""
-
-    def parse_args(self, ctx, args):
-        _convert_plain_values(self, ctx)
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
     help=f"Train residual-quantized VAEs whose codebook entries all stay alive.\n\n{EXIT_CODES}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rendering it through rich costs 0.1-0.2 s per call
-    cls=_RootGroup,
 )
 
 
+def _version(value: bool):
+    if value:
+        from importlib.metadata import version
+
+        print(f"rqvae {version('rqvae')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    pass
+
+
 def _console() -> Console:
-    """The terminal's width on a terminal; wide enough for every table in a log file or pipe."""
+    """The terminal's width on a terminal; COLUMNS, or 80, in a log file or pipe."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) > 0 else 80)
 
 
 def _fail(message: str, code: int = 2):
@@ -127,6 +75,15 @@ def _fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _user_errors():
+    """Bad input, whatever the module that found it, as one line and exit 2."""
+    try:
+        yield
+    except (ConfigError, UserError) as err:
+        _fail(str(err))
+
+
 def _use_compilation_cache():
     """Keeps compiled programs on disk, so a second run (or a resume) starts in seconds.
 
@@ -136,37 +93,64 @@ def _use_compilation_cache():
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_home / "rqvae" / "xla"))
 
 
-# CLI flag -> dotted config key.
-FLAG_KEYS = {
-    "learning_rate": "learning_rate",
-    "lambda_commit": "lambda_commit",
-    "lambda_codebook": "lambda_codebook",
-    "lambda_wasserstein": "lambda_wasserstein",
-    "sinkhorn_epsilon": "sinkhorn_epsilon",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "dataset": "data.dataset",
+# The named flags of `rqvae train`: config key -> help. A flag is the key's last part
+# (--lambda-wasserstein, --dataset); its type is the config field's, its default None (the
+# config's value). Every other key is reached with --set.
+TRAIN_FLAGS = {
+    "lambda_wasserstein": "Weight of the Sinkhorn OT term.",
+    "sinkhorn_epsilon": "Entropic regularization of the OT term.",
+    "lambda_commit": "Weight of the commitment loss.",
+    "lambda_codebook": "Weight of the codebook loss.",
+    "learning_rate": "Adam step size.",
+    "steps": "Optimizer steps in the run.",
+    "batch_size": "Images per step.",
+    "seed": "Seed of parameters and batches.",
+    "data.dataset": "'digits', 'tfds:<name>' or 'npz:<path>'.",
 }
 
 
-@app.command()
+def _flag_parameter(key: str, help_text: str) -> inspect.Parameter:
+    leaf = key.rpartition(".")[2]
+    kind = typing.get_type_hints(config_lib.section_of(key))[leaf]
+    option = typer.Option(f"--{leaf.replace('_', '-')}", help=help_text,
+                          metavar=kind.__name__.upper() if kind is not str else "TEXT")
+    return inspect.Parameter(leaf, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[kind], option])
+
+
+def _with_config_flags(flags: dict[str, str]):
+    """Adds a named option per entry of `flags` to a command, and passes their values to it as
+    `overrides` ({config key: value}, only the flags given)."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        added = [_flag_parameter(key, text) for key, text in flags.items()]
+        kept = [p for p in signature.parameters.values() if p.name != "overrides"]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {key: kwargs.pop(key.rpartition(".")[2]) for key in flags}
+            return command(overrides={k: v for k, v in values.items() if v is not None},
+                           **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
+        wrapper.__annotations__ = {p.name: p.annotation for p in (*kept, *added)}
+        return wrapper
+
+    return decorate
+
+
+@app.command(short_help="Train an RQ-VAE.")
+@_with_config_flags(TRAIN_FLAGS)
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (see configs/).")] = None,
-    lambda_wasserstein: Annotated[Optional[float], typer.Option(help="Weight of the Sinkhorn OT term.")] = None,
-    sinkhorn_epsilon: Annotated[Optional[float], typer.Option(help="Entropic regularization of the OT term.")] = None,
-    lambda_commit: Annotated[Optional[float], typer.Option(help="Weight of the commitment loss.")] = None,
-    lambda_codebook: Annotated[Optional[float], typer.Option(help="Weight of the codebook loss.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Adam step size.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in the run.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of parameters and batches.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="'digits', 'tfds:<name>' or 'npz:<path>'.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default runs/<config>-<time>.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE for any config key, repeatable: --set model.num_codes=256 --set kmeans_init=true.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="TOML config file (see configs/).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run directory; default runs/<config>-<time>.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config key, repeatable: --set model.num_codes=256 --set kmeans_init=true.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the resolved config, and a line per logged step also on a terminal.")] = False,
+    *,
+    overrides: dict,
 ):
     """Train an RQ-VAE; writes config.toml, metrics.jsonl and checkpoints/ into the run directory.
 
@@ -180,62 +164,105 @@ def train(
       srun rqvae train -c configs/mnist.toml --set run.distributed=true   # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
     """
-    flags = dict(locals())
     if quiet and verbose:
         _fail("--quiet and --verbose contradict each other; pass one")
-    try:
-        overrides = config_lib.parse_assignments(set_ or [])  # named flags win over --set
-        overrides.update({FLAG_KEYS[k]: flags[k] for k in FLAG_KEYS if flags[k] is not None})
-        if run_dir is not None:
-            overrides["run.run_dir"] = str(run_dir)
-        base = config
-        if resume and base is None:
-            if overrides.get("run.run_dir") is None:
-                _fail("--resume needs --run-dir naming the run to continue")
-            resume_dir = Path(overrides["run.run_dir"])
-            base = resume_dir / "config.toml"
-            if not base.is_file():
-                _fail(f"{resume_dir} holds no run to resume (no config.toml); check --run-dir")
-        cfg = config_lib.replace(config_lib.load(base), overrides)
-        name = config.stem if config is not None else "default"
+    if resume and run_dir is None:
+        _fail("--resume needs --run-dir naming the run to continue")
+    with _user_errors():
+        cfg = _train_config(config, run_dir, set_ or [], overrides, resume)
         _use_compilation_cache()
-        from rich.markup import escape
-
+        from rqvae import devices, rundir
         from rqvae import train as train_lib  # JAX loads here, after the cheap checks
-        from rqvae.progress import Display
 
-        run = train_lib.open_run(cfg, name=name, resume=resume)
-    except ConfigError as err:
-        _fail(str(err))
-    primary = train_lib.is_primary()  # in a multi-host run, process 0 alone prints
-    quiet = quiet or not primary
+        run = rundir.open_run(cfg, name=config.stem if config is not None else "default",
+                              resume=resume)
+    quiet = quiet or not devices.is_primary()  # in a multi-host run, process 0 alone prints
     console = _console()
     if not quiet:
-        devices = train_lib.make_mesh(run.cfg).devices.flat
-        on = f"{len(devices)} {devices[0].platform} devices" if len(devices) > 1 else "1 device"
-        console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/] (training on {on})",
-                      highlight=False)
+        _print_start(run, console, devices, resume)
     if verbose:
         console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
+    from rqvae.progress import Display
+
     try:
-        summary = train_lib.fit(run.cfg, run.dataset, run.run_dir, resume=resume,
-                                display=Display(run.cfg.batch_size, console, quiet, verbose))
+        summary = train_lib.fit(run, display=Display(run.cfg.batch_size, console, quiet, verbose))
     except train_lib.TrainingFailed as err:
         _fail(str(err), code=1)
     except train_lib.Interrupted as err:
-        _fail(f"{err}; checkpoint saved. Continue with: rqvae train --resume --run-dir {run.run_dir}",
-              code=128 + err.signum)
-    if primary:
-        train_lib.print_summary(summary, run.run_dir, console)
+        _fail(f"{err}; checkpoint saved. Continue with: rqvae train --resume --run-dir "
+              f"{run.run_dir}", code=128 + err.signum)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+    if devices.is_primary():
+        print_summary(summary, run.run_dir, console)
 
 
-@app.command()
+def _train_config(config: Path | None, run_dir: Path | None, assignments: list[str],
+                  overrides: dict, resume: bool) -> config_lib.TrainerConfig:
+    """The config a run trains on: the defaults, or the file (on a resume without one, the run's
+    own config.toml), then --set, then the named flags."""
+    from rqvae import rundir
+
+    base = config
+    if resume and base is None:
+        base = run_dir / rundir.CONFIG_FILE
+        if not base.is_file():
+            raise UserError(f"{run_dir} holds no run to resume (no {rundir.CONFIG_FILE}); check "
+                            f"--run-dir")
+    elif base is not None and base.is_dir():
+        raise UserError(f"--config {base} is a directory; pass a TOML file, e.g. "
+                        f"{base / 'hybrid.toml'}")
+    merged = {**config_lib.parse_assignments(assignments), **overrides}
+    if run_dir is not None:
+        merged["run.run_dir"] = str(run_dir)
+    return config_lib.replace(config_lib.load(base), merged)
+
+
+def _print_start(run, console, devices, resume: bool) -> None:
+    from rich.markup import escape
+
+    mesh_devices = devices.make_mesh(run.cfg).devices.flat
+    on = (f"{len(mesh_devices)} {mesh_devices[0].platform} devices" if len(mesh_devices) > 1
+          else "1 device")
+    console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/] (training on {on})",
+                  highlight=False)
+    if run.resume_from is not None:
+        console.print(f"resuming from the checkpoint at step {run.resume_from}", highlight=False)
+    elif resume:
+        console.print("no complete checkpoint yet: starting again from step 0", highlight=False)
+    for key, (old, new) in run.changed.items():
+        console.print(f"changed on resume: {key} {old} -> {new}", highlight=False)
+
+
+def print_summary(summary: dict, run_dir: Path, console) -> None:
+    """The end-of-run table and the command to run next."""
+    from rich.table import Table
+
+    from rqvae.runlog import LOSS_TERMS
+
+    final, last_eval = summary.get("train"), summary.get("eval")
+    table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
+    for column in ("level", "used (batch)", "dead (window)", "dead (train split)", "perplexity"):
+        table.add_column(column, justify="right")
+    for level, (used, dead) in enumerate(zip(final["batch_used"], final["window_dead"])):
+        full_dead = str(last_eval["train_dead"][level]) if last_eval else "-"
+        perplexity = f"{last_eval['train_perplexity'][level]:.1f}" if last_eval else "-"
+        table.add_row(str(level + 1), str(used), str(dead), full_dead, perplexity)
+    console.print(table)
+    losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)
+    heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
+    console.print(f"final losses: {losses}{heldout}", highlight=False)
+    console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
+
+
+@app.command(short_help="Tables of runs' losses and codebook health.")
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by `rqvae train`.")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories written by `rqvae train`, or directories holding runs.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")] = False,
-    csv_output: Annotated[bool, typer.Option("--csv", help="Print every logged train step as CSV.")] = False,
-    last: Annotated[Optional[int], typer.Option(min=1, help="History: the last N logged steps.")] = None,
-    every: Annotated[Optional[int], typer.Option(min=1, help="History: steps that are multiples of K.")] = None,
+    csv_output: Annotated[bool, typer.Option("--csv", help="Print every logged record as CSV.")] = False,
+    last: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="History of one run: the last N logged steps.")] = None,
+    every: Annotated[Optional[int], typer.Option(min=1, metavar="K", help="History of one run: steps that are multiples of K.")] = None,
 ):
     """Tables of a run's losses and codebook health; several runs side by side.
 
@@ -252,17 +279,15 @@ def report(
     """
     from rqvae import report as report_lib
 
-    try:
+    with _user_errors():
         report_lib.main(run_dirs, as_json=json_output, console=_console(), last=last,
                         every=every, as_csv=csv_output)
-    except ConfigError as err:
-        _fail(str(err))
 
 
-@app.command("eval")
+@app.command("eval", short_help="Evaluate a checkpoint on the held-out split.")
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rqvae train`.")],
-    step: Annotated[Optional[int], typer.Option(help="Checkpoint step; default the newest.")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by `rqvae train`.")],
+    step: Annotated[Optional[int], typer.Option(metavar="N", help="Checkpoint step; default the newest.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Evaluate a checkpoint on the held-out split: recon MSE, PSNR and per-level code use.
@@ -274,14 +299,12 @@ def evaluate(
       rqvae eval runs/x --step 4000 --json
     """
     _use_compilation_cache()
-    from rqvae import train as train_lib
+    from rqvae import rundir
+    from rqvae.evaluate import evaluate as evaluate_params
 
-    try:
-        cfg, dataset, params, step = train_lib.load_trained(run_dir, step)
-    except ConfigError as err:
-        _fail(str(err))
-    result = train_lib.evaluate(params, dataset, cfg)
-    result = {"run": str(run_dir), "step": step, **result}
+    with _user_errors():
+        _, step_cfg, dataset, params, step = rundir.load_trained(run_dir, step)
+    result = {"run": str(run_dir), "step": step, **evaluate_params(params, dataset, step_cfg)}
     if json_output:
         print(json.dumps(result, indent=2))
         return
@@ -292,19 +315,49 @@ def evaluate(
                   f"({len(dataset.heldout)} images): recon MSE {result['heldout_recon']:.4g}, "
                   f"PSNR {result['heldout_psnr']:.2f} dB", highlight=False)
     table = Table(title="code use on the held-out split", title_justify="left")
-    for column in ("level", "codes used", "dead (held out)", "perplexity"):
+    for column in ("level", "codes used", "unused", "perplexity"):
         table.add_column(column, justify="right")
-    for level, (used, perplexity) in enumerate(zip(result["heldout_used"], result["heldout_perplexity"])):
-        table.add_row(str(level + 1), str(used), str(cfg.model.num_codes - used), f"{perplexity:.1f}")
+    levels = zip(result["heldout_used"], result["heldout_perplexity"])
+    for level, (used, perplexity) in enumerate(levels):
+        table.add_row(str(level + 1), str(used), str(step_cfg.model.num_codes - used),
+                      f"{perplexity:.1f}")
     console.print(table)
 
 
-@app.command()
+def _check_out_file(out: Path, force: bool) -> None:
+    """Refuses, before any work, an --out that cannot be written as a file."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; pass a file name such as {out / 'codes.npy'}")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {out}: folder {parent} is not writable")
+
+
+def _write_atomically(out: Path, write) -> None:
+    """Calls write(file) on a temporary file beside `out`, then renames it to `out`; a failure
+    leaves no temporary file behind."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command(short_help="Write the code indices of a split to .npy.")
 def encode(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rqvae train`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write.")],
-    split: Annotated[str, typer.Option(help="'train' or 'heldout'.")] = "train",
-    step: Annotated[Optional[int], typer.Option(help="Checkpoint step; default the newest.")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by `rqvae train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The .npy file to write.")],
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="'train' or 'heldout'.")] = "train",
+    step: Annotated[Optional[int], typer.Option(metavar="N", help="Checkpoint step; default the newest.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ):
     """Write the per-level code indices of a split, (images, levels) int32, to train a prior on.
@@ -316,31 +369,32 @@ def encode(
     """
     if split not in ("train", "heldout"):
         _fail(f"--split must be 'train' or 'heldout', got '{split}'")
-    if out.exists() and not force:
-        _fail(f"{out} exists; pass --force to overwrite it or choose another --out")
+    with _user_errors():
+        _check_out_file(out, force)
     _use_compilation_cache()
     import numpy as np
     from rich.console import Console
 
-    from rqvae import train as train_lib
+    from rqvae import rundir
+    from rqvae.evaluate import encode as encode_images
 
+    with _user_errors():
+        _, step_cfg, dataset, params, step = rundir.load_trained(run_dir, step)
+    codes = encode_images(params, getattr(dataset, split), step_cfg)
     try:
-        cfg, dataset, params, step = train_lib.load_trained(run_dir, step)
-    except ConfigError as err:
-        _fail(str(err))
-    codes = train_lib.encode(params, getattr(dataset, split), cfg)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, codes)
-    tmp.replace(out)
+        _write_atomically(out, lambda file: np.save(file, codes))
+    except OSError as err:
+        _fail(f"cannot write {out} ({err.strerror}); choose another --out")
     Console().print(f"wrote {out}: {codes.shape[0]} images x {codes.shape[1]} levels of codes "
                     f"(step {step}, {split} split)", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Write PNGs of runs' curves, codes and reconstructions.")
 def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One run, or several to overlay their curves.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs (created if needed).")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="One run, or several to overlay their curves.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for the PNGs (created if needed).")],
     log_scale: Annotated[bool, typer.Option("--log", help="Log-scale loss axes.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace PNGs already in --out.")] = False,
 ):
     """Write PNGs: loss curves; for one run also code use, reconstructions and codebooks.
 
@@ -353,18 +407,18 @@ def plot(
       rqvae plot runs/traditional-* runs/hybrid-* --out plots/compare --log
     """
     from rqvae import plot as plot_lib
+    from rqvae import rundir
 
-    try:
+    with _user_errors():
         for run_dir in run_dirs:
-            if not (run_dir / "metrics.jsonl").is_file():
-                raise ConfigError(f"{run_dir} holds no metrics.jsonl; pass directories written "
-                                  f"by `rqvae train`")
+            if not (run_dir / rundir.METRICS_FILE).is_file():
+                raise UserError(f"{run_dir} holds no {rundir.METRICS_FILE}; pass directories "
+                                f"written by `rqvae train`")
+        plot_lib.check_out(out, force)
         out.mkdir(parents=True, exist_ok=True)
         written = [plot_lib.loss_curves(run_dirs, out, log_scale)]
         if len(run_dirs) == 1:
             written += _plot_checkpoint(run_dirs[0], out, plot_lib)
-    except ConfigError as err:
-        _fail(str(err))
     from rich.console import Console
 
     for path in written:
@@ -377,11 +431,13 @@ def _plot_checkpoint(run_dir: Path, out: Path, plot_lib) -> list[Path]:
     import jax
     import numpy as np
 
-    from rqvae import train as train_lib
+    from rqvae import rundir
+    from rqvae.evaluate import encode as encode_images
+    from rqvae.step import make_model
 
-    cfg, dataset, params, _ = train_lib.load_trained(run_dir)
-    codes = train_lib.encode(params, dataset.train, cfg)
-    apply = jax.jit(train_lib.make_model(cfg).apply)
+    cfg, step_cfg, dataset, params, _ = rundir.load_trained(run_dir)
+    codes = encode_images(params, dataset.train, step_cfg)
+    apply = jax.jit(make_model(step_cfg).apply)
     recon, _ = apply(params, dataset.heldout[:10])
     sample = dataset.train[:2000]
     _, aux = apply(params, sample)
@@ -395,13 +451,13 @@ def _plot_checkpoint(run_dir: Path, out: Path, plot_lib) -> list[Path]:
 
 
 data_app = typer.Typer(help="Data set chores.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", short_help="Data set chores (prepare a tfds data set).")
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", short_help="Download and prepare a tfds data set.")
 def data_prepare(
-    dataset: Annotated[str, typer.Argument(help="tfds:<name>, e.g. tfds:mnist.")],
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where to write it; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")] = None,
+    dataset: Annotated[str, typer.Argument(metavar="tfds:NAME", help="tfds:<name>, e.g. tfds:mnist.")],
+    data_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Where to write it; default $TFDS_DATA_DIR or ~/tensorflow_datasets.")] = None,
 ):
     """Download and prepare a tfds data set (ArrayRecord, as `rqvae train` reads it).
 
@@ -415,21 +471,13 @@ def data_prepare(
     kind, _, name = dataset.partition(":")
     if kind != "tfds" or not name:
         _fail(f"only tfds data sets are prepared; got '{dataset}', expected tfds:<name>")
-    import importlib.util
+    from rqvae import data
 
-    if importlib.util.find_spec("tensorflow") is None:
-        _fail("preparing a tfds data set needs TensorFlow (reading it does not); "
-              "pip install 'rqvae[prepare]' and run this again")
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    except tfds.core.registered.DatasetNotFoundError:
-        _fail(f"unknown tfds data set '{name}'; see the tensorflow-datasets catalog for names")
-    builder.download_and_prepare()
+    with _user_errors():
+        where = data.prepare(name, data_dir)
     from rich.console import Console
 
-    Console().print(f"prepared tfds:{name} in {builder.data_dir}", highlight=False)
+    Console().print(f"prepared tfds:{name} in {where}", highlight=False)
 
 
 def main():

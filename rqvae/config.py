@@ -86,7 +86,64 @@ class TrainerConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "run": RunConfig}
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """What the loss terms read; `losses.loss_terms` receives it whole. Each field means what the
+    TrainerConfig field of the same name says."""
+
+    lambda_commit: float
+    lambda_codebook: float
+    lambda_wasserstein: float
+    sinkhorn_epsilon: float
+    sinkhorn_iters: int
+    wasserstein_level_weights: tuple[float, ...]
+    wasserstein_encoder_grad: bool
+    sinkhorn_warm_start: bool
+    sinkhorn_unroll: bool
+    solver: str = "scaling"  # how Sinkhorn iterates: "scaling" (CPU) or "logdomain" (accelerators)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepConfig:
+    """Exactly what the compiled train step reads, built by `step_config`: runs that differ only in
+    what the loop reads (length, directory, intervals) share one compilation, and a setting the
+    step does not hold cannot reach it. Fields mean what the TrainerConfig fields of the same
+    name say."""
+
+    model: ModelConfig
+    loss: LossConfig
+    learning_rate: float
+    seed: int
+    batch_size: int
+    dead_code_threshold: int
+    kmeans_init_batches: int
+    dead_window: int  # run.dead_window
+    guard: str = "branch"  # how a non-finite loss keeps the old state: "branch" or "select"
+
+
+# TrainerConfig fields that only the loop reads; every other field goes into the StepConfig.
+LOOP_ONLY = ("steps", "kmeans_init", "data", "run")
+
+
+def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
+    """The part of `cfg` the compiled step reads, with the Sinkhorn solver and the non-finite
+    guard chosen for `platform` ("cpu", "gpu", "tpu").
+
+    On CPU the stabilized scaling loop and a branch are fastest; on accelerators the log-domain
+    loop and a select (a branch there reads its predicate back to the host every step).
+    """
+    accelerator = platform != "cpu"
+    loss = LossConfig(**_same_named(LossConfig, cfg, skip=("solver",)),
+                      solver="logdomain" if accelerator else "scaling")
+    return StepConfig(**_same_named(StepConfig, cfg, skip=("model", "loss", "dead_window",
+                                                           "guard")),
+                      model=cfg.model, loss=loss, dead_window=cfg.run.dead_window,
+                      guard="select" if accelerator else "branch")
+
+
+def _same_named(cls, cfg: TrainerConfig, skip: tuple[str, ...]) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
+
 
 # Fields that fix the shapes of parameters; a resumed run may not change them.
 SHAPE_KEYS = (
@@ -99,6 +156,15 @@ SHAPE_KEYS = (
     "model.num_levels",
     "model.num_codes",
 )
+
+
+def section_of(key: str) -> type:
+    """The config class that holds a dotted key's last part: TrainerConfig for "steps",
+    ModelConfig for "model.num_codes"."""
+    cls = TrainerConfig
+    for part in key.split(".")[:-1]:
+        cls = _field_types(cls)[part]
+    return cls
 
 
 def _field_types(cls) -> dict[str, typing.Any]:
@@ -328,3 +394,11 @@ def shape_differences(a: TrainerConfig, b: TrainerConfig) -> list[str]:
     flat_a, flat_b = flatten(to_dict(a)), flatten(to_dict(b))
     return [f"{k}: {flat_a[k]} -> {flat_b[k]}" for k in SHAPE_KEYS if flat_a[k] != flat_b[k]]
 
+
+
+def differences(old: TrainerConfig, new: TrainerConfig, ignore: tuple[str, ...] = ()
+                ) -> dict[str, list]:
+    """{"dotted.key": [old value, new value]} for every key on which two configs differ."""
+    flat_old, flat_new = flatten(to_dict(old)), flatten(to_dict(new))
+    return {k: [flat_old[k], flat_new[k]] for k in flat_new
+            if k not in ignore and flat_old.get(k) != flat_new[k]}

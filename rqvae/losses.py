@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rqvae.config import LossConfig
+
 sg = lax.stop_gradient
 
 
@@ -36,22 +38,32 @@ _LOG_SCALING_LIMIT = 30.0
 _CONVERGED = 1e-6
 
 
+SOLVERS = ("scaling", "logdomain")
+
+
 def sinkhorn_plan(
-    cost_NxM: jax.Array, epsilon: float, num_iters: int, init_g: jax.Array | None = None
+    cost_NxM: jax.Array,
+    epsilon: float,
+    num_iters: int,
+    init_g: jax.Array | None = None,
+    solver: str = "scaling",
 ) -> Sinkhorn:
     """Entropic OT plan between uniform marginals after `num_iters` Sinkhorn iterations.
 
     Every iteration ends with the codebook-side update, so each column of the plan carries exactly
     1 / M of the mass whatever the convergence: every code is pulled toward some points.
     `init_g` warm-starts the codebook-side potential (cost units), e.g. from the previous step.
-    Nothing underflows at any cost scale. On CPU the stabilized scaling loop is used (a few
-    log-sum-exp passes, the rest matrix-vector products); on accelerators, where exp is cheap and
-    every loop trip costs a kernel launch, the unrolled log-domain loop. Both compute the same
-    iterates up to rounding.
+    Nothing underflows at any cost scale. `solver` "scaling": the stabilized scaling loop (a few
+    log-sum-exp passes, the rest matrix-vector products), fastest on CPU; "logdomain": the
+    unrolled log-domain loop, for accelerators, where exp is cheap and every loop trip costs a
+    kernel launch. Both compute the same iterates up to rounding.
     """
-    if jax.default_backend() == "cpu":
+    if solver == "scaling":
         return _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g)
-    return sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, init_g, unroll=num_iters <= 50)
+    if solver == "logdomain":
+        return sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, init_g,
+                                       unroll=num_iters <= 50)
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 
 def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g) -> Sinkhorn:
@@ -171,7 +183,8 @@ def sinkhorn_plan_logdomain(
     return _final_codebook_update(f_N, cost_NxM, epsilon)
 
 
-def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, unroll=False):
+def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, unroll=False,
+                   solver="scaling"):
     """sum(plan * C), the row-marginal error and the codebook-side potential.
 
     By default the plan is held fixed in the backward pass: at the entropic optimum the gradient
@@ -183,7 +196,7 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
     if unroll:
         result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters)
         return jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g)
-    result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g)
+    result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g, solver)
     plan_NxM = sg(result.plan)
     # sum(P * C) expanded as sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with
     # r, s the plan's marginals: its gradient needs no further pass over the N x M plan. The value
@@ -199,14 +212,18 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
 
 
 def sinkhorn_loss(
-    points: jax.Array, codebook: jax.Array, epsilon: float = 0.05, num_iters: int = 20
+    points: jax.Array,
+    codebook: jax.Array,
+    epsilon: float = 0.05,
+    num_iters: int = 20,
+    solver: str = "scaling",
 ) -> jax.Array:
     """Entropic optimal-transport cost between points (N, D) and codebook (M, D).
 
     Squared-Euclidean cost, uniform weights 1/N and 1/M, `num_iters` stabilized Sinkhorn
     iterations; returns sum(plan * C). Gradients flow to both arguments through C.
     """
-    return _sinkhorn_cost(points, codebook, epsilon, num_iters)[0]
+    return _sinkhorn_cost(points, codebook, epsilon, num_iters, solver=solver)[0]
 
 
 def wasserstein_levels(
@@ -216,14 +233,59 @@ def wasserstein_levels(
     num_iters: int,
     init_g_LxK: jax.Array | None = None,
     unroll: bool = False,
+    solver: str = "scaling",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-level OT cost between what each level quantized and its codebook, in one batched solve.
 
     Returns the cost (L,), the plan's row-marginal error (L,) and the codebook-side potentials
     (L, K) for a warm start of the next solve.
     """
-    solve = functools.partial(_sinkhorn_cost, epsilon=epsilon, num_iters=num_iters, unroll=unroll)
+    solve = functools.partial(_sinkhorn_cost, epsilon=epsilon, num_iters=num_iters, unroll=unroll,
+                              solver=solver)
     return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK)
+
+
+def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=None
+               ) -> dict[str, jax.Array]:
+    """All loss terms of a forward pass and their weighted total.
+
+    `aux` is the model's: z_e and z_q (B, D), codebook (L, K, D) and level_inputs (L, B, D), what
+    each level quantized. Keys: total, recon (MSE), commit (mean ||z_e - sg(z_q)||^2), codebook
+    (mean ||sg(z_e) - z_q||^2), wasserstein (the levels' Sinkhorn costs, weighted and summed),
+    sinkhorn_marginal_error (L,) and sinkhorn_g (L, K), the potentials to warm-start the next
+    solve with. The level inputs are held out of the gradient unless
+    `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. At
+    `cfg.lambda_wasserstein == 0` the term is not computed at all.
+    """
+    z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]
+    losses = {
+        "recon": jnp.mean((x_BxP - x_recon_BxP) ** 2),
+        "commit": jnp.mean((z_e - sg(z_q)) ** 2),
+        "codebook": jnp.mean((sg(z_e) - z_q) ** 2),
+    }
+    num_levels, num_codes = codebook_LxKxD.shape[:2]
+    if cfg.lambda_wasserstein == 0:
+        losses["wasserstein"] = jnp.zeros((), jnp.float32)
+        losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
+        losses["sinkhorn_g"] = jnp.zeros((num_levels, num_codes), jnp.float32)
+    else:
+        level_inputs_LxBxD = aux["level_inputs"]
+        if not cfg.wasserstein_encoder_grad:
+            level_inputs_LxBxD = sg(level_inputs_LxBxD)
+        weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
+        per_level_L, marginal_error_L, g_LxK = wasserstein_levels(
+            level_inputs_LxBxD, codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
+            sinkhorn_g_LxK if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll, cfg.solver)
+        losses["wasserstein"] = jnp.sum(weights_L * per_level_L)
+        losses["sinkhorn_marginal_error"] = marginal_error_L
+        losses["sinkhorn_g"] = g_LxK
+    losses["total"] = (
+        losses["recon"]
+        + cfg.lambda_commit * losses["commit"]
+        + cfg.lambda_codebook * losses["codebook"]
+        + cfg.lambda_wasserstein * losses["wasserstein"]
+    )
+    return losses
 
 
 def compute_losses(
@@ -244,49 +306,25 @@ def compute_losses(
     wasserstein_encoder_grad: bool = False,
     sinkhorn_init_g=None,
     sinkhorn_unroll: bool = False,
+    solver: str = "scaling",
 ) -> dict[str, jax.Array]:
-    """All loss terms and their weighted total.
+    """`loss_terms` called with arrays and keywords: the original entry point, kept working.
 
-    Keys: total, recon (MSE), commit (mean ||z_e - sg(z_q)||^2), codebook (mean
-    ||sg(z_e) - z_q||^2), wasserstein (sum over levels of the Sinkhorn cost between the points a
-    level quantized and its codebook) and sinkhorn_marginal_error (L,). Level l's points are
-    `level_inputs[l]`; with two levels they can be given as z_e and z_q1 instead (level 2
-    quantizes z_e - z_q1). The points are wrapped in stop_gradient unless
-    `wasserstein_encoder_grad`, so by default the OT term moves only the codebook.
-    `lambda_wasserstein` must be a Python number: at 0 the term is not computed at all.
-    `sinkhorn_init_g` (L, K) warm-starts the solves; the key `sinkhorn_g` returns the potentials
-    to pass next time. `sinkhorn_unroll` differentiates through the iterations instead of using
-    the envelope gradient.
+    Level l's points are `level_inputs[l]`; with two levels they can be given as z_e and z_q1
+    instead (level 2 quantizes z_e - z_q1). `lambda_wasserstein` must be a Python number.
+    `sinkhorn_init_g` (L, K) warm-starts the solves.
     """
     num_levels = codebook.shape[0]
-    losses = {
-        "recon": jnp.mean((x - x_recon) ** 2),
-        "commit": jnp.mean((z_e - sg(z_q)) ** 2),
-        "codebook": jnp.mean((sg(z_e) - z_q) ** 2),
-    }
-    if lambda_wasserstein == 0:
-        losses["wasserstein"] = jnp.zeros((), jnp.float32)
-        losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
-        losses["sinkhorn_g"] = jnp.zeros(codebook.shape[:2], jnp.float32)
-    else:
-        if level_inputs is None:
-            if num_levels != 2 or z_q1 is None:
-                raise ValueError("pass level_inputs (L, B, D) unless there are two levels and z_q1")
-            level_inputs = jnp.stack([z_e, z_e - z_q1])
-        if not wasserstein_encoder_grad:
-            level_inputs = sg(level_inputs)
-        weights = jnp.asarray(level_weights or (1.0,) * num_levels, jnp.float32)
-        per_level, marginal_error, g = wasserstein_levels(
-            level_inputs, codebook, sinkhorn_epsilon, sinkhorn_iters, sinkhorn_init_g,
-            sinkhorn_unroll,
-        )
-        losses["wasserstein"] = jnp.sum(weights * per_level)
-        losses["sinkhorn_marginal_error"] = marginal_error
-        losses["sinkhorn_g"] = g
-    losses["total"] = (
-        losses["recon"]
-        + lambda_commit * losses["commit"]
-        + lambda_codebook * losses["codebook"]
-        + lambda_wasserstein * losses["wasserstein"]
-    )
-    return losses
+    if level_inputs is None and lambda_wasserstein != 0:
+        if num_levels != 2 or z_q1 is None:
+            raise ValueError("pass level_inputs (L, B, D) unless there are two levels and z_q1")
+        level_inputs = jnp.stack([z_e, z_e - z_q1])
+    cfg = LossConfig(
+        lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
+        lambda_wasserstein=lambda_wasserstein, sinkhorn_epsilon=sinkhorn_epsilon,
+        sinkhorn_iters=sinkhorn_iters, wasserstein_level_weights=tuple(level_weights or ()),
+        wasserstein_encoder_grad=wasserstein_encoder_grad,
+        sinkhorn_warm_start=sinkhorn_init_g is not None, sinkhorn_unroll=sinkhorn_unroll,
+        solver=solver)
+    aux = {"z_e": z_e, "z_q": z_q, "codebook": codebook, "level_inputs": level_inputs}
+    return loss_terms(x, x_recon, aux, cfg, sinkhorn_init_g)

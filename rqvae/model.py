@@ -109,8 +109,9 @@ class RQVAE(nn.Module):
     def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
         """Returns the reconstruction in [0, 1] and an aux dict of the latents and codes.
 
-        aux: z_e (B, D) encoder output; z_q (B, D) sum of the picked codes; z_q1 (B, D) level-1
-        code; codebook (L, K, D); indices (L, B); level_inputs (L, B, D), what each level quantized.
+        aux: z_e (B, D) encoder output; z_q (B, D) sum of the picked codes; codebook (L, K, D);
+        indices (L, B); level_inputs (L, B, D), what each level quantized; level_codes (L, B, D),
+        the code each level picked.
         """
         z_e = self.encoder(x_BxP)
         z_q, aux = quantize(z_e, self.codebook)
@@ -118,7 +119,7 @@ class RQVAE(nn.Module):
         # it had seen z_e.
         z_st = z_e + jax.lax.stop_gradient(z_q - z_e)
         x_recon = nn.sigmoid(self.decoder(z_st))
-        aux.update(z_e=z_e, z_q=z_q, z_q1=aux["level_codes"][0], codebook=self.codebook)
+        aux.update(z_e=z_e, z_q=z_q, codebook=self.codebook)
         return x_recon, aux
 
     def encode(self, x_BxP: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ def test_forward_shapes_and_aux_keys():
     assert x_recon.shape == x.shape and bool(jnp.all((x_recon >= 0) & (x_recon <= 1)))
     shapes = {k: v.shape for k, v in aux.items()}
     assert shapes["codebook"] == (L, K, D) and shapes["indices"] == (L, B)
-    assert shapes["z_e"] == shapes["z_q"] == shapes["z_q1"] == (B, D)
+    assert shapes["z_e"] == shapes["z_q"] == (B, D) and shapes["level_codes"] == (L, B, D)
     assert shapes["level_inputs"] == (L, B, D)
 
 
@@ -30,7 +30,7 @@ def test_levels_quantize_the_residual():
     model, params, x = _init()
     _, aux = model.apply(params, x)
     np.testing.assert_allclose(aux["level_inputs"][0], aux["z_e"])
-    np.testing.assert_allclose(aux["level_inputs"][1], aux["z_e"] - aux["z_q1"], atol=1e-6)
+    np.testing.assert_allclose(aux["level_inputs"][1], aux["z_e"] - aux["level_codes"][0], atol=1e-6)
     picked = aux["codebook"][jnp.arange(CFG.num_levels)[:, None], aux["indices"]]
     np.testing.assert_allclose(aux["z_q"], picked.sum(0), atol=1e-6)
 

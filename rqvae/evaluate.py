@@ -1,0 +1,92 @@
+"""Evaluation of parameters over whole splits: held-out recon, code use, and the codes themselves.
+
+Splits are walked in padded chunks of one shape, so each function compiles once per run.
+Metric names and meanings are `rqvae.runlog`'s (eval records).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rqvae import metrics
+from rqvae.config import StepConfig
+from rqvae.data import Dataset
+from rqvae.model import RQVAE
+from rqvae.step import make_model
+
+EVAL_CHUNK = 4096  # images per compiled call
+
+
+def _chunks(images_NxP: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(chunk, valid) pairs covering the split: every chunk has one shape, the last one padded
+    with zeros that `valid` (int32, 1 for a real image) marks."""
+    size = min(EVAL_CHUNK, len(images_NxP))
+    for start in range(0, len(images_NxP), size):
+        x = images_NxP[start : start + size]
+        valid = np.ones(size, np.int32)
+        if len(x) < size:
+            valid[len(x) :] = 0
+            x = np.concatenate([x, np.zeros((size - len(x), x.shape[1]), x.dtype)])
+        yield x, valid
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _eval_chunk(params, x_BxP, valid_B, *, cfg: StepConfig):
+    x_recon, aux = make_model(cfg).apply(params, x_BxP)
+    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes, valid_B)
+    squared_error = jnp.sum(valid_B * jnp.mean((x_BxP - x_recon) ** 2, axis=-1))
+    return counts_LxK, squared_error
+
+
+def _pass(params, images_NxP: np.ndarray, cfg: StepConfig):
+    """Code counts (L, K) and summed per-image MSE over a whole split."""
+    counts, squared_error = 0, 0.0
+    for x, valid in _chunks(images_NxP):  # summed on the host: no eager device ops
+        chunk_counts, chunk_error = jax.device_get(_eval_chunk(params, x, valid, cfg=cfg))
+        counts, squared_error = counts + chunk_counts, squared_error + float(chunk_error)
+    return counts, squared_error
+
+
+@jax.jit
+def _usage(train_counts_LxK, heldout_counts_LxK):
+    return (metrics.codes_used(train_counts_LxK), metrics.perplexity(train_counts_LxK),
+            metrics.codes_used(heldout_counts_LxK), metrics.perplexity(heldout_counts_LxK))
+
+
+def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
+    """Held-out recon MSE and PSNR, and per-level code use over full passes of both splits.
+
+    The full pass of the training split is the definitive dead-code count: a code no training
+    image picks is dead.
+    """
+    train_counts, _ = _pass(params, dataset.train, cfg)
+    heldout_counts, heldout_error = _pass(params, dataset.heldout, cfg)
+    train_used, train_perplexity, heldout_used, heldout_perplexity = (
+        x.tolist() for x in jax.device_get(_usage(train_counts, heldout_counts)))
+    mse = heldout_error / len(dataset.heldout)
+    return {
+        "heldout_recon": mse,
+        "heldout_psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+        "train_used": train_used,
+        "train_dead": [cfg.model.num_codes - used for used in train_used],
+        "train_perplexity": train_perplexity,
+        "heldout_used": heldout_used,
+        "heldout_perplexity": heldout_perplexity,
+    }
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _encode_chunk(params, x_BxP, *, cfg: StepConfig):
+    return make_model(cfg).apply(params, x_BxP, method=RQVAE.encode).T
+
+
+def encode(params, images_NxP: np.ndarray, cfg: StepConfig) -> np.ndarray:
+    """Per-level code indices of every image, (N, L) int32."""
+    parts = [np.asarray(_encode_chunk(params, x, cfg=cfg))[valid.astype(bool)]
+             for x, valid in _chunks(images_NxP)]
+    return np.concatenate(parts).astype(np.int32)

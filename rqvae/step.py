@@ -1,0 +1,238 @@
+"""The train step: state, loss, update, and many steps in one device-side loop.
+
+Everything here is a pure function of arrays and a `StepConfig` (the exact config it compiles
+on); nothing reads files, prints or looks at the clock. `rqvae.loop` drives it.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rqvae import codebook, metrics
+from rqvae.config import StepConfig
+from rqvae.losses import loss_terms
+from rqvae.model import RQVAE
+from rqvae.runlog import LOSS_TERMS
+
+
+class Stream(enum.IntEnum):
+    """The random streams of a run, each `fold_in(key(seed), stream)`. The numbers are part of
+    what makes a run reproducible: changing one changes every run's draws."""
+
+    PARAMS = 0  # parameter initialization
+    DATA = 1  # each epoch's order of the training images (then folded with the epoch)
+    RESTART = 2  # which batch points re-seed dead codes (then folded with the step)
+    KMEANS = 3  # k-means initial centroids
+
+
+def stream_key(seed: int, stream: Stream) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), int(stream))
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: optimizer steps taken
+    params: Any
+    opt_state: Any
+    last_used: jax.Array  # (L, K) int32: step at which each code was last picked, -1 never
+    perm: jax.Array  # (N,) int32: this epoch's order of the training images
+    failed_step: jax.Array  # int32: -1, or the step whose loss went non-finite (state frozen)
+    failed_terms: jax.Array  # (len(LOSS_TERMS),) bool: which terms were non-finite then
+    sinkhorn_g: jax.Array  # (L, K) codebook-side OT potentials of the last step, for a warm start
+
+
+def make_model(cfg: StepConfig) -> RQVAE:
+    return RQVAE(cfg.model)
+
+
+def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
+    return optax.adam(cfg.learning_rate)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init_state(cfg: StepConfig, num_train: int) -> TrainState:
+    """The state before step 1. Compiled as one program: eagerly, each of its small operations
+    would be compiled on its own, which costs seconds."""
+    dummy = jnp.zeros((1, cfg.model.input_dim), jnp.float32)
+    params = make_model(cfg).init(stream_key(cfg.seed, Stream.PARAMS), dummy)
+    m = cfg.model
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(cfg).init(params),
+        last_used=jnp.full((m.num_levels, m.num_codes), -1, jnp.int32),
+        perm=jnp.arange(num_train, dtype=jnp.int32),
+        failed_step=jnp.full((), -1, jnp.int32),
+        failed_terms=jnp.zeros(len(LOSS_TERMS), bool),
+        sinkhorn_g=jnp.zeros((m.num_levels, m.num_codes), jnp.float32),
+    )
+
+
+def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig):
+    x_recon, aux = make_model(cfg).apply(params, batch_BxP)
+    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK)
+    return losses["total"], (losses, aux)
+
+
+def train_step(state: TrainState, batch_BxP, *, cfg: StepConfig):
+    """One Adam step on a batch. Pure: returns the new state and a dict of on-device metrics.
+
+    A non-finite loss leaves the state as it was and records the step in `failed_step`; from
+    then on the state stays frozen, so the loop can stop and the bad state is never saved.
+    """
+    new_state, outcome = _update(state, batch_BxP, cfg)
+    return new_state, step_metrics(new_state, outcome, cfg)
+
+
+def _update(state: TrainState, batch_BxP, cfg: StepConfig):
+    """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
+    code counts and index). The loop carries only that, and summarizes the last step once."""
+    grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
+        state.params, batch_BxP, state.sinkhorn_g, cfg
+    )
+    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
+    finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
+    healthy = state.failed_step < 0
+    ok = healthy & jnp.all(finite_terms)
+
+    def advance():
+        updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
+        if cfg.dead_code_threshold:
+            params, opt_state, last_used = _restart_dead_codes(
+                params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
+        return params, opt_state, last_used, losses["sinkhorn_g"]
+
+    params, opt_state, last_used, sinkhorn_g = where_ok(
+        ok, advance, (state.params, state.opt_state, state.last_used, state.sinkhorn_g),
+        guard=cfg.guard)
+    new_state = state.replace(
+        step=state.step + ok.astype(jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        last_used=last_used,
+        failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
+        failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
+        sinkhorn_g=sinkhorn_g,
+    )
+    outcome = {k: losses[k] for k in (*LOSS_TERMS, "sinkhorn_marginal_error")}
+    outcome.update(counts=counts_LxK, step=state.step)
+    return new_state, outcome
+
+
+GUARDS = ("branch", "select")
+
+
+def where_ok(ok, update, old, *, guard: str):
+    """`update()` if `ok`, else `old` (a tree of the same structure).
+
+    guard "branch": decide with `lax.cond`. On CPU a select between the new and the old tree
+    keeps both alive, and XLA then copies every parameter and Adam moment once per step; a branch
+    updates them in place. "select": on accelerators, where a branch reads its predicate back to
+    the host, which would stall the device once per step, and the copies are cheap.
+    """
+    if guard == "branch":
+        return jax.lax.cond(ok, update, lambda: old)
+    if guard == "select":
+        return jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), update(), old)
+    raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
+
+
+def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
+    """The flat on-device metrics of a step, named as in `rqvae.runlog` (train records), and the
+    failed step."""
+    counts_LxK = outcome["counts"]
+    result = {k: outcome[k] for k in LOSS_TERMS}
+    result.update(
+        batch_used=metrics.codes_used(counts_LxK),
+        batch_perplexity=metrics.perplexity(counts_LxK),
+        window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.dead_window),
+        sinkhorn_marginal_error=outcome["sinkhorn_marginal_error"],
+        failed_step=new_state.failed_step,
+    )
+    return result
+
+
+def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD,
+                        cfg: StepConfig):
+    """The comparator remedy: codes unused for `dead_code_threshold` steps are re-seeded from
+    this batch's level inputs, with fresh Adam moments."""
+    stale_LxK = codebook.stale_codes(last_used_LxK, step, cfg.dead_code_threshold)
+    key = jax.random.fold_in(stream_key(cfg.seed, Stream.RESTART), step)
+    codebook_LxKxD, last_used_LxK, _ = codebook.restart_dead_codes(
+        params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
+        threshold=cfg.dead_code_threshold)
+    return (_with_codebook(params, codebook_LxKxD),
+            codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK)
+
+
+def _with_codebook(params, codebook_LxKxD):
+    return {**params, "params": {**params["params"], "codebook": codebook_LxKxD}}
+
+
+@functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
+def kmeans_init(state: TrainState, images_NxP, *, cfg: StepConfig) -> TrainState:
+    """The comparator remedy: each level's codebook fitted by k-means to the encoder outputs
+    (and residuals) of the first `kmeans_init_batches` batches the run will train on."""
+    batches, walker = [], state
+    for i in range(cfg.kmeans_init_batches):
+        batch_BxP, perm = next_batch(walker.replace(step=jnp.int32(i)), images_NxP, cfg)
+        batches.append(batch_BxP)
+        walker = walker.replace(perm=perm)
+    z_NxD = make_model(cfg).apply(state.params, jnp.concatenate(batches),
+                                  method=lambda model, x: model.encoder(x))
+    m = cfg.model
+    codebook_LxKxD = codebook.kmeans_codebooks(z_NxD, m.num_levels, m.num_codes,
+                                               stream_key(cfg.seed, Stream.KMEANS))
+    return state.replace(params=_with_codebook(state.params, codebook_LxKxD))
+
+
+def next_batch(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None):
+    """The next batch, by index into on-device data, and the epoch order it came from.
+
+    Each epoch's order is a permutation drawn from fold_in(key, epoch): a resumed run draws the
+    same batches as one that never stopped. The last partial batch of an epoch is dropped.
+    With a `batch_sharding`, each device gathers only its own slice of the batch.
+    """
+    num_images = images_NxP.shape[0]
+    epoch, position = jnp.divmod(state.step, num_images // cfg.batch_size)
+    data_key = stream_key(cfg.seed, Stream.DATA)
+    perm = jax.lax.cond(
+        position == 0,
+        lambda: jax.random.permutation(jax.random.fold_in(data_key, epoch), num_images),
+        lambda: state.perm,
+    ).astype(jnp.int32)
+    index_B = jax.lax.dynamic_slice(perm, (position * cfg.batch_size,), (cfg.batch_size,))
+    if batch_sharding is not None:
+        index_B = jax.lax.with_sharding_constraint(index_B, batch_sharding)
+    return jnp.take(images_NxP, index_B, axis=0), perm
+
+
+def _update_on_device_data(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None):
+    batch_BxP, perm = next_batch(state, images_NxP, cfg, batch_sharding)
+    return _update(state.replace(perm=perm), batch_BxP, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
+def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: StepConfig, batch_sharding=None):
+    """`num_steps` train steps in one call; returns the new state and the last step's metrics.
+
+    The steps run in a `lax.fori_loop` whose trip count is an argument, not a constant: XLA makes
+    it one while loop, so calls of any length share a single compilation, and the host dispatches
+    once per call instead of once per step. `batch_sharding` splits each batch across devices
+    (data parallel; the state is replicated and XLA adds the cross-device sums).
+    """
+    step = functools.partial(_update_on_device_data, cfg=cfg, batch_sharding=batch_sharding)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(step, state, images_NxP)[1])
+    state, outcome = jax.lax.fori_loop(0, num_steps, lambda _, carry: step(carry[0], images_NxP),
+                                       (state, zeros))
+    return state, step_metrics(state, outcome, cfg)

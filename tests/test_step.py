@@ -1,0 +1,164 @@
+"""The train step: golden values, the guard and solver choices, batching, the remedies."""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rqvae import config, step
+from rqvae.config import step_config
+from rqvae.runlog import LOSS_TERMS
+
+# One step of the tiny config on the first 16 training digits. Update these only for an intended
+# change of the model, its init, the losses or the optimizer, never to make a refactor pass.
+GOLDEN_TOTAL = 0.3785033
+GOLDEN_STEP1_TOTAL = 0.3462415
+
+
+def _first_batch(cfg, digits):
+    return jnp.asarray(digits.train[: cfg.batch_size])
+
+
+def test_golden_single_step(tiny_cfg, digits):
+    cfg = step_config(tiny_cfg)
+    state = step.init_state(cfg, len(digits.train))
+    train_step = jax.jit(step.train_step, static_argnames="cfg")
+    batch = _first_batch(tiny_cfg, digits)
+    state, metrics = train_step(state, batch, cfg=cfg)
+    _, metrics2 = train_step(state, batch, cfg=cfg)
+    message = ("golden value changed: legitimate only if the model, init, losses or optimizer were "
+               "changed on purpose; then update GOLDEN_* in tests/test_step.py")
+    assert float(metrics["total"]) == pytest.approx(GOLDEN_TOTAL, rel=1e-5), message
+    assert float(metrics2["total"]) == pytest.approx(GOLDEN_STEP1_TOTAL, rel=1e-5), message
+    assert float(metrics2["total"]) < float(metrics["total"])
+
+
+def test_a_step_of_the_loop_is_the_single_train_step(tiny_cfg, digits):
+    # The config of the golden test's step and of the runs in test_train: compilations are reused.
+    cfg = step_config(tiny_cfg)
+    state = step.init_state(cfg, len(digits.train))
+    batch, perm = step.next_batch(state, jnp.asarray(digits.train), cfg)
+    single_state, single = jax.jit(step.train_step, static_argnames="cfg")(
+        state.replace(perm=perm), batch, cfg=cfg)
+    loop_state, looped = step.run_steps(state, jnp.asarray(digits.train), 1, cfg=cfg)
+    for key in LOSS_TERMS:
+        assert float(looped[key]) == pytest.approx(float(single[key]), rel=1e-6)
+        assert np.isfinite(float(looped[key]))
+    assert int(loop_state.step) == 1 and int(loop_state.failed_step) == -1
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(loop_state.params), jax.device_get(single_state.params))
+    assert looped["batch_used"].shape == looped["window_dead"].shape == (cfg.model.num_levels,)
+
+
+def test_non_finite_loss_freezes_the_state_and_names_the_step(tiny_cfg, digits):
+    cfg = step_config(tiny_cfg)
+    train_step = jax.jit(step.train_step, static_argnames="cfg")
+    state = step.init_state(cfg, len(digits.train))
+    batch = _first_batch(tiny_cfg, digits)
+    state, _ = train_step(state, batch, cfg=cfg)
+    good_params = jax.device_get(state.params)
+    bad_state, metrics = train_step(state, batch.at[0, 0].set(jnp.nan), cfg=cfg)
+    assert int(bad_state.failed_step) == 1 and int(bad_state.step) == 1
+    failed = dict(zip(LOSS_TERMS, np.asarray(bad_state.failed_terms)))
+    assert failed["recon"] and failed["total"]
+    # Frozen: a good batch afterwards changes nothing.
+    after, _ = train_step(bad_state, batch, cfg=cfg)
+    assert int(after.failed_step) == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(after.params), good_params)
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_the_guard_branches_and_selects_alike(ok):
+    old = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(4)}
+
+    def update():
+        return {"w": old["w"] * 2.0, "n": old["n"] + 1}
+
+    results = [jax.jit(lambda ok, guard=guard: step.where_ok(ok, update, old, guard=guard))(ok)
+               for guard in step.GUARDS]
+    expected = update() if ok else old
+    for result in results:
+        jax.tree.map(np.testing.assert_array_equal, result, expected)
+
+
+def test_the_cpu_loop_updates_parameters_in_place(tiny_cfg, digits):
+    # With a select between the new and the old state instead of a branch, XLA copies every
+    # parameter and Adam moment once per step (about a tenth of the MNIST-shaped step on CPU).
+    cfg = step_config(tiny_cfg)  # as in the tests above: its compilations are reused
+    state = step.init_state(cfg, len(digits.train))
+    hlo = step.run_steps.lower(state, jnp.asarray(digits.train), 1, cfg=cfg).compile().as_text()
+    copied = {tuple(int(n) for n in dims.split(",") if n)
+              for dims in re.findall(r"= f32\[([\d,]*)\]\{[\d,]*\} copy\(", hlo)}
+    param_shapes = {tuple(leaf.shape) for leaf in jax.tree.leaves(state.params)}
+    assert not copied & param_shapes
+
+
+def test_batches_follow_a_per_epoch_permutation(tiny_cfg):
+    cfg = dataclasses.replace(step_config(tiny_cfg), batch_size=4)
+    images = jnp.arange(10, dtype=jnp.float32)[:, None]  # image i is the number i
+    # Batching reads only the step and the epoch order.
+    state = step.TrainState(step=jnp.int32(0), params=None, opt_state=None, last_used=None,
+                             perm=jnp.arange(10, dtype=jnp.int32), failed_step=None,
+                             failed_terms=None, sinkhorn_g=None)
+    seen = []
+    for index in range(4):  # two epochs of two batches; the 2 left-over images are dropped
+        batch, perm = step.next_batch(state.replace(step=jnp.int32(index)), images, cfg)
+        state = state.replace(perm=perm)
+        seen.append(np.asarray(batch[:, 0]).astype(int).tolist())
+    epoch0, epoch1 = seen[0] + seen[1], seen[2] + seen[3]
+    assert len(set(epoch0)) == 8 and len(set(epoch1)) == 8
+    assert epoch0 != epoch1
+
+
+
+
+def test_the_accelerator_path_agrees_with_the_cpu_path(tiny_cfg, digits):
+    # The log-domain solver and the select guard, which accelerators use, forced on CPU: three
+    # steps of the loop give the same losses and parameters as the scaling solver and the branch.
+    images = jnp.asarray(digits.train)
+    results = []
+    for platform in ("cpu", "gpu"):
+        cfg = step_config(tiny_cfg, platform)
+        state, metrics = step.run_steps(step.init_state(cfg, len(digits.train)), images, 3,
+                                        cfg=cfg)
+        results.append((jax.device_get(state.params), {k: float(metrics[k]) for k in LOSS_TERMS}))
+    assert step_config(tiny_cfg, "gpu").loss.solver == "logdomain"
+    assert step_config(tiny_cfg, "gpu").guard == "select"
+    (cpu_params, cpu_losses), (gpu_params, gpu_losses) = results
+    assert cpu_losses["wasserstein"] > 0
+    for term in LOSS_TERMS:
+        assert gpu_losses[term] == pytest.approx(cpu_losses[term], rel=1e-4), term
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 gpu_params, cpu_params)
+
+
+# -- the comparator remedies --------------------------------------------------------------------
+
+
+def test_kmeans_init_fits_the_codebook_to_the_first_batches(tiny_cfg, digits):
+    cfg = step_config(config.replace(tiny_cfg, {"kmeans_init": True, "kmeans_init_batches": 2}))
+    state = step.init_state(cfg, len(digits.train))
+    fitted = step.kmeans_init(step.init_state(cfg, len(digits.train)), digits.train, cfg=cfg)
+    images = jnp.asarray(digits.train)  # k-means saw 32 of them
+    def level1_error(params):
+        _, aux = step.make_model(cfg).apply(params, images)
+        return float(jnp.mean((aux["z_e"] - aux["level_codes"][0]) ** 2))
+
+    assert level1_error(fitted.params) < 0.5 * level1_error(state.params)
+    # Only the codebook moved.
+    np.testing.assert_array_equal(fitted.params["params"]["encoder"]["Dense_0"]["kernel"],
+                                  state.params["params"]["encoder"]["Dense_0"]["kernel"])
+
+
+def test_dead_code_restart_leaves_no_code_unused_past_the_threshold(tiny_cfg, digits):
+    threshold = 3
+    cfg = step_config(config.replace(tiny_cfg, {"dead_code_threshold": threshold,
+                                                "lambda_wasserstein": 0.0}))
+    state = step.init_state(cfg, len(digits.train))
+    state, _ = step.run_steps(state, jnp.asarray(digits.train), 12, cfg=cfg)
+    assert int(state.step) == 12
+    # Without restarts, codes that start far from the data are never picked (last_used -1).
+    assert bool(jnp.all(state.last_used > state.step - 1 - threshold)), state.last_used
