@@ -1,70 +1,218 @@
 """`rqvae plot`: PNGs of a run's loss curves, code use, reconstructions and codebooks.
 
-Needs the optional `plot` extra (matplotlib). Curves come from metrics.jsonl alone; the pictures
-of codes and reconstructions load the run's newest checkpoint.
+Needs the optional `plot` extra (matplotlib). Curves come from metrics.jsonl (and config.toml)
+alone; the pictures of codes and reconstructions take arrays the CLI computes from the run's
+newest checkpoint. Each `*_figure` function builds a matplotlib Figure; the function of the same
+name without the suffix writes it as a PNG into the --out folder.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rqvae import config as config_lib
 from rqvae import runlog
-from rqvae.config import ConfigError
+from rqvae.rundir import CONFIG_FILE, UserError
 
-LOSS_TERMS = runlog.LOSS_TERMS
+LOSSES_PNG = "losses.png"
+CODE_USE_PNG = "code_use.png"
+RECONSTRUCTIONS_PNG = "reconstructions.png"
+CODEBOOKS_PNG = "codebooks.png"
+PNG_NAMES = (LOSSES_PNG, CODE_USE_PNG, RECONSTRUCTIONS_PNG, CODEBOOKS_PNG)
+
+# What each loss term measures, as its panel's y label (losses.py defines the terms). Short, so
+# a label fits beside its panel.
+LOSS_LABELS = {
+    "total": "weighted sum of the terms",
+    "recon": "MSE per pixel (pixels in [0, 1])",
+    "commit": "mean ‖z_e − sg(z_q)‖²",
+    "codebook": "mean ‖sg(z_e) − z_q‖²",
+    "wasserstein": "Sinkhorn OT cost, sum of levels",
+}
+HELDOUT_STYLE = {"linestyle": "--", "marker": "o", "markersize": 3}
+DPI = 110
+DEAD_COLOR = "tab:red"
 
 
-def _pyplot():
+def png_names(run_count: int) -> tuple[str, ...]:
+    """The PNGs `rqvae plot` writes: all four for one run, only the loss curves for several."""
+    return PNG_NAMES if run_count == 1 else (LOSSES_PNG,)
+
+
+def check_out(out: Path, force: bool, names: Sequence[str] = PNG_NAMES) -> None:
+    """Raises UserError unless `out` can take the PNGs `names`: a folder that exists or can be
+    created and written, holding none of them unless `force`. Creates and writes nothing, so it
+    runs before any work."""
+    out = Path(out)
+    if os.path.exists(out) and not out.is_dir():
+        raise UserError(f"--out {out} is a file, but plot writes a folder of PNGs; choose "
+                        f"another --out")
+    nearest = next(p for p in (out, *out.absolute().parents) if os.path.exists(p))
+    if not nearest.is_dir():
+        raise UserError(f"cannot create --out {out}: {nearest} is a file; choose another --out")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out}: {nearest} is not writable; choose another "
+                        f"--out")
+    taken = [name for name in names if os.path.exists(out / name)]
+    if taken and not force:
+        raise UserError(f"--out {out} already holds {', '.join(taken)}; pass --force to overwrite "
+                        f"or choose another --out")
+
+
+def _new_figure(**kwargs):
+    """A Figure not registered with pyplot: nothing global to close, no display needed."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigError("plots need matplotlib: pip install 'rqvae[plot]'") from None
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+        raise UserError("plots need matplotlib: pip install 'rqvae[plot]'") from None
+    return Figure(layout="constrained", **kwargs)
 
 
-def loss_curves(run_dirs: list[Path], out: Path, log_scale: bool) -> Path:
-    """One panel per loss term; several runs are overlaid for comparison."""
-    plt = _pyplot()
-    runs = {Path(d).name: [r for r in runlog.read(d) if r["kind"] == "train"] for d in run_dirs}
-    terms = [t for t in LOSS_TERMS
-             if t != "wasserstein" or any(r.get(t) for records in runs.values() for r in records)]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
-    for ax, term in zip(axes[0], terms):
-        for name, records in runs.items():
-            ax.plot([r["step"] for r in records], [r[term] for r in records], label=name)
-        ax.set_title(term)
-        ax.set_xlabel("step")
+def _save(fig, path: Path) -> Path:
+    """Writes through a temporary file renamed into place, so a failed plot leaves no partial
+    PNG (and an old PNG of that name stays whole until the new one is complete)."""
+    # A plain open (not mkstemp) so the PNG gets the usual permissions, not owner-only.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as file:
+            fig.savefig(file, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _title(fig, what: str, run_names: Sequence[str]) -> None:
+    names = ", ".join(run_names)
+    fig.suptitle(textwrap.fill(f"{what}: {names}" if names else what, width=110))
+
+
+# -- loss curves ------------------------------------------------------------------------------
+
+
+def _wasserstein_on(run_dirs: Sequence[Path], train_records: list[list[dict]]) -> bool:
+    """Whether any run trains with the Wasserstein term: its config says so now, or its log holds
+    a nonzero value (a run resumed with the term turned off, or one without a config)."""
+    for run_dir, records in zip(run_dirs, train_records):
+        config_path = Path(run_dir) / CONFIG_FILE
+        if config_path.is_file() and config_lib.load(config_path).lambda_wasserstein > 0:
+            return True
+        if any(r.get("wasserstein") for r in records):
+            return True
+    return False
+
+
+def losses_figure(run_dirs: Sequence[Path], log_scale: bool = False):
+    """One panel per loss term, runs overlaid by colour; the held-out recon of eval records
+    (dashed, with markers) overlaid on the train recon, which measures the same MSE per pixel."""
+    names = [Path(d).resolve().name for d in run_dirs]  # also for "." or a trailing slash
+    records = [runlog.read(d) for d in run_dirs]
+    train = [[r for r in rs if r["kind"] == "train"] for rs in records]
+    evals = [[r for r in rs if r["kind"] == "eval" and "heldout_recon" in r] for rs in records]
+    terms = [t for t in runlog.LOSS_TERMS if t != "wasserstein" or _wasserstein_on(run_dirs, train)]
+    columns = 2 if len(terms) == 4 else min(3, len(terms))  # 4 terms: 2 x 2, 5: 2 x 3
+    rows = math.ceil(len(terms) / columns)
+    fig = _new_figure(figsize=(4.6 * columns, 3.4 * rows + 0.6))
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    colors = [f"C{k % 10}" for k in range(len(run_dirs))]
+    for ax, term in zip(axes, terms):
+        for color, run_train in zip(colors, train):
+            ax.plot([r["step"] for r in run_train], [r[term] for r in run_train], color=color)
+        if term == "recon":
+            for color, run_evals in zip(colors, evals):
+                ax.plot([r["step"] for r in run_evals], [r["heldout_recon"] for r in run_evals],
+                        color=color, **HELDOUT_STYLE)
+        ax.set(xlabel="step", ylabel=LOSS_LABELS[term], title=term)
         if log_scale:
             ax.set_yscale("log")
-    axes[0][-1].legend(fontsize="small")
-    return _save(fig, out / "losses.png")
+    for ax in axes[len(terms):]:  # the grid's spare panels
+        ax.set_visible(False)
+    _losses_legend(fig, names if len(names) > 1 else [], colors, any(evals))
+    _title(fig, "loss curves", names)
+    return fig
 
 
-def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path) -> Path:
-    """Per level, how many training images pick each code, sorted; dead codes marked in red."""
-    plt = _pyplot()
+def _losses_legend(fig, names, colors, heldout: bool) -> None:
+    """Under the panels, where it covers no data: colour names the run (of several), line style
+    the split the curve measures."""
+    from matplotlib.lines import Line2D
+
+    entries = {name: Line2D([], [], color=color) for name, color in zip(names, colors)}
+    split_color = "0.2" if names else colors[0]
+    entries["train batches"] = Line2D([], [], color=split_color)
+    if heldout:
+        entries["held-out split (eval records)"] = Line2D([], [], color=split_color,
+                                                          **HELDOUT_STYLE)
+    fig.legend(entries.values(), entries.keys(), loc="outside lower center",
+               ncols=min(len(entries), 4), fontsize="small")
+
+
+def _shared_legend(fig) -> None:
+    """One legend under the panels, where it covers no data; each label once."""
+    labelled = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    if labelled:
+        fig.legend(labelled.values(), labelled.keys(), loc="outside lower center",
+                   ncols=min(len(labelled), 4), fontsize="small")
+
+
+def loss_curves(run_dirs: Sequence[Path], out: Path, log_scale: bool = False) -> Path:
+    return _save(losses_figure(run_dirs, log_scale), Path(out) / LOSSES_PNG)
+
+
+# -- pictures from a checkpoint ---------------------------------------------------------------
+
+
+def code_use_figure(codes_NxL: np.ndarray, num_codes: int, run_name: str = ""):
+    """Per level, how many training images pick each code, codes sorted by use.
+
+    Dead codes have zero height, so a bar cannot show them: sorted last, they get a red band over
+    their range and a red tick each on the axis (a tick stays visible where one code among
+    thousands is narrower than a pixel); the panel title counts them.
+    """
     levels = codes_NxL.shape[1]
-    fig, axes = plt.subplots(1, levels, figsize=(5 * levels, 3.2), squeeze=False)
-    for level, ax in enumerate(axes[0]):
+    fig = _new_figure(figsize=(5 * levels, 3.8))
+    for level, ax in enumerate(fig.subplots(1, levels, squeeze=False)[0]):
         counts = np.sort(np.bincount(codes_NxL[:, level], minlength=num_codes))[::-1]
-        dead = counts == 0
-        ax.bar(np.arange(num_codes), counts, color=np.where(dead, "tab:red", "tab:blue"), width=1.0)
-        ax.set_title(f"level {level + 1}: {int(dead.sum())} of {num_codes} codes dead")
-        ax.set_xlabel("codes, by use")
-        ax.set_ylabel("training images")
-    return _save(fig, out / "code_use.png")
+        dead = int((counts == 0).sum())
+        ax.bar(np.arange(num_codes), counts, width=1.0, color="tab:blue")
+        if dead:
+            _mark_dead(ax, np.arange(num_codes - dead, num_codes))
+        ax.set(title=f"level {level + 1}: {dead} of {num_codes} codes dead",
+               xlabel="codes, sorted by use", ylabel="training images picking the code",
+               xlim=(-0.5, num_codes - 0.5))
+    _shared_legend(fig)
+    _title(fig, "code use", [run_name] if run_name else [])
+    return fig
 
 
-def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: int = 10) -> Path:
-    """Held-out images (top row) beside their reconstructions (bottom row)."""
-    plt = _pyplot()
+def _mark_dead(ax, dead_codes: np.ndarray) -> None:
+    ax.axvspan(dead_codes[0] - 0.5, dead_codes[-1] + 0.5, color=DEAD_COLOR, alpha=0.2, lw=0)
+    # x in data, y in axes units: the ticks sit on the bottom spine whatever the counts.
+    ax.scatter(dead_codes, np.zeros(len(dead_codes)), marker="|", s=80, color=DEAD_COLOR,
+               transform=ax.get_xaxis_transform(), clip_on=False,
+               label="dead codes (picked by no training image)")
+
+
+def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path, run_name: str = "") -> Path:
+    return _save(code_use_figure(codes_NxL, num_codes, run_name), Path(out) / CODE_USE_PNG)
+
+
+def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 10,
+                           run_name: str = ""):
+    """Held-out images (top row) above their reconstructions (bottom row)."""
     count = min(count, len(originals_NxP))
-    fig, axes = plt.subplots(2, count, figsize=(1.2 * count, 2.6), squeeze=False)
+    fig = _new_figure(figsize=(1.2 * count, 3.0))
+    axes = fig.subplots(2, count, squeeze=False)
     for column in range(count):
         for row, images in enumerate((originals_NxP, recons_NxP)):
             image = np.clip(images[column].reshape(image_shape), 0, 1)
@@ -74,41 +222,57 @@ def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: in
             ax.set_yticks([])
     axes[0][0].set_ylabel("held out")
     axes[1][0].set_ylabel("recon")
-    return _save(fig, out / "reconstructions.png")
+    _title(fig, "held-out reconstructions", [run_name] if run_name else [])
+    return fig
 
 
-def codebooks(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, out: Path) -> Path:
-    """Each level's codes over the points it quantized, in 2-D (PCA of the points past 2-D).
+def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: int = 10,
+                    run_name: str = "") -> Path:
+    fig = reconstructions_figure(originals_NxP, recons_NxP, image_shape, count, run_name)
+    return _save(fig, Path(out) / RECONSTRUCTIONS_PNG)
 
-    Dead codes (picked by no training image) are hollow circles.
+
+def codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name: str = ""):
+    """Each level's codes over the points it quantized, in 2-D: the first two principal
+    components of the level's inputs when the latent has more than two dimensions.
+
+    Dead codes (picked by no training image) are hollow red circles.
     """
-    plt = _pyplot()
     levels = codebook_LxKxD.shape[0]
-    fig, axes = plt.subplots(1, levels, figsize=(5 * levels, 4.5), squeeze=False)
-    for level, ax in enumerate(axes[0]):
+    fig = _new_figure(figsize=(5 * levels, 5.0))
+    for level, ax in enumerate(fig.subplots(1, levels, squeeze=False)[0]):
         points, codes = level_inputs_LxNxD[level], codebook_LxKxD[level]
         points_2d, codes_2d = _project(points, codes)
         used = np.bincount(codes_NxL[:, level], minlength=len(codes)) > 0
-        ax.scatter(*points_2d.T, s=3, c="0.75", label="level inputs")
-        ax.scatter(*codes_2d[used].T, s=25, c="tab:blue", label="codes")
-        ax.scatter(*codes_2d[~used].T, s=40, facecolors="none", edgecolors="tab:red",
-                   label=f"dead codes ({int((~used).sum())})")
-        ax.set_title(f"level {level + 1}" + (" (PCA)" if points.shape[1] > 2 else ""))
-        ax.legend(fontsize="small", loc="best")
-    return _save(fig, out / "codebooks.png")
+        ax.scatter(*points_2d.T, s=3, c="0.75", label="level inputs (training images)")
+        ax.scatter(*codes_2d[used].T, s=25, c="tab:blue", label="codes in use")
+        ax.scatter(*codes_2d[~used].T, s=40, facecolors="none", edgecolors=DEAD_COLOR,
+                   label="dead codes")
+        x_label, y_label = _axis_labels(points.shape[1], level)
+        ax.set(title=f"level {level + 1}: {int((~used).sum())} of {len(codes)} codes dead",
+               xlabel=x_label, ylabel=y_label)
+    _shared_legend(fig)
+    _title(fig, "codebooks", [run_name] if run_name else [])
+    return fig
+
+
+def _axis_labels(latent_dim: int, level: int) -> tuple[str, str]:
+    if latent_dim > 2:
+        return (f"PC 1 of level {level + 1} inputs", f"PC 2 of level {level + 1} inputs")
+    return ("latent dim 1", "latent dim 2" if latent_dim == 2 else "(1-D latent)")
+
+
+def codebooks(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, out: Path,
+              run_name: str = "") -> Path:
+    fig = codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name)
+    return _save(fig, Path(out) / CODEBOOKS_PNG)
 
 
 def _project(points_NxD, codes_KxD):
+    """Both sets in the plane of the points' first two principal components (or padded to 2-D)."""
     if points_NxD.shape[1] <= 2:
         pad = lambda a: np.pad(a, ((0, 0), (0, 2 - a.shape[1])))  # noqa: E731
         return pad(points_NxD), pad(codes_KxD)
     mean = points_NxD.mean(0)
     _, _, components = np.linalg.svd(points_NxD - mean, full_matrices=False)
     return (points_NxD - mean) @ components[:2].T, (codes_KxD - mean) @ components[:2].T
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    fig.clf()
-    return path

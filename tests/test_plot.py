@@ -1,0 +1,205 @@
+"""`rqvae plot`'s pictures from a synthetic run directory and arrays: no training, no JAX."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+
+from rqvae import config, plot
+from rqvae.rundir import UserError
+
+STEPS = range(50, 1001, 50)
+EVAL_STEPS = (500, 1000)
+
+
+def _write_run(run_dir, lambda_wasserstein=0.0):
+    """A run directory as `rqvae train` leaves it, minus checkpoints."""
+    run_dir.mkdir(parents=True)
+    cfg = config.TrainerConfig(lambda_wasserstein=lambda_wasserstein)
+    (run_dir / "config.toml").write_text(config.dumps(cfg))
+    records = []
+    for step in STEPS:
+        loss = 1.0 / step
+        records.append({"kind": "train", "step": step, "time": step / 10, "total": 3 * loss,
+                        "recon": loss, "commit": loss, "codebook": loss,
+                        "wasserstein": 2 * loss if lambda_wasserstein else 0.0,
+                        "batch_used": [60, 50], "batch_perplexity": [40.0, 30.0],
+                        "window_dead": [2, 5], "sinkhorn_marginal_error": [0.0, 0.0]})
+        if step in EVAL_STEPS:
+            records.append({"kind": "eval", "step": step, "time": step / 10,
+                            "heldout_recon": 1.5 * loss, "heldout_psnr": 20.0,
+                            "train_used": [62, 55], "train_dead": [2, 9],
+                            "train_perplexity": [50.0, 40.0], "heldout_used": [60, 50],
+                            "heldout_perplexity": [45.0, 35.0]})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return _write_run(tmp_path / "hybrid-20261123-101500", lambda_wasserstein=0.5)
+
+
+def _figure_title(fig):
+    return " ".join(text.get_text() for text in fig.texts)  # the suptitle is a figure text
+
+
+def _visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_loss_panels_are_labelled_and_titled_with_the_run(run_dir):
+    fig = plot.losses_figure([run_dir])
+    axes = _visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == list(plot.runlog.LOSS_TERMS)
+    for ax in axes:
+        assert ax.get_xlabel() == "step"
+        assert ax.get_ylabel() == plot.LOSS_LABELS[ax.get_title()]
+    assert "hybrid-20261123-101500" in _figure_title(fig)
+
+
+def test_the_wasserstein_panel_follows_the_config(tmp_path):
+    fig = plot.losses_figure([_write_run(tmp_path / "traditional", lambda_wasserstein=0.0)])
+    assert "wasserstein" not in [ax.get_title() for ax in _visible_axes(fig)]
+
+
+def test_heldout_recon_is_drawn_on_the_recon_panel(run_dir):
+    fig = plot.losses_figure([run_dir])
+    recon = next(ax for ax in fig.axes if ax.get_title() == "recon")
+    heldout = [line for line in recon.get_lines() if line.get_linestyle() == "--"]
+    assert len(heldout) == 1
+    assert list(heldout[0].get_xdata()) == list(EVAL_STEPS)
+    assert list(heldout[0].get_ydata()) == pytest.approx([1.5 / s for s in EVAL_STEPS])
+
+
+def test_the_legend_is_one_for_the_figure_and_outside_every_panel(run_dir, tmp_path):
+    other = _write_run(tmp_path / "traditional-20261123-101500")
+    fig = plot.losses_figure([run_dir, other])
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels[:2] == [run_dir.name, other.name]
+    assert "held-out split (eval records)" in labels
+    fig.canvas.draw()  # lay out, then compare where things landed
+    legend_box = legend.get_window_extent()
+    for ax in _visible_axes(fig):
+        assert not legend_box.overlaps(ax.get_window_extent()), ax.get_title()
+
+
+def test_loss_curves_writes_the_png_and_leaves_no_temporary_file(run_dir, tmp_path):
+    out = tmp_path / "plots"
+    out.mkdir()
+    path = plot.loss_curves([run_dir], out, log_scale=True)
+    assert path == out / plot.LOSSES_PNG
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(out) == [plot.LOSSES_PNG]
+
+
+def test_a_failed_plot_leaves_no_partial_png_and_the_old_one_whole(run_dir, tmp_path,
+                                                                     monkeypatch):
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / plot.LOSSES_PNG).write_bytes(b"old plot")
+
+    def fail(self, file, **kwargs):
+        file.write(b"\x89PNG half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", fail)
+    with pytest.raises(RuntimeError):
+        plot.loss_curves([run_dir], out, log_scale=False)
+    assert os.listdir(out) == [plot.LOSSES_PNG]
+    assert (out / plot.LOSSES_PNG).read_bytes() == b"old plot"
+
+
+def _codes(rng, num_codes, used_per_level):
+    return np.stack([rng.integers(0, used, 3000) for used in used_per_level], axis=1)
+
+
+def test_dead_codes_are_marked_and_counted():
+    codes = _codes(np.random.default_rng(0), 64, (58, 64))  # level 1: 6 dead, level 2: none
+    fig = plot.code_use_figure(codes, 64, run_name="hybrid")
+    with_dead, without = fig.axes[:2]
+    assert with_dead.get_title() == "level 1: 6 of 64 codes dead"
+    assert without.get_title() == "level 2: 0 of 64 codes dead"
+    (ticks,) = with_dead.collections
+    assert sorted(ticks.get_offsets()[:, 0]) == list(range(58, 64))
+    assert to_rgba(ticks.get_edgecolor()[0]) == to_rgba(plot.DEAD_COLOR)
+    bands = [p for p in with_dead.patches if p.get_facecolor()[:3] == to_rgba(plot.DEAD_COLOR)[:3]]
+    assert len(bands) == 1 and bands[0].get_window_extent().width > 10  # pixels
+    assert len(without.collections) == 0 and not any(
+        p.get_facecolor()[:3] == to_rgba(plot.DEAD_COLOR)[:3] for p in without.patches)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "dead codes (picked by no training image)"]
+    assert with_dead.get_xlabel() and with_dead.get_ylabel()
+    assert "hybrid" in _figure_title(fig)
+
+
+def test_codebook_axes_name_the_projection():
+    rng = np.random.default_rng(0)
+    codes = _codes(rng, 16, (12, 16))
+    fig = plot.codebooks_figure(rng.normal(size=(2, 16, 5)), rng.normal(size=(2, 3000, 5)), codes)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["PC 1 of level 1 inputs",
+                                                    "PC 1 of level 2 inputs"]
+    assert fig.axes[1].get_ylabel() == "PC 2 of level 2 inputs"
+    assert fig.axes[0].get_title() == "level 1: 4 of 16 codes dead"
+    fig = plot.codebooks_figure(rng.normal(size=(1, 16, 2)), rng.normal(size=(1, 300, 2)),
+                                codes[:300, :1])
+    assert fig.axes[0].get_xlabel() == "latent dim 1"
+
+
+def test_checkpoint_pictures_write_their_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    codes = _codes(rng, 16, (12, 16))
+    images = rng.random((10, 64))
+    written = [
+        plot.code_use(codes, 16, tmp_path),
+        plot.reconstructions(images, images * 0.9, (8, 8, 1), tmp_path),
+        plot.codebooks(rng.normal(size=(2, 16, 5)), rng.normal(size=(2, 3000, 5)), codes, tmp_path),
+    ]
+    assert [p.name for p in written] == [plot.CODE_USE_PNG, plot.RECONSTRUCTIONS_PNG,
+                                         plot.CODEBOOKS_PNG]
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in written)
+
+
+# -- check_out --------------------------------------------------------------------------------
+
+
+def test_check_out_accepts_a_new_or_empty_folder(tmp_path):
+    plot.check_out(tmp_path / "new" / "plots", force=False)
+    plot.check_out(tmp_path, force=False)
+    assert os.listdir(tmp_path) == []  # creates nothing
+
+
+def test_check_out_rejects_a_file(tmp_path):
+    (tmp_path / "plots").write_text("")
+    with pytest.raises(UserError, match="is a file.*choose another --out"):
+        plot.check_out(tmp_path / "plots", force=True)
+
+
+def test_check_out_rejects_a_parent_that_is_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match="notes.txt is a file; choose another --out"):
+        plot.check_out(tmp_path / "notes.txt" / "plots", force=False)
+
+
+def test_check_out_rejects_a_parent_that_is_not_writable(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # Root may write anywhere, so the permission check is made to answer as for a normal user.
+    monkeypatch.setattr(plot.os, "access",
+                        lambda path, mode: False if path == locked else real_access(path, mode))
+    with pytest.raises(UserError, match="locked is not writable; choose another --out"):
+        plot.check_out(locked / "plots", force=False)
+
+
+def test_check_out_refuses_to_overwrite_pngs_unless_forced(tmp_path):
+    (tmp_path / plot.CODE_USE_PNG).write_bytes(b"")
+    with pytest.raises(UserError, match="already holds code_use.png; pass --force"):
+        plot.check_out(tmp_path, force=False)
+    plot.check_out(tmp_path, force=True)
+    # Several runs write only losses.png, so another run's code_use.png is not in the way.
+    plot.check_out(tmp_path, force=False, names=plot.png_names(2))
