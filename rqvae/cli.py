@@ -414,7 +414,7 @@ def plot(
             if not (run_dir / rundir.METRICS_FILE).is_file():
                 raise UserError(f"{run_dir} holds no {rundir.METRICS_FILE}; pass directories "
                                 f"written by `rqvae train`")
-        plot_lib.check_out(out, force)
+        plot_lib.check_out(out, force, plot_lib.png_names(len(run_dirs)))
         out.mkdir(parents=True, exist_ok=True)
         written = [plot_lib.loss_curves(run_dirs, out, log_scale)]
         if len(run_dirs) == 1:
@@ -442,11 +442,11 @@ def _plot_checkpoint(run_dir: Path, out: Path, plot_lib) -> list[Path]:
     sample = dataset.train[:2000]
     _, aux = apply(params, sample)
     return [
-        plot_lib.code_use(codes, cfg.model.num_codes, out),
+        plot_lib.code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
         plot_lib.reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape,
-                                 out),
+                                 out, run_name=run_dir.name),
         plot_lib.codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
-                           codes[: len(sample)], out),
+                           codes[: len(sample)], out, run_name=run_dir.name),
     ]
 
 

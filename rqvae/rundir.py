@@ -212,11 +212,7 @@ def _resume_point(run_dir: Path, cfg: TrainerConfig) -> int | None:
 
     if not holds_run(run_dir):
         raise UserError(f"{run_dir} holds no run to resume; check --run-dir")
-    latest = checkpoint.latest_step(run_dir)
-    if latest is not None and latest >= cfg.steps:
-        raise UserError(f"{run_dir} already reached step {latest}; pass --steps larger than "
-                        f"{latest} to train further")
-    return latest
+    return checkpoint.latest_step(run_dir)
 
 
 def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
@@ -256,6 +252,9 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
             raise UserError(f"--resume cannot change the model's shape "
                             f"({'; '.join(shape_changes)}); drop those settings or start a new "
                             f"--run-dir")
+        if resume_from is not None and resume_from >= cfg.steps:
+            raise UserError(f"{explicit} already reached step {resume_from}; pass --steps larger "
+                            f"than {resume_from} to train further")
         changed = config_lib.differences(saved, cfg, ignore=("run.run_dir",))
     devices.sync("rqvae: run directory checked")  # every host checked before process 0 writes
     lock = None

@@ -137,7 +137,7 @@ def fit(run: Run, *, display) -> dict:
     start, time_offset = run.resume_from or 0, 0.0
     if run.resume_from is not None:
         state = checkpoint.restore(mngr, start, state)
-    if primary:
+    if primary and (run_dir / runlog.METRICS_FILE).exists():  # a resume: log each step once
         runlog.truncate_after(run_dir, start)
         previous = runlog.read(run_dir)
         time_offset = previous[-1]["time"] if previous else 0.0

@@ -51,8 +51,9 @@ def test_train_writes_config_log_and_checkpoints(full_run):
     assert "rqvae report" in output and "final losses" in output
     assert load(run_dir / "config.toml").lambda_wasserstein == 0.5
     assert _keys(run_dir) == [("train", 10), ("eval", 15), ("train", 20), ("train", 30),
-                              ("eval", 30)]
-    record = runlog.read(run_dir)[-2]
+                              ("eval", 30), ("end", 30)]
+    assert runlog.read(run_dir)[-1]["status"] == "completed"
+    record = runlog.read(run_dir)[-3]
     assert set(train.LOSS_TERMS) <= set(record) and record["wasserstein"] > 0
     assert (len(record["batch_used"]) == len(record["window_dead"])
             == len(record["batch_perplexity"]) == 2)
@@ -94,8 +95,33 @@ def test_resume_drops_records_written_after_the_last_checkpoint(full_run, tmp_pa
     shutil.rmtree(run_dir / "checkpoints" / "30")
     result = rqvae("train", "--resume", "--run-dir", run_dir)
     assert result.exit_code == 0, result.output
-    assert _keys(run_dir) == _keys(full_dir)
+    assert "resuming from the checkpoint at step 15" in result.output
+    expected = _keys(full_dir)
+    expected.insert(expected.index(("eval", 15)) + 1, ("resume", 15))
+    assert _keys(run_dir) == expected
     jax.tree.map(np.testing.assert_array_equal, _params_at(run_dir, 30), _params_at(full_dir, 30))
+
+
+def test_a_resume_records_what_it_changed_and_one_without_a_checkpoint_starts_over(full_run,
+                                                                                   tmp_path):
+    run_dir, _ = full_run
+    fresh = tmp_path / "fresh"  # a run killed before its first checkpoint
+    fresh.mkdir()
+    (fresh / "config.toml").write_text((run_dir / "config.toml").read_text())
+    (fresh / "metrics.jsonl").write_text('{"kind":"train","step":10,"time":1.0}\n')
+    result = rqvae("train", "--resume", "--run-dir", fresh, "--lambda-wasserstein", 0.25,
+                   "--steps", 15)
+    assert result.exit_code == 0, result.output
+    assert "no complete checkpoint yet: starting again from step 0" in result.output
+    assert "changed on resume: lambda_wasserstein 0.5 -> 0.25" in result.output
+    assert load(fresh / "config.toml").lambda_wasserstein == 0.25
+    resumes = [json.loads(line) for line in (fresh / "resumes.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["changed"]) for r in resumes] == [
+        (0, {"lambda_wasserstein": [0.5, 0.25]})]
+    records = runlog.read(fresh)
+    assert records[0] == {"kind": "resume", "step": 0, "time": records[0]["time"],
+                          "changed": {"lambda_wasserstein": [0.5, 0.25]}}
+    assert _keys(fresh)[1:] == [("train", 10), ("train", 15), ("eval", 15), ("end", 15)]
 
 
 def _snapshot(path):
@@ -114,12 +140,14 @@ BAD_INPUTS = [
     (["-c", "{tmp}/levels.toml"], "model.num_levels must be >= 1, got 0"),
     (["-c", "{tmp}/codes.toml"], "model.num_codes must be >= 1, got 0"),
     (["-c", "{tmp}/type.toml"], "steps must be int, got str '100'"),
-    (["--resume", "--run-dir", "{tmp}/fresh"], "has no complete checkpoint to resume from"),
+    (["--run-dir", "{tmp}/afile"], "is a file, not a directory"),
+    (["--run-dir", "{tmp}/afile/run"], "afile is a file"),
+    (["-c", "{tmp}"], "is a directory; pass a TOML file"),
     (["-c", "{tmp}/wide.toml", "--resume", "--run-dir", "{run}"],
      "cannot change the model's shape (model.num_codes: 8 -> 16)"),
     (["--run-dir", "{run}"], "already holds a run; pass --resume"),
     (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
-    (["--resume", "--run-dir", "{run}"], "already reached step 30 of 30"),
+    (["--resume", "--run-dir", "{run}"], "already reached step 30; pass --steps larger than 30"),
     (["--set", "num_codes"], "--set takes KEY=VALUE"),
     (["--set", "num_codes=4"], "unknown config key 'num_codes'; did you mean 'model.num_codes'?"),
     (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
@@ -140,8 +168,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, mo
     (tmp_path / "levels.toml").write_text("[model]\nnum_levels = 0\n")
     (tmp_path / "codes.toml").write_text("[model]\nnum_codes = 0\n")
     (tmp_path / "type.toml").write_text('steps = "100"\n')
-    (tmp_path / "fresh").mkdir()  # a run killed before its first checkpoint
-    (tmp_path / "fresh" / "config.toml").write_text((run_dir / "config.toml").read_text())
+    (tmp_path / "afile").write_text("not a directory")
     before = _snapshot(run_dir)
     others = _snapshot(tmp_path)
     args = [str(a).format(tmp=tmp_path, run=run_dir) for a in args]
@@ -226,9 +253,9 @@ def test_verbose_prints_the_resolved_config_and_quiet_prints_only_the_summary(ti
     assert verbose.exit_code == 0, verbose.output
     assert "[model]" in verbose.output and "num_codes = 8" in verbose.output
     assert "log_every = 5" in verbose.output and "steps = 10" in verbose.output
-    assert "step 5 |" in verbose.output and "step 10 |" in verbose.output
+    assert "step 5/10" in verbose.output and "step 10/10" in verbose.output
     quiet = rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "q", "--steps", 10, "-q")
-    assert quiet.exit_code == 0 and "step 10 |" not in quiet.output
+    assert quiet.exit_code == 0 and "step 10/10" not in quiet.output
     assert "final losses" in quiet.output
 
 
