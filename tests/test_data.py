@@ -1,5 +1,8 @@
+import importlib.util
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +66,8 @@ def test_tfds_reads_mnist_and_cifar_shapes_without_tensorflow():
 
 
 def test_unprepared_tfds_data_set_says_how_to_prepare(tmp_path):
-    with pytest.raises(UserError, match=r"not prepared \(as ArrayRecord\) in .*rqvae data prepare tfds:mnist"):
+    with pytest.raises(UserError, match=r"not prepared \(as ArrayRecord\) in .*"
+                                        r"pip install -e '.\[prepare\]' && rqvae data prepare tfds:mnist"):
         data.load(DataConfig(dataset="tfds:mnist", data_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="unknown tfds data set 'no_such_set'"):
         data.load(DataConfig(dataset="tfds:no_such_set", data_dir=str(tmp_path)))
@@ -150,6 +154,119 @@ def test_missing_npy_and_pickled_npz_are_refused(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(UserError, match="not a readable .npz"):
             data.load(DataConfig(dataset=f"npz:{tmp_path / name}"))
+
+
+# -- data prepare -------------------------------------------------------------------------------
+
+
+class FakeBuilder:
+    """Stands in for a tfds builder (preparing needs TensorFlow): downloads from `urls` into the
+    folders tfds uses, then fails with `error` (None: succeeds)."""
+
+    def __init__(self, root, urls, error=None):
+        self.data_dir_root, self.url_infos, self.error = str(root), dict.fromkeys(urls), error
+        self.data_dir = str(root / "fake" / "1.0.0")
+        self.started = False
+
+    def is_prepared(self):
+        return False
+
+    def download_and_prepare(self, download_dir):
+        self.started = True
+        (download_dir / "fake.zip.tmp.5e1f").mkdir(parents=True)
+        (download_dir / "fake.zip.tmp.5e1f" / "fake.zip").write_bytes(b"partial")
+        incomplete = Path(self.data_dir).parent / "incomplete.8c2a" / "1.0.0"
+        incomplete.mkdir(parents=True)
+        (incomplete / "fake-train.array_record-00000-of-00001").write_bytes(b"partial")
+        if self.error is not None:
+            raise self.error
+        incomplete.rename(self.data_dir)
+
+
+@pytest.fixture
+def fake_tfds(monkeypatch):
+    """tfds.builder returns the FakeBuilder that the test put in `builders` (or raises it)."""
+    import tensorflow_datasets as tfds
+
+    def builder(name, data_dir, file_format):
+        if isinstance(builders[name], Exception):
+            raise builders[name]
+        return builders[name]
+
+    builders = {}
+    monkeypatch.setattr(data, "_has_tensorflow", lambda: True)
+    monkeypatch.setattr(tfds, "builder", builder)
+    for variable in ("no_proxy", "NO_PROXY"):  # connect directly, whatever proxy CI sets
+        monkeypatch.setenv(variable, "*")
+    return builders
+
+
+def _tree(root):
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_prepare_without_network_fails_at_once_in_one_line_and_writes_nothing(tmp_path,
+                                                                              fake_tfds):
+    root = tmp_path / "tfds"
+    # .invalid never resolves (RFC 2606): the real connectivity check runs, offline or not.
+    fake_tfds["fake"] = builder = FakeBuilder(root, ["https://tfds-host.invalid/fake.zip"])
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^no network: cannot reach tfds-host.invalid:443 \(.*\), "
+                                        r"and tfds:fake downloads from it") as raised:
+        data.prepare("tfds:fake", root)
+    assert time.monotonic() - started < 10, "tfds's own retries take minutes"
+    assert "\n" not in str(raised.value) and not builder.started
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("error, raised", [(ConnectionError("connection reset\n  more"), UserError),
+                                           (KeyboardInterrupt(), KeyboardInterrupt)])
+def test_a_failed_prepare_removes_what_it_wrote_and_keeps_the_rest(tmp_path, fake_tfds,
+                                                                    monkeypatch, error, raised):
+    root = tmp_path / "tfds"
+    (root / "downloads" / "extracted" / "other.zip").mkdir(parents=True)
+    (root / "downloads" / "other.zip").write_bytes(b"kept")
+    (root / "fake" / "0.9.0").mkdir(parents=True)  # an older version prepared before
+    before = _tree(root)
+    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    fake_tfds["fake"] = FakeBuilder(root, ["https://example.org/fake.zip"], error)
+    with pytest.raises(raised) as caught:
+        data.prepare("tfds:fake", root)
+    if raised is UserError:
+        assert str(caught.value) == (f"preparing tfds:fake failed (ConnectionError: connection "
+                                     f"reset); nothing of it was kept in {root}")
+    assert _tree(root) == before
+
+
+def test_a_failed_prepare_removes_the_data_dir_it_created(tmp_path, fake_tfds, monkeypatch):
+    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    fake_tfds["fake"] = FakeBuilder(tmp_path / "new" / "tfds", ["https://example.org/fake.zip"],
+                                    ConnectionError("connection reset"))
+    with pytest.raises(UserError, match="nothing of it was kept"):
+        data.prepare("tfds:fake", tmp_path / "new" / "tfds")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_returns_the_prepared_folder(tmp_path, fake_tfds, monkeypatch):
+    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    fake_tfds["fake"] = FakeBuilder(tmp_path, ["https://example.org/fake.zip"])
+    folder = data.prepare("tfds:fake", tmp_path)
+    assert folder == tmp_path / "fake" / "1.0.0" and folder.is_dir()
+
+
+def test_prepare_names_a_module_tfds_lacks(fake_tfds):
+    # tensorflow-datasets 4.9.10 imports importlib_resources late without declaring it.
+    fake_tfds["mnist"] = ModuleNotFoundError("no module", name="importlib_resources")
+    with pytest.raises(UserError, match="needs the module 'importlib_resources'; pip install"):
+        data.prepare("tfds:mnist", None)
+
+
+def test_prepare_names_what_is_missing():
+    with pytest.raises(ConfigError, match="only tfds data sets are prepared; got 'digits'"):
+        data.prepare("digits", None)
+    if importlib.util.find_spec("tensorflow") is None:
+        with pytest.raises(UserError, match=r"needs TensorFlow .*pip install -e '.\[prepare\]'"):
+            data.prepare("tfds:mnist", None)
 
 
 # -- every source trains end to end through the CLI ---------------------------------------------
