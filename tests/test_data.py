@@ -292,6 +292,7 @@ checkpoint_every = 6
     ("tfds:mnist", "mlp", [28, 28, 1]),
     ("tfds:cifar10", "conv", [32, 32, 3]),
     ("npz", "conv", [6, 10, 1]),
+    ("vectors", "mlp", [1, 12, 1]),
 ])
 def test_each_source_trains_through_the_cli(tmp_path, dataset, architecture, image_shape):
     import tomllib
@@ -308,6 +309,9 @@ def test_each_source_trains_through_the_cli(tmp_path, dataset, architecture, ima
         images = np.random.default_rng(0).integers(0, 256, (30, 6, 10), dtype=np.uint8)
         np.savez(tmp_path / "mine.npz", train=images)
         dataset = f"npz:{tmp_path / 'mine.npz'}"
+    if dataset == "vectors":
+        np.savez(tmp_path / "vectors.npz", train=np.random.default_rng(0).normal(0, 2, (30, 12)))
+        dataset = f"npz:{tmp_path / 'vectors.npz'}"
     args = ["train", "-c", str(config), "--dataset", dataset, "--run-dir", str(tmp_path / "run")]
     with tfds.testing.mock_data(num_examples=24):
         result = CliRunner().invoke(app, args)
