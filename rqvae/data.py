@@ -129,9 +129,9 @@ def _tfds(name: str, cfg: DataConfig) -> Dataset:
                               f"'{cfg.heldout_split}' ({err}); set data.train_split and "
                               f"data.heldout_split") from None
         raise UserError(f"tfds:{name} is not prepared (as ArrayRecord) in "
-                          f"{data_dir or 'the default data dir'}; "
-                          f"prepare it once where there is internet ({prepare_command(name)}) "
-                          f"and point data.data_dir or TFDS_DATA_DIR at it") from None
+                        f"{data_dir or 'the default data dir'}; "
+                        f"prepare it once where there is internet ({prepare_command(name)}) "
+                        f"and point data.data_dir or TFDS_DATA_DIR at it") from None
     train, heldout = (_tfds_images(source, name) for source in sources)
     return _dataset(f"tfds:{name}", train, heldout, IMAGES)
 
