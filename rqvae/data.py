@@ -1,39 +1,57 @@
-"""Data sets as flat float32 arrays in [0, 1], split into train and held-out parts.
+"""Data sets as flat float32 arrays, split into train and held-out parts.
 
 - `digits`: scikit-learn's bundled 8x8 handwritten digits, real data that needs no download.
 - `tfds:<name>`: a prepared tensorflow-datasets image data set, read through `tfds.data_source`
   (ArrayRecord, random access; TensorFlow is never imported, Pillow decodes the images).
-- `npz:<path>`: the user's own images: an array `train` (N, H, W) or (N, H, W, C), uint8 0..255
-  or float 0..1, and optionally `heldout` of the same image shape.
+  `prepare` downloads and prepares one (that needs TensorFlow and internet).
+- `npz:<path>`: the user's own data, an .npz archive with an array `train` and optionally
+  `heldout` of the same example shape: images (N, H, W) or (N, H, W, C), uint8 0..255 or float
+  0..1; or vectors (N, D), float, any finite values (e.g. embeddings to turn into semantic IDs).
+
+Every example is one flat row. `Dataset.kind` says what the rows are. Images keep their
+(height, width, channels) in `image_shape`; vectors of D values have `image_shape` (1, D, 1), a
+one-pixel-high, one-channel image, so that a model config's [height, width, channels] holds them
+as it is and the MLP sees the D values unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import shutil
+import socket
+import threading
+import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from rqvae.config import ConfigError, DataConfig
+from rqvae.rundir import UserError
 
 DATASET_FORMS = "'digits' (embedded), 'tfds:<name>' (e.g. tfds:mnist) or 'npz:<path>'"
+IMAGES = "images"  # values in [0, 1]
+VECTORS = "vectors"  # any finite reals: a decoder for them needs a linear output, not a sigmoid
 
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    train: np.ndarray  # (num_train, pixels) float32 in [0, 1]
-    heldout: np.ndarray  # (num_heldout, pixels) float32 in [0, 1]
-    image_shape: tuple[int, int, int]  # (height, width, channels)
-
-    @property
-    def input_dim(self) -> int:
-        return int(np.prod(self.image_shape))
+    train: np.ndarray  # (num_train, features) float32: pixels in [0, 1], or a vector's values
+    heldout: np.ndarray  # (num_heldout, features) float32, like train
+    image_shape: tuple[int, int, int]  # (height, width, channels); vectors of D values: (1, D, 1)
+    kind: str  # IMAGES or VECTORS
 
 
 def load(cfg: DataConfig) -> Dataset:
-    """Loads the data set the config names; every problem is a ConfigError with its fix."""
+    """Loads the data set the config names.
+
+    A config value that is wrong (an unknown form or tfds name, a missing split) is a ConfigError;
+    a file that is missing or holds the wrong arrays is a UserError. Both say how to fix it.
+    """
     kind, _, name = cfg.dataset.partition(":")
     if cfg.dataset == "digits":
         return _digits(cfg)
@@ -44,17 +62,17 @@ def load(cfg: DataConfig) -> Dataset:
     raise ConfigError(f"unknown data set '{cfg.dataset}'; use {DATASET_FORMS}")
 
 
-def _dataset(name: str, train: np.ndarray, heldout: np.ndarray) -> Dataset:
-    """Flattens (N, H, W, C) images scaled to [0, 1]."""
+def _dataset(name: str, train: np.ndarray, heldout: np.ndarray, kind: str) -> Dataset:
+    """Flattens (N, H, W, C) examples (vectors come as (N, 1, D, 1))."""
     return Dataset(name, train.reshape(len(train), -1), heldout.reshape(len(heldout), -1),
-                   tuple(int(d) for d in train.shape[1:]))
+                   tuple(int(d) for d in train.shape[1:]), kind)
 
 
-def _hold_out(images: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed-seed split: the same held-out images whatever the training seed."""
-    order = np.random.default_rng(cfg.split_seed).permutation(len(images))
-    num_heldout = max(1, round(cfg.holdout_fraction * len(images)))
-    return images[order[num_heldout:]], images[order[:num_heldout]]
+def _hold_out(examples: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed-seed split: the same held-out examples whatever the training seed."""
+    order = np.random.default_rng(cfg.split_seed).permutation(len(examples))
+    num_heldout = max(1, round(cfg.holdout_fraction * len(examples)))
+    return examples[order[num_heldout:]], examples[order[:num_heldout]]
 
 
 # -- digits -----------------------------------------------------------------------------------
@@ -78,14 +96,17 @@ def _digits_pixels() -> np.ndarray:
 
 def _digits(cfg: DataConfig) -> Dataset:
     images = _digits_pixels().astype(np.float32)[..., None] / 16.0  # pixel values are 0..16
-    return _dataset("digits", *_hold_out(images, cfg))
+    return _dataset("digits", *_hold_out(images, cfg), IMAGES)
 
 
 # -- tensorflow-datasets ----------------------------------------------------------------------
 
 
+INSTALL_PREPARE = "pip install -e '.[prepare]'"  # TensorFlow and what tfds needs to prepare
+
+
 def prepare_command(name: str) -> str:
-    return f"pip install 'rqvae[prepare]' && rqvae data prepare tfds:{name}"
+    return f"{INSTALL_PREPARE} && rqvae data prepare tfds:{name}"
 
 
 def _tfds(name: str, cfg: DataConfig) -> Dataset:
@@ -107,12 +128,12 @@ def _tfds(name: str, cfg: DataConfig) -> Dataset:
             raise ConfigError(f"tfds:{name} has no split '{cfg.train_split}' or "
                               f"'{cfg.heldout_split}' ({err}); set data.train_split and "
                               f"data.heldout_split") from None
-        raise ConfigError(f"tfds:{name} is not prepared (as ArrayRecord) in "
-                          f"{data_dir or 'the default data dir'}; "
-                          f"prepare it once where there is internet ({prepare_command(name)}) "
-                          f"and point data.data_dir or TFDS_DATA_DIR at it") from None
+        raise UserError(f"tfds:{name} is not prepared (as ArrayRecord) in "
+                        f"{data_dir or 'the default data dir'}; "
+                        f"prepare it once where there is internet ({prepare_command(name)}) "
+                        f"and point data.data_dir or TFDS_DATA_DIR at it") from None
     train, heldout = (_tfds_images(source, name) for source in sources)
-    return _dataset(f"tfds:{name}", train, heldout)
+    return _dataset(f"tfds:{name}", train, heldout, IMAGES)
 
 
 def _tfds_images(source, name: str) -> np.ndarray:
@@ -129,25 +150,57 @@ def _tfds_images(source, name: str) -> np.ndarray:
 
 
 def _npz(path: Path, cfg: DataConfig) -> Dataset:
+    arrays = _npz_arrays(path)
+    if "train" not in arrays:
+        raise UserError(f"{path} has no array 'train' (it has {sorted(arrays)}); save your "
+                        f"data with np.savez(path, train=examples, heldout=optional_examples)")
+    train, kind = _checked_examples(arrays["train"], f"{path}['train']")
+    if "heldout" not in arrays:
+        return _dataset(f"npz:{path}", *_hold_out(train, cfg), kind)
+    heldout, heldout_kind = _checked_examples(arrays["heldout"], f"{path}['heldout']")
+    if heldout_kind != kind or heldout.shape[1:] != train.shape[1:]:
+        raise UserError(f"{path}: 'heldout' examples are {arrays['heldout'].shape[1:]}, 'train' "
+                        f"examples {arrays['train'].shape[1:]}; both need one example shape")
+    return _dataset(f"npz:{path}", train, heldout, kind)
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive at `path`, read without unpickling anything."""
     if not path.is_file():
-        raise ConfigError(f"npz file {path} not found; pass npz:<path to an .npz file>")
+        raise UserError(f"npz file {path} not found; pass npz:<path to an .npz file>")
     try:
         # allow_pickle=False: an .npz from someone else cannot run code.
-        with np.load(path, allow_pickle=False) as arrays:
-            contents = {key: arrays[key] for key in arrays.files}
-    except (ValueError, OSError) as err:
-        raise ConfigError(f"{path} is not a readable .npz of plain arrays ({err})") from None
-    if "train" not in contents:
-        raise ConfigError(f"{path} has no array 'train' (it has {sorted(contents)}); save your "
-                          f"images with np.savez(path, train=images, heldout=optional_images)")
-    train = _checked_images(contents["train"], f"{path}['train']")
-    if "heldout" not in contents:
-        return _dataset(f"npz:{path}", *_hold_out(train, cfg))
-    heldout = _checked_images(contents["heldout"], f"{path}['heldout']")
-    if heldout.shape[1:] != train.shape[1:]:
-        raise ConfigError(f"{path}: 'heldout' images are {heldout.shape[1:]}, 'train' images "
-                          f"{train.shape[1:]}; both need one image shape")
-    return _dataset(f"npz:{path}", train, heldout)
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"{path} holds one array {loaded.shape} (an .npy file), not an .npz "
+                            f"archive; save it with np.savez(path, train=array)")
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path} is not a readable .npz of plain arrays ({err})") from None
+
+
+def _checked_examples(examples: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+    """(N, D) vectors or (N, H, W[, C]) images as (N, H, W, C) float32, and their kind."""
+    if examples.ndim == 0 or 0 in examples.shape:
+        raise UserError(f"{what} is empty (shape {examples.shape}); it needs N >= 1 examples "
+                        f"of at least one value")
+    if examples.ndim == 2:
+        return _checked_vectors(examples, what)[:, None, :, None], VECTORS
+    return _checked_images(examples, what), IMAGES
+
+
+def _checked_vectors(vectors: np.ndarray, what: str) -> np.ndarray:
+    """(N, D) float vectors as float32; any finite values (they are not pixels)."""
+    if not np.issubdtype(vectors.dtype, np.floating):
+        # Integers in 2-D are more likely flattened images or token ids than features.
+        raise UserError(f"{what} has shape {vectors.shape} and dtype {vectors.dtype}: (N, D) "
+                        f"arrays are vectors and must be float (save x.astype(np.float32)); "
+                        f"images are (N, H, W) or (N, H, W, C)")
+    vectors = vectors.astype(np.float32)
+    if nonfinite := _nonfinite(vectors):
+        raise UserError(f"{what} has {nonfinite} values; vectors must be finite")
+    return vectors
 
 
 def _checked_images(images: np.ndarray, what: str) -> np.ndarray:
@@ -158,9 +211,9 @@ def _checked_images(images: np.ndarray, what: str) -> np.ndarray:
 def _nhwc(images: np.ndarray, what: str) -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or len(images) == 0:
-        raise ConfigError(f"{what} has shape {images.shape}; images must be (N, H, W) or "
-                          f"(N, H, W, C) with C in 1, 3, 4 and N >= 1")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise UserError(f"{what} has shape {images.shape}; images must be (N, H, W) or "
+                        f"(N, H, W, C) with C in 1, 3, 4, vectors (N, D)")
     return images
 
 
@@ -168,11 +221,156 @@ def _scaled(images: np.ndarray, what: str) -> np.ndarray:
     """uint8 images to [0, 1]; float images must already be in [0, 1]."""
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
-    if np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-        if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 1:
-            raise ConfigError(f"{what}: float pixels must be finite and in [0, 1], got "
-                              f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]; divide "
-                              f"by 255 or save uint8")
-        return images
-    raise ConfigError(f"{what} has dtype {images.dtype}; use uint8 (0..255) or float (0..1)")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UserError(f"{what} has dtype {images.dtype}; images must be uint8 (0..255) or "
+                        f"float (0..1)")
+    images = images.astype(np.float32)
+    if nonfinite := _nonfinite(images):
+        raise UserError(f"{what} has {nonfinite} pixels; float pixels must be finite and in "
+                        f"[0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        raise UserError(f"{what}: float pixels must be in [0, 1], got [{images.min():.3g}, "
+                        f"{images.max():.3g}]; divide by 255 or save uint8")
+    return images
+
+
+def _nonfinite(values: np.ndarray) -> str:
+    """How many NaN and infinite values there are, e.g. '3 NaN and 1 inf'; '' if none."""
+    counts = {"NaN": int(np.isnan(values).sum()), "inf": int(np.isinf(values).sum())}
+    return " and ".join(f"{count} {label}" for label, count in counts.items() if count)
+
+
+# -- preparing a tfds data set ----------------------------------------------------------------
+
+CONNECT_TIMEOUT_S = 3.0  # a download host that has not answered by then counts as unreachable
+
+
+def prepare(dataset: str, data_dir: Path | None) -> Path:
+    """Downloads and prepares `tfds:<name>` as ArrayRecord, as `load` reads it; returns its folder.
+
+    data_dir None: tfds's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets). Needs TensorFlow
+    and internet. Without a network it fails in seconds (tfds itself retries for minutes), and on
+    any failure it removes what it wrote, so a later try starts clean. Errors are one line:
+    ConfigError for a wrong name, UserError for the rest.
+    """
+    kind, _, name = dataset.partition(":")
+    if kind != "tfds" or not name:
+        raise ConfigError(f"only tfds data sets are prepared; got '{dataset}', expected "
+                          f"tfds:<name>")
+    builder = _tfds_builder(name, data_dir)
+    if builder.is_prepared():
+        return Path(builder.data_dir)
+    root, dataset_dir = Path(builder.data_dir_root), Path(builder.data_dir)
+    top_folder = root / dataset_dir.relative_to(root).parts[0]  # e.g. <root>/mnist
+    _check_reachable(builder.url_infos or {}, name, top_folder)
+    with _removed_on_failure(root, dataset_dir):
+        try:
+            builder.download_and_prepare(download_dir=root / "downloads")
+        except Exception as err:
+            raise UserError(f"preparing tfds:{name} failed ({_first_line(err)}); nothing of it "
+                            f"was kept in {root}") from err
+    return dataset_dir
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _has_tensorflow() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _tfds_builder(name: str, data_dir: Path | None):
+    if not _has_tensorflow():
+        raise UserError(f"preparing a tfds data set needs TensorFlow (reading it does not); "
+                        f"{INSTALL_PREPARE} and run this again")
+    import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # e.g. is_prepared warns of a missing folder
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError(f"unknown tfds data set '{name}'; see the tensorflow-datasets "
+                          f"catalog for names") from None
+    except ModuleNotFoundError as err:  # a dependency tfds imports late and does not declare
+        raise UserError(f"preparing tfds:{name} needs the module '{err.name}'; "
+                        f"{INSTALL_PREPARE} and run this again") from None
+
+
+def _check_reachable(urls, name: str, top_folder: Path) -> None:
+    """Raises UserError unless every host the data set downloads from answers within seconds."""
+    for host, port in sorted({_first_hop(url) for url in urls}):
+        if problem := _connection_problem(host, port):
+            raise UserError(f"no network: cannot reach {host}:{port} ({problem}), and tfds:{name} "
+                            f"downloads from it; prepare it where there is internet, copy "
+                            f"{top_folder} into a data dir here and point data.data_dir or "
+                            f"TFDS_DATA_DIR at it")
+
+
+def _first_hop(url: str) -> tuple[str, int]:
+    """Where a download of `url` connects: its host, or the proxy the environment sets for it."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _connection_problem(host: str, port: int) -> str:
+    """Why a TCP connection to host:port does not open within CONNECT_TIMEOUT_S; '' if it does.
+
+    In a thread, because the socket timeout does not bound the name lookup, which without a
+    network can hang for longer; a thread still waiting is left to finish on its own.
+    """
+    problems = [f"no answer within {CONNECT_TIMEOUT_S:g} s"]
+
+    def connect():
+        try:
+            socket.create_connection((host, port), CONNECT_TIMEOUT_S).close()
+            problems[0] = ""
+        except OSError as err:
+            problems[0] = err.strerror or str(err) or type(err).__name__
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S)
+    return problems[0]
+
+
+@contextlib.contextmanager
+def _removed_on_failure(root: Path, dataset_dir: Path):
+    """If the block fails (Ctrl-C too), removes what it created where tfds writes: the data set's
+    folder and its `incomplete.*` siblings, and download temporaries; what was there stays."""
+    watched = [root, root / "downloads", root / "downloads" / "extracted"]
+    watched += [folder for folder in dataset_dir.parents if root in folder.parents]
+    watched.append(dataset_dir)
+    before = {folder: _entries(folder) for folder in watched}
+    first_new = _first_missing_ancestor(root)
+    try:
+        yield
+    except BaseException:
+        for folder in watched:
+            for entry in _entries(folder) - before[folder]:
+                _remove(entry)
+        if first_new is not None:
+            _remove(first_new)
+        raise
+
+
+def _entries(folder: Path) -> set[Path]:
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
+def _first_missing_ancestor(path: Path) -> Path | None:
+    """The outermost folder on the way to `path` (itself included) that does not exist yet."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    return missing[-1] if missing else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
