@@ -468,16 +468,13 @@ def data_prepare(
     \b
       rqvae data prepare tfds:mnist && rqvae train -c configs/mnist.toml
     """
-    kind, _, name = dataset.partition(":")
-    if kind != "tfds" or not name:
-        _fail(f"only tfds data sets are prepared; got '{dataset}', expected tfds:<name>")
     from rqvae import data
 
     with _user_errors():
-        where = data.prepare(name, data_dir)
+        where = data.prepare(dataset, data_dir)
     from rich.console import Console
 
-    Console().print(f"prepared tfds:{name} in {where}", highlight=False)
+    Console().print(f"prepared {dataset} in {where}", highlight=False)
 
 
 def main():

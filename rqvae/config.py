@@ -24,6 +24,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     image_shape: tuple[int, ...] = (8, 8, 1)  # height, width, channels; set from the data set
+    data_kind: str = "images"  # "images" in [0, 1] (sigmoid output) or "vectors" (linear
+    #   output); set from the data set
     architecture: str = "mlp"  # "mlp" or "conv" (two stride-2 convolutions each way)
     encoder_hidden: tuple[int, ...] = (256, 128)  # mlp: widths of the encoder's hidden layers
     decoder_hidden: tuple[int, ...] = ()  # mlp: decoder widths; empty mirrors encoder_hidden
@@ -319,6 +321,11 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         _check(value >= 1, f"model.{name} must be >= 1, got {value}")
     _check(m.architecture in ("mlp", "conv"),
            f"model.architecture must be 'mlp' or 'conv', got '{m.architecture}'")
+    _check(m.data_kind in ("images", "vectors"),
+           f"model.data_kind must be 'images' or 'vectors', got '{m.data_kind}'")
+    _check(not (m.data_kind == "vectors" and m.architecture == "conv"),
+           "model.architecture 'conv' needs images, and this data set holds vectors; set "
+           "model.architecture = \"mlp\"")
     _check(len(m.image_shape) == 3 and all(d >= 1 for d in m.image_shape),
            f"model.image_shape must be [height, width, channels], got {list(m.image_shape)}")
     _check(len(m.conv_channels) == 2, "model.conv_channels needs two channel counts")

@@ -107,7 +107,7 @@ class RQVAE(nn.Module):
         )
 
     def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
-        """Returns the reconstruction in [0, 1] and an aux dict of the latents and codes.
+        """Returns the reconstruction (images: in [0, 1]) and an aux dict of the latents and codes.
 
         aux: z_e (B, D) encoder output; z_q (B, D) sum of the picked codes; codebook (L, K, D);
         indices (L, B); level_inputs (L, B, D), what each level quantized; level_codes (L, B, D),
@@ -118,7 +118,9 @@ class RQVAE(nn.Module):
         # Straight-through: the decoder sees z_q, the encoder gets the decoder's gradient as if
         # it had seen z_e.
         z_st = z_e + jax.lax.stop_gradient(z_q - z_e)
-        x_recon = nn.sigmoid(self.decoder(z_st))
+        x_recon = self.decoder(z_st)
+        if self.cfg.data_kind == "images":  # pixels in [0, 1]; vectors are any reals
+            x_recon = nn.sigmoid(x_recon)
         aux.update(z_e=z_e, z_q=z_q, codebook=self.codebook)
         return x_recon, aux
 

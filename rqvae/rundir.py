@@ -206,6 +206,13 @@ class Run:
     changed: dict[str, list]  # on a resume, the settings that changed: {key: [old, new]}
 
 
+def with_data_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
+    """The model's input shape and kind (images or vectors) come from the data set."""
+    model = dataclasses.replace(cfg.model, image_shape=dataset.image_shape,
+                                data_kind=dataset.kind)
+    return config_lib.validate(dataclasses.replace(cfg, model=model))
+
+
 def _resume_point(run_dir: Path, cfg: TrainerConfig) -> int | None:
     """The newest checkpoint's step, after the checks a resume needs."""
     from rqvae import checkpoint
@@ -239,8 +246,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         raise UserError(f"{explicit} already holds a run; pass --resume to continue it, or "
                         f"choose a new --run-dir")
     dataset = data.load(cfg.data)
-    model = dataclasses.replace(cfg.model, image_shape=dataset.image_shape)
-    cfg = dataclasses.replace(cfg, model=model)
+    cfg = with_data_shape(cfg, dataset)
     if cfg.batch_size > len(dataset.train):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "
                           f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
@@ -255,7 +261,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         if resume_from is not None and resume_from >= cfg.steps:
             raise UserError(f"{explicit} already reached step {resume_from}; pass --steps larger "
                             f"than {resume_from} to train further")
-        changed = config_lib.differences(saved, cfg, ignore=("run.run_dir",))
+        changed = config_lib.differences(saved, cfg, ignore=("steps", "run.run_dir"))
     devices.sync("rqvae: run directory checked")  # every host checked before process 0 writes
     lock = None
     run_dir = explicit
@@ -300,8 +306,7 @@ def load_trained(run_dir: Path, step: int | None = None):
     if step not in saved_steps:
         raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {saved_steps}")
     dataset = data.load(cfg.data)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                             image_shape=dataset.image_shape))
+    cfg = with_data_shape(cfg, dataset)
     step_cfg = config_lib.step_config(cfg)
     with checkpoint.manager(run_dir, cfg.run.keep_checkpoints) as mngr:
         state = checkpoint.restore(mngr, step, init_state(step_cfg, len(dataset.train)))

@@ -320,4 +320,6 @@ def test_each_source_trains_through_the_cli(tmp_path, dataset, architecture, ima
     assert saved["model"]["image_shape"] == image_shape and saved["data"]["dataset"] == dataset
     records = runlog.read(tmp_path / "run")
     assert [r["step"] for r in records if r["kind"] == "train"] == [3, 6]
-    assert np.isfinite(records[-1]["heldout_recon"])
+    assert records[-1]["kind"] == "end" and records[-2]["kind"] == "eval"
+    assert np.isfinite(records[-2]["heldout_recon"])
+    assert saved["model"]["data_kind"] == ("vectors" if image_shape[0] == 1 else "images")

@@ -69,25 +69,25 @@ def test_a_run_compiles_its_train_loop_once(tiny_cfg, tmp_path):
 
 MULTI_DEVICE_SCRIPT = """
 import json, sys
-from rqvae import config, data, devices, step
+from rqvae import config, data, devices, rundir, step
 from tests.test_train import _fit
 try:
     devices.make_mesh(config.replace(config.load(sys.argv[1]), {"batch_size": 10}))
 except config.ConfigError as err:
     print(err)
-devices = {}
+meshes = {}
 for path in sys.argv[1:]:
     cfg = config.load(path)
     _fit(cfg)
     mesh = devices.make_mesh(cfg)  # the program fit ran, looked up again: was it partitioned?
     train_images = data.load(cfg.data).train
-    step_cfg = config.step_config(cfg)
+    step_cfg = config.step_config(rundir.with_data_shape(cfg, data.load(cfg.data)))
     compiled = step.run_steps.lower(
         devices.replicate(step.init_state(step_cfg, len(train_images)), mesh),
         devices.replicate(train_images, mesh), 1, cfg=step_cfg,
         batch_sharding=devices.batch_sharding(mesh)).compile()
-    devices[cfg.run.run_dir] = [mesh.size, "all-reduce" in compiled.as_text()]
-print(json.dumps(devices))
+    meshes[cfg.run.run_dir] = [mesh.size, "all-reduce" in compiled.as_text()]
+print(json.dumps(meshes))
 """
 
 
