@@ -68,6 +68,7 @@ def check_out(out: Path, force: bool, names: Sequence[str] = PNG_NAMES) -> None:
 def _new_figure(**kwargs):
     """A Figure not registered with pyplot: nothing global to close, no display needed."""
     try:
+        import matplotlib  # first: a missing package fails here, before any submodule loads
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError("plots need matplotlib: pip install 'rqvae[plot]'") from None

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rqvae import config, train
+from rqvae import config, rundir, step
 from rqvae.losses import sinkhorn_loss, sinkhorn_plan, sinkhorn_plan_logdomain, squared_distances
 
 EPSILON, ITERS = 0.05, 20
@@ -123,7 +123,7 @@ def mnist_shaped(lambda_wasserstein, warm_start=True):
     cfg = dataclasses.replace(cfg, lambda_wasserstein=lambda_wasserstein,
                               sinkhorn_warm_start=warm_start,
                               model=dataclasses.replace(cfg.model, image_shape=(28, 28, 1)))
-    return train.compiled_part(cfg)
+    return config.step_config(cfg, jax.default_backend())
 
 
 def mnist_like_images():
@@ -143,13 +143,13 @@ def train_steps(cfg, images, steps, warmup=200):
     """`warmup` untimed steps (so latents and codes are spread as in training), then `steps`
     timed ones, one compiled step per call so each step's metrics are kept; returns ms per timed
     step and their metrics."""
-    state = train.init_state(cfg, len(images))
-    state, metrics = train.run_steps(state, images, warmup, cfg=cfg)
+    state = step.init_state(cfg, len(images))
+    state, metrics = step.run_steps(state, images, warmup, cfg=cfg)
     jax.block_until_ready(metrics)
     history = []
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = train.run_steps(state, images, 1, cfg=cfg)
+        state, metrics = step.run_steps(state, images, 1, cfg=cfg)
         history.append(metrics)
     jax.block_until_ready(history[-1])
     return 1e3 * (time.perf_counter() - start) / steps, jax.device_get(history)
@@ -198,7 +198,7 @@ def convergence(steps):
     for warm in (False, True):
         cfg = config.replace(config.TrainerConfig(), {"lambda_wasserstein": 0.5,
                                                       "sinkhorn_warm_start": warm})
-        cfg = train.compiled_part(train.with_image_shape(cfg, digits))
+        cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
         errors = np.array([h["sinkhorn_marginal_error"] for h in history])
         rows.append([f"digits hybrid, steps {steps // 2}-{steps}, warm start "

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from bench_sinkhorn import mnist_like_images, table
-from rqvae import config, data, train
+from rqvae import config, data, rundir, step
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -69,15 +69,16 @@ class Loop(Timed):
     """A training run of one config, advanced `steps_per_call` steps per compiled call."""
 
     def __init__(self, cfg: config.TrainerConfig, images_NxP: np.ndarray, steps_per_call: int):
-        self.cfg, self.steps_per_call = train.compiled_part(cfg), steps_per_call
+        self.cfg = config.step_config(cfg, jax.default_backend())
+        self.steps_per_call = steps_per_call
         self.images = jax.device_put(images_NxP)
-        self.state = train.init_state(self.cfg, len(images_NxP))
+        self.state = step.init_state(self.cfg, len(images_NxP))
         _compile_seconds.clear()
         self.advance(1)  # compiles; the first call's length does not matter (one program)
         self.compile_s = sum(_compile_seconds)
 
     def _call(self):
-        self.state, metrics = train.run_steps(self.state, self.images, self.steps_per_call,
+        self.state, metrics = step.run_steps(self.state, self.images, self.steps_per_call,
                                               cfg=self.cfg)
         return metrics
 
@@ -102,7 +103,7 @@ def interleaved_rounds(loops: dict, steps: int, repeats: int) -> dict:
 @functools.cache
 def configs():
     digits = data.load(config.DataConfig())
-    default = train.with_image_shape(config.TrainerConfig(), digits)
+    default = rundir.with_data_shape(config.TrainerConfig(), digits)
     mnist = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "mnist.toml"))
     mnist = dataclasses.replace(mnist, model=dataclasses.replace(mnist.model,
                                                                  image_shape=(28, 28, 1)))
