@@ -76,6 +76,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
 
 from rich.cells import cell_len
@@ -85,7 +87,7 @@ from rich.text import Text
 
 from rqvae import config, rundir, runlog
 from rqvae.config import ConfigError
-from rqvae.runlog import is_finite
+from rqvae.runlog import finite_numbers, is_finite
 
 LOSS_TERMS = runlog.LOSS_TERMS
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
@@ -147,11 +149,33 @@ class LoggedRun:
     config: dict  # flat {"model.num_codes": 64, ...}, every key; empty if none or it fails
     config_note: str | None  # why config is empty, or None
     train: list[dict]  # records with kind == "train", in log order
+    series: dict[str, Sequence]  # "step" and each loss term over train, None where missing
     evals: list[dict]  # records with kind == "eval", in log order
     resumes: list[dict]  # {"step", "changed"}, oldest first
     status: str  # completed, running, interrupted, failed or crashed
     status_reason: str
     repeated_steps: list[int]  # train steps logged more than once
+
+    @cached_property
+    def extremes(self) -> dict[str, tuple | None]:
+        """Loss term -> (its lowest finite value, the index of the first train record with it,
+        its highest finite value), or None if it has no finite value. Made once: the summary
+        and the trends both need it, and a long log's values cost a pass each."""
+        return {term: _extremes(self.series[term]) for term in LOSS_TERMS}
+
+
+def _extremes(values: Sequence) -> tuple | None:
+    """(lowest finite value, the index of its first occurrence, highest finite value) or None."""
+    # A finite sum of numbers proves them all finite (a NaN or infinity makes it NaN or
+    # infinite): then min and max need no filter, which costs more than both on a long log.
+    if set(map(type, values)) <= {int, float} and math.isfinite(sum(values)):
+        finite = values
+    else:
+        finite = finite_numbers(values)
+    if not finite:
+        return None
+    low = min(finite)
+    return low, values.index(low), max(finite)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -179,27 +203,51 @@ def load_run(run_dir: Path) -> LoggedRun:
     except OSError as err:
         raise rundir.UserError(f"cannot read {log_path}: {err.strerror}; check the file") from None
     run_config, config_note = _read_config(run_dir)
-    train = [r for r in records if r.get("kind") == "train"]
-    status, reason = run_status(records, rundir.is_held(run_dir), run_config.get("steps"))
+    by_kind = _by_kind(records)
+    train = by_kind.get("train", [])
+    series = _series(train)
+    status, reason = run_status(records[-1] if records else None, rundir.is_held(run_dir),
+                                max(series["step"], default=None), run_config.get("steps"))
     if not train:
         raise NoRecords(_no_records_message(run_dir, status, reason))
     return LoggedRun(
         name=run_dir.name, path=run_dir, config=run_config, config_note=config_note,
-        train=train, evals=[r for r in records if r.get("kind") == "eval"],
-        resumes=_resumes(run_dir, records), status=status, status_reason=reason,
-        repeated_steps=runlog.repeated_steps(records))
+        train=train, series=series, evals=by_kind.get("eval", []),
+        resumes=_resumes(run_dir, by_kind.get("resume", [])), status=status,
+        status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]))
 
 
-def run_status(records: list[dict], held: bool, planned_steps: int | None) -> tuple[str, str]:
-    """(status, reason) of a run from its log records and whether a process holds it."""
-    last = records[-1] if records else {}
-    if last.get("kind") == "end":
+_SERIES_KEYS = ("step", *LOSS_TERMS)
+
+
+def _series(train: list[dict]) -> dict[str, Sequence]:
+    """The step and loss terms of each train record, as columns. One pass over the records: a
+    long log's records lie all over memory, and each pass over them costs."""
+    try:
+        rows = list(map(itemgetter(*_SERIES_KEYS), train))
+    except KeyError:  # a record without some loss term (a hand-written log, an old one)
+        rows = [tuple(record.get(key) for key in _SERIES_KEYS) for record in train]
+    columns = list(zip(*rows)) or [()] * len(_SERIES_KEYS)
+    return dict(zip(_SERIES_KEYS, columns))
+
+
+def _by_kind(records: list[dict]) -> dict[str, list[dict]]:
+    by_kind: dict[str, list[dict]] = {}
+    for record in records:
+        by_kind.setdefault(record.get("kind"), []).append(record)
+    return by_kind
+
+
+def run_status(last: dict | None, held: bool, last_train_step: int | None,
+               planned_steps: int | None) -> tuple[str, str]:
+    """(status, reason) of a run from its log's last record, whether a process holds the run,
+    its last train step and the steps its config plans."""
+    if last is not None and last.get("kind") == "end":
         return last.get("status", "failed"), last.get("reason") or ""
     if held:
         return "running", "a process holds the run directory"
-    train_steps = [r["step"] for r in records if r.get("kind") == "train"]
-    if planned_steps is not None and train_steps and max(train_steps) >= planned_steps:
-        return "completed", "reached its last step (a log from before final records)"
+    if None not in (last_train_step, planned_steps) and last_train_step >= planned_steps:
+        return "completed", "reached its planned steps; a log from before end records"
     return "crashed", "process ended without a final record"
 
 
@@ -212,8 +260,7 @@ def _no_records_message(run_dir: Path, status: str, reason: str) -> str:
     return f"{run_dir} {status} before its first train record" + (f": {reason}" if reason else "")
 
 
-def _resumes(run_dir: Path, records: list[dict]) -> list[dict]:
-    logged = [r for r in records if r.get("kind") == "resume"]
+def _resumes(run_dir: Path, logged: list[dict]) -> list[dict]:
     # A trainer that logged resumes only to resumes.jsonl: its log holds none.
     resumes = logged or rundir.read_resumes(run_dir)
     return [{"step": r.get("step"), "changed": r.get("changed") or {}} for r in resumes]
@@ -281,27 +328,18 @@ def config_brief(run_config: dict) -> dict:
 def wasserstein_on(run: LoggedRun) -> bool:
     """Whether the run used the OT term: a positive weight, or any non-zero logged value."""
     weight = run.config.get("lambda_wasserstein", 0) or 0
-    return weight > 0 or any(r.get("wasserstein") for r in run.train)
+    return weight > 0 or any(run.series["wasserstein"])
 
 
-def lowest(records: Sequence[dict], key: str) -> dict | None:
-    """{"value", "step"} of the record with the lowest finite value of `key` (the first on a
-    tie), or None if no record has one."""
-    values = [r.get(key) for r in records]
-    finite = [v for v in values if is_finite(v)]
-    if not finite:
-        return None
-    value = min(finite)
-    return {"value": value, "step": records[values.index(value)]["step"]}
-
-
-def _best(train: list[dict]) -> dict:
-    return {term: found for term in LOSS_TERMS if (found := lowest(train, term)) is not None}
+def _best(run: LoggedRun) -> dict:
+    """The lowest finite value of each loss term and its step (the first on a tie)."""
+    return {term: {"value": found[0], "step": run.series["step"][found[1]]}
+            for term, found in run.extremes.items() if found is not None}
 
 
 def _best_heldout(evals: list[dict]) -> dict | None:
-    found = lowest(evals, "heldout_recon")
-    return None if found is None else {"step": found["step"], "heldout_recon": found["value"]}
+    found = _extremes([r.get("heldout_recon") for r in evals])
+    return None if found is None else {"step": evals[found[1]]["step"], "heldout_recon": found[0]}
 
 
 # JSON key of `levels` (kept from the first release) -> record key (runlog's names).
@@ -380,7 +418,7 @@ def summarize(run: LoggedRun, points: int = HISTORY_POINTS, *, last: int | None 
 
     `points`, `last` and `every` choose the train records of history and health (see `select`).
     """
-    shown = [run.train[i] for i in select([r["step"] for r in run.train], points, last, every)]
+    shown = [run.train[i] for i in select(run.series["step"], points, last, every)]
     final = run.train[-1]
     with_sinkhorn = wasserstein_on(run)
     return {
@@ -391,9 +429,10 @@ def summarize(run: LoggedRun, points: int = HISTORY_POINTS, *, last: int | None 
         "status": run.status,
         "status_reason": run.status_reason,
         "repeated_steps": run.repeated_steps,
-        "steps_logged": max(r["step"] for r in (*run.train, *run.evals)),
+        "steps_logged": max(max(run.series["step"]),
+                            max((r["step"] for r in run.evals), default=0)),
         "final": {term: final[term] for term in LOSS_TERMS if term in final},
-        "best": _best(run.train),
+        "best": _best(run),
         "best_heldout": _best_heldout(run.evals),
         "levels": _levels(run, final, with_sinkhorn),
         "eval": _eval_summary(run.evals[-1] if run.evals else None),
@@ -611,7 +650,7 @@ def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
     later shape. A missing or non-finite value is a blank; a constant series is all ▄.
     """
     values = evenly_spaced(values, width)
-    finite = [v for v in values if is_finite(v)]
+    finite = finite_numbers(values)
     if not finite:
         return " " * len(values)
     scale = math.log10 if log_scaled(finite) else float
@@ -629,36 +668,37 @@ def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
 
 def log_scaled(values: Sequence) -> bool:
     """Whether the finite values are all positive and span more than a decade."""
-    finite = [v for v in values if is_finite(v)]
+    finite = finite_numbers(values)
     return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
 
 
-def _trend_row(label: str, values: list) -> list:
-    """label, the series (a sparkline later), lowest, highest, scale."""
-    finite = [v for v in values if is_finite(v)]
-    return [label, values, _fmt(min(finite, default=None)), _fmt(max(finite, default=None)),
-            "log" if log_scaled(finite) else "linear"]
+def _trend_row(label: str, values: list, extremes: tuple | None) -> list:
+    """label, the series (its sparkline and scale later), lowest and highest of all values."""
+    low, _, high = extremes or (None, None, None)
+    return [label, values, _fmt(low), _fmt(high), ""]
 
 
 def _print_trends(run: LoggedRun, terms: tuple[str, ...], console: Console) -> None:
-    train = run.train
-    rows = [_trend_row(term, [r.get(term) for r in train]) for term in terms]
+    steps = run.series["step"]
+    rows = [_trend_row(term, run.series[term], run.extremes[term]) for term in terms]
     if run.evals:
-        rows.append(_trend_row("heldout", [r.get("heldout_recon") for r in run.evals]))
+        heldout = [r.get("heldout_recon") for r in run.evals]
+        rows.append(_trend_row("heldout", heldout, _extremes(heldout)))
     cols = [Col("term", "left"), Col("trend", "left"), Col("lowest"), Col("highest"),
             Col("scale")]
-    others = [max(_width(col.header), *(_width(row[i]) for row in rows))
+    others = [max(_width(col.header), *(_width(row[i]) for row in rows), len("linear"))
               for i, col in enumerate(cols) if i != 1]
     # As wide as the console leaves, so no sparkline is cut.
     points = max(MIN_TREND_POINTS, min(TREND_POINTS, console.width - _table_width(others) - 3))
     for row in rows:
-        row[1] = sparkline(row[1], points)
+        shown = evenly_spaced(row[1], points)
+        row[1], row[4] = sparkline(shown, points), "log" if log_scaled(shown) else "linear"
     legend = (f"each trend: ▁ lowest to █ highest, at up to {points} evenly spaced logged steps; "
-              f"log: the term spans more than a decade")
+              f"log: the shown values span more than a decade")
     if run.evals:
         legend += f"; heldout: held-out recon over the run's {len(run.evals)} evals"
-    print_table(console, f"trends over all {len(train)} logged steps (step {train[0]['step']} "
-                f"to {train[-1]['step']})", cols, rows, legend)
+    print_table(console, f"trends over all {len(steps)} logged steps (step {steps[0]} to "
+                f"{steps[-1]})", cols, rows, legend)
 
 
 def _selection_note(last: int | None, every: int | None) -> str:
@@ -941,6 +981,12 @@ def main(run_dirs: list[Path], as_json: bool, console: Console, *, last: int | N
     if as_csv and choosing:
         raise ConfigError(f"{choosing} chooses rows of the tables and JSON; --csv has every "
                           f"record: drop one")
+    with runlog.cycle_collection_paused():  # a long log's records are many containers
+        _load_and_print(run_dirs, as_json, as_csv, console, last, every, choosing)
+
+
+def _load_and_print(run_dirs: list[Path], as_json: bool, as_csv: bool, console: Console,
+                    last: int | None, every: int | None, choosing: str | None) -> None:
     runs, notes = load_runs(find_runs(run_dirs))
     if choosing and len(runs) > 1 and not as_json:
         raise ConfigError(f"{choosing} chooses the rows of one run's report, and {len(runs)} runs "

@@ -59,7 +59,8 @@ def test_a_second_log_appends(tmp_path):
 def test_read_skips_a_cut_off_last_line_and_lines_that_are_no_records(tmp_path):
     _write(tmp_path, [_record(10), _record(20)])
     with open(tmp_path / runlog.METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write("\n  \n[1, 2]\n\"text\"\n{\"kind\": \"train\"}\n")  # blanks, a list, a string, no step
+        # blanks, a list, a string, an object without a step
+        f.write("\n  \n[1, 2]\n\"text\"\n{\"kind\": \"train\"}\n")
         f.write(json.dumps(_record(30))[:25])  # killed mid-line
     assert [r["step"] for r in runlog.read(tmp_path)] == [10, 20]
 
@@ -108,12 +109,9 @@ def test_read_leaves_the_garbage_collector_as_it_found_it(tmp_path):
         gc.enable()
 
 
-def test_repeated_steps_are_the_train_steps_logged_more_than_once():
-    records = [_train(10, 0.5), _eval(10), _train(20, 0.4), _train(30, 0.3), _train(20, 0.2),
-               _train(30, 0.1), _train(30, 0.1), _eval(30)]
-    assert runlog.repeated_steps(records) == [20, 30]
-    assert runlog.repeated_steps(records[:4]) == []  # an eval at a train's step is no repeat
-    assert runlog.repeated_steps([_eval(5), _eval(5)], kind="eval") == [5]
+def test_repeated_steps_are_the_steps_that_occur_more_than_once():
+    assert runlog.repeated_steps([10, 20, 30, 20, 40, 30, 30, 5]) == [20, 30]
+    assert runlog.repeated_steps([10, 20, 30]) == [] and runlog.repeated_steps([]) == []
 
 
 def test_truncate_after_drops_later_records_and_keeps_earlier_lines_verbatim(tmp_path):
