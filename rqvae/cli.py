@@ -57,13 +57,10 @@ def _root(
 
 
 def _console() -> Console:
-    """The terminal's width on a terminal; COLUMNS, or 80, in a log file or pipe."""
-    from rich.console import Console
+    """COLUMNS wide if set, else the terminal's width, else 80 (a log file or pipe)."""
+    from rqvae.report import make_console
 
-    if sys.stdout.isatty():
-        return Console()
-    columns = os.environ.get("COLUMNS", "")
-    return Console(width=int(columns) if columns.isdigit() and int(columns) > 0 else 80)
+    return make_console()
 
 
 def _fail(message: str, code: int = 2):
@@ -260,7 +257,7 @@ def print_summary(summary: dict, run_dir: Path, console) -> None:
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories written by `rqvae train`, or directories holding runs.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")] = False,
-    csv_output: Annotated[bool, typer.Option("--csv", help="Print every logged record as CSV.")] = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="Print every train and eval record as CSV.")] = False,
     last: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="History of one run: the last N logged steps.")] = None,
     every: Annotated[Optional[int], typer.Option(min=1, metavar="K", help="History of one run: steps that are multiples of K.")] = None,
 ):
