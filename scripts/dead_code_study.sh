@@ -41,17 +41,38 @@ variant() {  # method -> config name and extra arguments
   esac
 }
 
+finished() {  # run-dir final-step: the run completed at that step (a run of another length,
+  # e.g. --quick's, is redone)
+  python - "$1" "$2" <<'PY' 2>/dev/null
+import sys
+from rqvae import report
+run = report.load_run(sys.argv[1])
+sys.exit(0 if run.status == "completed" and run.train.steps[-1] == int(sys.argv[2]) else 1)
+PY
+}
+
+done_runs=0
+started=$SECONDS
 train() {  # run-dir final-step config args...
   local run_dir="$1" final="$2" config="$3"; shift 3
-  # Finished: evaluated at its final step (a run of another length, e.g. --quick's, is redone).
-  if [[ -f "$run_dir/metrics.jsonl" ]] &&
-      grep -Eq "\"kind\": *\"eval\", *\"step\": *$final[,}]" "$run_dir/metrics.jsonl"; then
-    echo "kept $run_dir"; return
+  done_runs=$((done_runs + 1))
+  local progress="[$done_runs/$total_runs, $((SECONDS - started)) s]"
+  if finished "$run_dir" "$final"; then
+    echo "$progress kept $run_dir"; return
   fi
   rm -rf "$run_dir"  # an unfinished run from an interrupted study
-  echo "training $run_dir"
+  echo "$progress training $run_dir"
+  local t0=$SECONDS
   rqvae train -c "configs/$config.toml" --run-dir "$run_dir" --quiet "$@" >/dev/null
+  echo "    done in $((SECONDS - t0)) s"
 }
+
+if [[ $mnist == auto ]]; then
+  python -c "from rqvae import config, data; data.load(config.DataConfig(dataset='tfds:mnist'))" \
+    2>/dev/null && mnist=1 || mnist=0
+  [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
+fi
+total_runs=$(( ${#sizes[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
 
 for codes in "${sizes[@]}"; do
   for method in "${methods[@]}"; do
@@ -63,11 +84,6 @@ for codes in "${sizes[@]}"; do
   done
 done
 
-if [[ $mnist == auto ]]; then
-  python -c "from rqvae import config, data; data.load(config.DataConfig(dataset='tfds:mnist'))" \
-    2>/dev/null && mnist=1 || mnist=0
-  [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
-fi
 if [[ $mnist == 1 ]]; then
   mnist_steps=$(python -c "import tomllib; print(tomllib.load(open('configs/mnist.toml', 'rb'))['steps'])")
   for method in "${methods[@]:0:5}"; do

@@ -1,7 +1,10 @@
 """End-to-end runs of the `rqvae` command through Typer's CliRunner, on the tiny config."""
 
 import ast
+import csv
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -268,15 +271,16 @@ def test_report_options_last_every_csv_and_a_parent_dir(full_run):
     assert "│   30 │" in history and "│   10 │" not in history
     assert "trends over all" in result.output and any(c in result.output for c in "▁█")
     csv_text = rqvae("report", run_dir.parent, "--csv").output  # the parent holds this one run
-    assert csv_text.splitlines()[0].startswith("run,step,time,total") and len(csv_text.splitlines()) == 4
+    rows = list(csv.DictReader(io.StringIO(csv_text)))  # 3 train records and 2 evals
+    assert [(row["kind"], row["step"]) for row in rows] == [
+        ("train", "10"), ("eval", "15"), ("train", "20"), ("train", "30"), ("eval", "30")]
     result = rqvae("report", run_dir, "--json", "--csv")
     assert result.exit_code == 2 and "pass one" in result.output
 
 
 # -- what a command loads ----------------------------------------------------------------------
 # Run as the console script runs it, then list the heavy packages it imported: JAX only in
-# commands that train or load checkpoints, pydantic (Typer 0.2x's converter) not for plain
-# values, rich not for help. How long they take: scripts/bench_report.py.
+# commands that train or load checkpoints, rich not for help. How long they take: scripts/bench_report.py.
 
 IMPORTED = """
 import sys
@@ -355,3 +359,83 @@ def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monke
     assert "seed" not in seen  # flags left out override nothing
     result = rqvae("train", "--steps", "many")
     assert result.exit_code == 2 and "Invalid value for '--steps'" in result.output
+
+
+# -- runs that never mix, file mistakes, output that fits ---------------------------------------
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.Popen([sys.executable, "-m", "rqvae.cli", *map(str, args)], cwd=cwd,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_runs_started_together_get_their_own_directories(tiny_toml, tmp_path):
+    processes = [_cli("train", "-c", tiny_toml, "--steps", 10, "--seed", seed, "-q", cwd=tmp_path)
+                 for seed in (1, 2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 2
+    seeds = sorted(load(d / "config.toml").seed for d in run_dirs)
+    assert seeds == [1, 2]
+    for run_dir in run_dirs:  # each log has each step once, and its own checkpoint
+        assert _keys(run_dir) == [("train", 10), ("eval", 10), ("end", 10)]
+        assert (run_dir / "checkpoints" / "10").is_dir()
+
+
+def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_run, tmp_path):
+    from rqvae import report, rundir
+
+    run_dir = tmp_path / "held"
+    shutil.copytree(full_run[0], run_dir)
+    records = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(records[:-1]) + "\n")  # no end record yet
+    before = _snapshot(run_dir)
+    with rundir.Lock(run_dir):  # as a run that trains now holds it
+        second = _cli("train", "--resume", "--run-dir", run_dir, "--steps", 60)
+        _, stderr = second.communicate(timeout=300)
+        assert report.load_run(run_dir).status == "running"
+    assert second.returncode == 2
+    (line,) = [line for line in stderr.splitlines() if line.strip()]
+    assert "is in use by another rqvae process" in line and f"pid {os.getpid()}" in line
+    assert _snapshot(run_dir) == before
+    assert report.load_run(run_dir).status == "crashed"  # no end record, and nobody holds it
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "{run}", "--out", "{tmp}/missing/codes.npy"], "folder {tmp}/missing does not exist"),
+    (["encode", "{run}", "--out", "{tmp}", "--force"], "is a directory"),
+    (["plot", "{run}", "--out", "{tmp}/afile"], "afile"),
+    (["train", "--dataset", "npz:{tmp}/x.npy", "--run-dir", "{tmp}/r"], "x.npy"),
+])
+def test_file_mistakes_are_one_line_exit_2_and_leave_nothing(full_run, tmp_path, args, message):
+    run_dir, _ = full_run
+    (tmp_path / "afile").write_text("a file")
+    np.save(tmp_path / "x.npy", np.zeros((4, 8, 8)))
+    before = _snapshot(tmp_path)
+    args = [str(a).format(tmp=tmp_path, run=run_dir) for a in args]
+    result = rqvae(*args)
+    assert result.exit_code == 2, result.output
+    assert message.format(tmp=tmp_path) in " ".join(result.output.split())
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert _snapshot(tmp_path) == before and sorted(tmp_path.iterdir()) == sorted(before)
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_report_fits_the_columns_and_cuts_no_value(full_run, tmp_path, columns):
+    run_dir, _ = full_run
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    config = (other / "config.toml").read_text()
+    (other / "config.toml").write_text(config.replace("sinkhorn_epsilon = 0.05",
+                                                      "sinkhorn_epsilon = 0.01"))
+    for args in ([run_dir], [run_dir, other]):
+        process = _cli("report", *args, env={"COLUMNS": str(columns)})
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        lines = stdout.splitlines()
+        assert max(map(len, lines)) <= columns and "…" not in stdout
+        assert all(line == line.rstrip() for line in lines)
+    assert "sinkhorn_epsilon" in stdout or "eps" in stdout  # the key on which the two differ
