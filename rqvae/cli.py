@@ -186,8 +186,8 @@ def train(
     except train_lib.TrainingFailed as err:
         _fail(str(err), code=1)
     except train_lib.Interrupted as err:
-        _fail(f"{err}; checkpoint saved. Continue with: rqvae train --resume --run-dir "
-              f"{run.run_dir}", code=128 + err.signum)
+        _fail(f"{err}. Continue with: rqvae train --resume --run-dir {run.run_dir}",
+              code=128 + err.signum)
     finally:
         if run.lock is not None:
             run.lock.release()

@@ -25,36 +25,43 @@ class TrainingFailed(RuntimeError):
     """The loss went non-finite; the message names the step and the terms."""
 
 
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved at `step`."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived. Once: a checkpoint was saved at `step`. Twice: the run quit at
+    once, and `kept` is the last checkpoint (None: none yet)."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, *, saved: bool = True, kept: int | None = None):
+        name = signal.Signals(signum).name
+        if saved:
+            message = f"interrupted by {name} at step {step}; checkpoint saved"
+        else:
+            message = (f"{name} twice: quit at step {step} without saving; last checkpoint: "
+                       f"{'step ' + str(kept) if kept is not None else 'none yet'}")
+        super().__init__(message)
+        self.signum, self.step, self.saved = signum, step, saved
 
 
 class _Signals:
     """Turns the first SIGINT/SIGTERM into a flag the loop checks between calls, and says so at
-    once; a second one ends the process at once, keeping the last checkpoint."""
+    once; a second one quits at once (at the end of the compiled call under way), keeping the
+    last checkpoint. `where()` gives the last step done and the last checkpoint."""
 
-    def __init__(self, display, last_checkpoint):
+    def __init__(self, display, where):
         self.signum = None
-        self._display, self._last_checkpoint = display, last_checkpoint
+        self._display, self._where = display, where
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, _frame):
+        step, kept = self._where()
         if self.signum is None:
             self.signum = signum
-            self._display.notice(f"{signal.Signals(signum).name}: stopping after this step and "
-                                 f"saving a checkpoint (again to quit at once)")
+            self._display.notice(f"{signal.Signals(signum).name}: stopping after the step under "
+                                 f"way (step {step} done) and saving a checkpoint; again to quit "
+                                 f"without saving")
             return
-        kept = self._last_checkpoint()
-        self._display.notice(f"{signal.Signals(signum).name} again: quitting without saving; "
-                             f"last checkpoint kept: {'step ' + str(kept) if kept else 'none'}")
-        raise SystemExit(128 + signum)
+        raise Interrupted(signum, step, saved=False, kept=kept)
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():
@@ -177,7 +184,7 @@ def fit(run: Run, *, display) -> dict:
     run_log = runlog.RunLog(run_dir) if primary else _NoLog()
     calls = _CallSize(cfg)
     step = start
-    with (run_log as log, _Signals(display, lambda: last_checkpoint) as signals, mngr,
+    with (run_log as log, _Signals(display, lambda: (step, last_checkpoint)) as signals, mngr,
           display):
         if run.resume_from is not None or run.changed:
             log.write({"kind": "resume", "step": start, "time": elapsed(),

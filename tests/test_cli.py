@@ -391,7 +391,7 @@ def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_
     run_dir = tmp_path / "held"
     shutil.copytree(full_run[0], run_dir)
     records = (run_dir / "metrics.jsonl").read_text().splitlines()
-    (run_dir / "metrics.jsonl").write_text("\n".join(records[:-1]) + "\n")  # no end record yet
+    (run_dir / "metrics.jsonl").write_text("\n".join(records[:3]) + "\n")  # up to step 20
     before = _snapshot(run_dir)
     with rundir.Lock(run_dir):  # as a run that trains now holds it
         second = _cli("train", "--resume", "--run-dir", run_dir, "--steps", 60)

@@ -184,3 +184,50 @@ def test_a_multi_host_run_without_a_coordinator_is_one_line_and_writes_nothing(t
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("error: could not join a multi-host run") and "JAX_COORDINATOR_ADDRESS" in line
     assert not (tmp_path / "run").exists()
+
+
+# A step of about a second on 2 cores: a call of the default 100 steps would last minutes.
+SLOW_TOML = """\
+steps = 1000
+batch_size = 1024
+[model]
+encoder_hidden = [2048, 2048]
+latent_dim = 8
+num_codes = 8
+[run]
+log_every = 1
+eval_every = 1000
+checkpoint_every = 1000
+"""
+
+
+def test_signals_act_within_a_step_or_two_of_a_slow_run(tmp_path):
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW_TOML)
+    # Once: the run stops after the step under way, with a checkpoint there.
+    run_dir = tmp_path / "once"
+    process = _start(config, run_dir)
+    _wait_for(lambda: len(_logged_steps(run_dir)) >= 3, process, timeout=300)
+    signalled_at = _logged_steps(run_dir)[-1]
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM: stopping after the step under way" in stdout
+    saved = checkpoint.latest_step(run_dir)
+    assert signalled_at < saved <= signalled_at + 3, (signalled_at, saved)
+    assert runlog.read(run_dir)[-1]["status"] == "interrupted"
+    # Twice: the run quits at once without saving and names the checkpoint it keeps (none).
+    run_dir = tmp_path / "twice"
+    process = _start(config, run_dir)
+    _wait_for(lambda: len(_logged_steps(run_dir)) >= 3, process, timeout=300)
+    signalled_at = _logged_steps(run_dir)[-1]
+    process.send_signal(signal.SIGINT)
+    while "SIGINT: stopping after the step under way" not in process.stdout.readline():
+        pass  # the first one is taken, and the step under way goes on: now the second
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    (line,) = [line for line in stderr.splitlines() if line.strip()]
+    assert "SIGINT twice" in line and "last checkpoint: none yet" in line
+    assert checkpoint.latest_step(run_dir) is None
+    assert _logged_steps(run_dir)[-1] <= signalled_at + 3
