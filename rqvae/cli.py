@@ -179,7 +179,7 @@ def train(
         _print_start(run, console, devices, resume)
     if verbose:
         console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
-    from rqvae.progress import Display
+    from rqvae.progress import Display, print_summary
 
     try:
         summary = train_lib.fit(run, display=Display(run.cfg.batch_size, console, quiet, verbose))
@@ -230,27 +230,6 @@ def _print_start(run, console, devices, resume: bool) -> None:
         console.print("no complete checkpoint yet: starting again from step 0", highlight=False)
     for key, (old, new) in run.changed.items():
         console.print(f"changed on resume: {key} {old} -> {new}", highlight=False)
-
-
-def print_summary(summary: dict, run_dir: Path, console) -> None:
-    """The end-of-run table and the command to run next."""
-    from rich.table import Table
-
-    from rqvae.runlog import LOSS_TERMS
-
-    final, last_eval = summary.get("train"), summary.get("eval")
-    table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
-    for column in ("level", "used (batch)", "dead (window)", "dead (train split)", "perplexity"):
-        table.add_column(column, justify="right")
-    for level, (used, dead) in enumerate(zip(final["batch_used"], final["window_dead"])):
-        full_dead = str(last_eval["train_dead"][level]) if last_eval else "-"
-        perplexity = f"{last_eval['train_perplexity'][level]:.1f}" if last_eval else "-"
-        table.add_row(str(level + 1), str(used), str(dead), full_dead, perplexity)
-    console.print(table)
-    losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)
-    heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
-    console.print(f"final losses: {losses}{heldout}", highlight=False)
-    console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
 
 
 @app.command(short_help="Tables of runs' losses and codebook health.")
@@ -415,36 +394,12 @@ def plot(
         out.mkdir(parents=True, exist_ok=True)
         written = [plot_lib.loss_curves(run_dirs, out, log_scale)]
         if len(run_dirs) == 1:
-            written += _plot_checkpoint(run_dirs[0], out, plot_lib)
+            _use_compilation_cache()
+            written += plot_lib.checkpoint_pictures(run_dirs[0], out)
     from rich.console import Console
 
     for path in written:
         Console().print(f"wrote {path}", highlight=False)
-
-
-def _plot_checkpoint(run_dir: Path, out: Path, plot_lib) -> list[Path]:
-    """The pictures that need the model: code use, reconstructions, codebooks."""
-    _use_compilation_cache()
-    import jax
-    import numpy as np
-
-    from rqvae import rundir
-    from rqvae.evaluate import encode as encode_images
-    from rqvae.step import make_model
-
-    cfg, step_cfg, dataset, params, _ = rundir.load_trained(run_dir)
-    codes = encode_images(params, dataset.train, step_cfg)
-    apply = jax.jit(make_model(step_cfg).apply)
-    recon, _ = apply(params, dataset.heldout[:10])
-    sample = dataset.train[:2000]
-    _, aux = apply(params, sample)
-    return [
-        plot_lib.code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
-        plot_lib.reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape,
-                                 out, run_name=run_dir.name),
-        plot_lib.codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
-                           codes[: len(sample)], out, run_name=run_dir.name),
-    ]
 
 
 data_app = typer.Typer(help="Data set chores.", no_args_is_help=True)

@@ -277,3 +277,27 @@ def _project(points_NxD, codes_KxD):
     mean = points_NxD.mean(0)
     _, _, components = np.linalg.svd(points_NxD - mean, full_matrices=False)
     return (points_NxD - mean) @ components[:2].T, (codes_KxD - mean) @ components[:2].T
+
+
+def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
+    """The pictures that need the model, from the run's newest checkpoint: code use,
+    reconstructions, codebooks. Imports JAX."""
+    import jax
+
+    from rqvae import rundir
+    from rqvae.evaluate import encode as encode_images
+    from rqvae.step import make_model
+
+    cfg, step_cfg, dataset, params, _ = rundir.load_trained(run_dir)
+    codes = encode_images(params, dataset.train, step_cfg)
+    apply = jax.jit(make_model(step_cfg).apply)
+    recon, _ = apply(params, dataset.heldout[:10])
+    sample = dataset.train[:2000]
+    _, aux = apply(params, sample)
+    return [
+        code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
+        reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape, out,
+                        run_name=run_dir.name),
+        codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
+                  codes[: len(sample)], out, run_name=run_dir.name),
+    ]

@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
+
+from rqvae.runlog import LOSS_TERMS
 
 RATE_WINDOW_S = 10.0  # seconds of progress the rate and ETA are measured over
 BAR_MAX_WIDTH = 40  # columns; the bar takes a quarter of a narrower terminal
@@ -220,3 +223,22 @@ class Display:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+def print_summary(summary: dict, run_dir: Path, console) -> None:
+    """The end-of-run table and the command to run next."""
+    from rich.table import Table
+
+    final, last_eval = summary.get("train"), summary.get("eval")
+    table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
+    for column in ("level", "used (batch)", "dead (window)", "dead (train split)", "perplexity"):
+        table.add_column(column, justify="right")
+    for level, (used, dead) in enumerate(zip(final["batch_used"], final["window_dead"])):
+        full_dead = str(last_eval["train_dead"][level]) if last_eval else "-"
+        perplexity = f"{last_eval['train_perplexity'][level]:.1f}" if last_eval else "-"
+        table.add_row(str(level + 1), str(used), str(dead), full_dead, perplexity)
+    console.print(table)
+    losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)
+    heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
+    console.print(f"final losses: {losses}{heldout}", highlight=False)
+    console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
