@@ -68,8 +68,11 @@ class RunConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
     learning_rate: float = 1e-3  # Adam step size
-    lambda_commit: float = 0.25  # weight of mean ||z_e - sg(z_q)||^2 (pulls the encoder)
-    lambda_codebook: float = 1.0  # weight of mean ||sg(z_e) - z_q||^2 (moves winning codes)
+    codebook_loss: str = "per_level"  # "per_level": each level's codes pulled toward its own
+    #   residual, the encoder toward each partial sum of codes (standard RVQ); "sum": both on
+    #   the sum of the codes (the original form)
+    lambda_commit: float = 0.25  # weight of the commitment loss (pulls the encoder to its codes)
+    lambda_codebook: float = 1.0  # weight of the codebook loss (moves the winning codes)
     lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
     sinkhorn_epsilon: float = 0.05  # entropic regularization, in squared latent units
     sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
@@ -93,6 +96,7 @@ class LossConfig:
     """What the loss terms read; `losses.loss_terms` receives it whole. Each field means what the
     TrainerConfig field of the same name says."""
 
+    codebook_loss: str
     lambda_commit: float
     lambda_codebook: float
     lambda_wasserstein: float
@@ -293,6 +297,8 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
         value = getattr(cfg, name)
         _check(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value}")
+    _check(cfg.codebook_loss in ("per_level", "sum"),
+           f"codebook_loss must be 'per_level' or 'sum', got '{cfg.codebook_loss}'")
     _check(
         math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0,
         f"learning_rate must be > 0, got {cfg.learning_rate}",

@@ -245,24 +245,46 @@ def wasserstein_levels(
     return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK)
 
 
+CODEBOOK_LOSSES = ("per_level", "sum")
+
+
+def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, jax.Array]:
+    """The residual VQ losses as standard RVQ defines them, averaged over the levels.
+
+    codebook: each level's picked codes pulled toward that level's own input (its residual),
+    mean ||sg(r_l) - c_l||^2, as vector-quantize-pytorch's ResidualVQ gives each layer its own
+    loss and kakaobrain's RQ-VAE updates each depth's codebook on that depth's residuals.
+    commit: the encoder pulled toward the partial sums of the codes, mean ||z_e - sg(c_1 + ... +
+    c_l)||^2 over l, kakaobrain RQ-VAE's commitment loss (equal to ResidualVQ's per-layer
+    ||r_l - sg(c_l)||^2 with the residual chain detached).
+    """
+    partial_sums_LxBxD = jnp.cumsum(sg(level_codes_LxBxD), axis=0)
+    return {
+        "commit": jnp.mean((z_e_BxD[None] - partial_sums_LxBxD) ** 2),
+        "codebook": jnp.mean((sg(level_inputs_LxBxD) - level_codes_LxBxD) ** 2),
+    }
+
+
 def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=None
                ) -> dict[str, jax.Array]:
     """All loss terms of a forward pass and their weighted total.
 
-    `aux` is the model's: z_e and z_q (B, D), codebook (L, K, D) and level_inputs (L, B, D), what
-    each level quantized. Keys: total, recon (MSE), commit (mean ||z_e - sg(z_q)||^2), codebook
-    (mean ||sg(z_e) - z_q||^2), wasserstein (the levels' Sinkhorn costs, weighted and summed),
+    `aux` is the model's: z_e and z_q (B, D), codebook (L, K, D), level_inputs (L, B, D), what
+    each level quantized, and level_codes (L, B, D), what it picked. Keys: total, recon (MSE),
+    commit and codebook (`cfg.codebook_loss` "per_level": `vq_per_level`; "sum": mean
+    ||z_e - sg(z_q)||^2 and mean ||sg(z_e) - z_q||^2 on the sum of the codes), wasserstein (the levels' Sinkhorn costs, weighted and summed),
     sinkhorn_marginal_error (L,) and sinkhorn_g (L, K), the potentials to warm-start the next
     solve with. The level inputs are held out of the gradient unless
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. At
     `cfg.lambda_wasserstein == 0` the term is not computed at all.
     """
     z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]
-    losses = {
-        "recon": jnp.mean((x_BxP - x_recon_BxP) ** 2),
-        "commit": jnp.mean((z_e - sg(z_q)) ** 2),
-        "codebook": jnp.mean((sg(z_e) - z_q) ** 2),
-    }
+    losses = {"recon": jnp.mean((x_BxP - x_recon_BxP) ** 2)}
+    if cfg.codebook_loss == "per_level":
+        losses.update(vq_per_level(z_e, aux["level_inputs"], aux["level_codes"]))
+    else:  # "sum": the original form, on the sum of the codes
+        losses.update(commit=jnp.mean((z_e - sg(z_q)) ** 2),
+                      codebook=jnp.mean((sg(z_e) - z_q) ** 2))
     num_levels, num_codes = codebook_LxKxD.shape[:2]
     if cfg.lambda_wasserstein == 0:
         losses["wasserstein"] = jnp.zeros((), jnp.float32)
@@ -308,7 +330,8 @@ def compute_losses(
     sinkhorn_unroll: bool = False,
     solver: str = "scaling",
 ) -> dict[str, jax.Array]:
-    """`loss_terms` called with arrays and keywords: the original entry point, kept working.
+    """`loss_terms` called with arrays and keywords: the original entry point, kept working with
+    its original meaning (commit and codebook on the sum of the codes).
 
     Level l's points are `level_inputs[l]`; with two levels they can be given as z_e and z_q1
     instead (level 2 quantizes z_e - z_q1). `lambda_wasserstein` must be a Python number.
@@ -320,7 +343,7 @@ def compute_losses(
             raise ValueError("pass level_inputs (L, B, D) unless there are two levels and z_q1")
         level_inputs = jnp.stack([z_e, z_e - z_q1])
     cfg = LossConfig(
-        lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
+        codebook_loss="sum", lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
         lambda_wasserstein=lambda_wasserstein, sinkhorn_epsilon=sinkhorn_epsilon,
         sinkhorn_iters=sinkhorn_iters, wasserstein_level_weights=tuple(level_weights or ()),
         wasserstein_encoder_grad=wasserstein_encoder_grad,

@@ -75,7 +75,8 @@ def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, 
         level_inputs.append(residual)
         level_codes.append(code_BxD)
         indices.append(index_B)
-        residual = residual - code_BxD
+        # Detached, as in ResidualVQ: a later level's input moves no earlier level's codes.
+        residual = residual - jax.lax.stop_gradient(code_BxD)
     level_codes_LxBxD = jnp.stack(level_codes)
     aux = {
         "level_inputs": jnp.stack(level_inputs),

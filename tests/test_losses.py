@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from rqvae.losses import compute_losses, sinkhorn_loss, sinkhorn_plan, squared_distances
+from rqvae.losses import (compute_losses, sinkhorn_loss, sinkhorn_plan, squared_distances,
+                          vq_per_level)
 
 SQUARE = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 FAR_CODES = jnp.array([[5.0, 5.0], [6.0, 5.0], [5.0, 6.0], [6.0, 6.0]])
@@ -215,3 +216,37 @@ def test_unrolled_gradient_is_the_derivative_of_the_unrolled_cost():
     # The envelope gradient holds the plan fixed, so it differs at this large epsilon.
     envelope = grad(codes, False)
     assert float(jnp.abs(envelope - unrolled).max()) > 1e-3
+
+
+def test_per_level_codebook_loss_pulls_each_level_toward_its_own_residual():
+    # Two levels, a batch of 6 in 3 dimensions: the codebook gradient of level l is, for each
+    # code, -2 / (L * B * D) times the sum over the points that picked it of (r_l - code).
+    key = jax.random.key(7)
+    z_e = jax.random.normal(key, (6, 3))
+    codebook = jax.random.normal(jax.random.fold_in(key, 1), (2, 4, 3))
+    from rqvae.model import quantize
+
+    def codebook_term(codebook_LxKxD):
+        _, aux = quantize(z_e, codebook_LxKxD)
+        return vq_per_level(z_e, aux["level_inputs"], aux["level_codes"])["codebook"]
+
+    _, aux = quantize(z_e, codebook)
+    grad = jax.grad(codebook_term)(codebook)
+    L, B, D = 2, 6, 3
+    for level in range(L):
+        expected = np.zeros((4, D))
+        for b in range(B):
+            k = int(aux["indices"][level, b])
+            expected[k] += -2.0 / (L * B * D) * (aux["level_inputs"][level, b] - codebook[level, k])
+        np.testing.assert_allclose(grad[level], expected, rtol=1e-5, atol=1e-7)
+    # Level 1's own residual is z_e, level 2's is z_e minus level 1's code: neither is the sum
+    # form's target (z_e minus the other level's code), so the forms differ.
+    summed = compute_losses(z_e, z_e, z_e, aux["level_codes"].sum(0), codebook)["codebook"]
+    assert float(summed) == pytest.approx(float(jnp.mean((z_e - aux["level_codes"].sum(0)) ** 2)))
+    assert float(codebook_term(codebook)) != pytest.approx(float(summed))
+    # The commitment: the encoder toward each partial sum of the codes, codes held fixed.
+    commit_grad = jax.grad(lambda z: vq_per_level(z, aux["level_inputs"],
+                                                  aux["level_codes"])["commit"])(z_e)
+    partial = np.cumsum(np.asarray(aux["level_codes"]), axis=0)
+    np.testing.assert_allclose(commit_grad, 2.0 / (L * B * D) * (L * z_e - partial.sum(0)),
+                               rtol=1e-5, atol=1e-7)
