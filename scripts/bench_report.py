@@ -7,7 +7,7 @@ steps, a final end record, float32 values widened to Python floats, so lines are
 ones: about 360 bytes): one in RunLog's compact layout (`separators=(",", ":")`), one with
 `json.dumps`' default separators (", " and ": "), as a log written by other tools may be. Then
 prints, each the median of --repeats:
-1. in process, for each layout: `report.load_run`, then with `report.summarize`, then with
+1. in process, for each layout: `runs.load_run`, then with `summary.summarize`, then with
    `report.render` (tables into a string, 80 columns as in a pipe);
 2. whole commands in a subprocess, started as the `rqvae` console script starts them (`from
    rqvae.cli import main`) on this checkout, in round robin after one warm-up, so the log is in
@@ -42,6 +42,8 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rqvae, installed or not
 from rqvae import config, report, rundir, runlog
+from rqvae.runs import load_run
+from rqvae.summary import summarize
 
 LEVELS, CODES = 2, 64
 
@@ -200,8 +202,8 @@ def time_in_process(run_dir: Path, layout: str, repeats: int) -> None:
     """Each step on a fresh load (the run caches what its summary computes), with the cycle
     collector paused as `report.main` pauses it."""
     with runlog.cycle_collection_paused():
-        load = median_seconds(lambda: report.load_run(run_dir), repeats)
-        summary = median_seconds(lambda: report.summarize(report.load_run(run_dir)), repeats)
+        load = median_seconds(lambda: load_run(run_dir), repeats)
+        summary = median_seconds(lambda: summarize(load_run(run_dir)), repeats)
         render = median_seconds(lambda: render_tables(run_dir), repeats)
     print(f"in process ({layout}), median of {repeats}: load_run {1e3 * load:.0f} ms, "
           f"load_run+summarize {1e3 * summary:.0f} ms, load_run+render {1e3 * render:.0f} ms")
@@ -209,7 +211,7 @@ def time_in_process(run_dir: Path, layout: str, repeats: int) -> None:
 
 def render_tables(run_dir: Path) -> str:
     console = Console(file=io.StringIO(), width=80)
-    report.render([report.load_run(run_dir)], console)
+    report.render([load_run(run_dir)], console)
     return console.file.getvalue()
 
 

@@ -386,7 +386,8 @@ def test_two_runs_started_together_get_their_own_directories(tiny_toml, tmp_path
 
 
 def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_run, tmp_path):
-    from rqvae import report, rundir
+    from rqvae import rundir
+    from rqvae.runs import load_run
 
     run_dir = tmp_path / "held"
     shutil.copytree(full_run[0], run_dir)
@@ -396,12 +397,12 @@ def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_
     with rundir.Lock(run_dir):  # as a run that trains now holds it
         second = _cli("train", "--resume", "--run-dir", run_dir, "--steps", 60)
         _, stderr = second.communicate(timeout=300)
-        assert report.load_run(run_dir).status == "running"
+        assert load_run(run_dir).status == "running"
     assert second.returncode == 2
     (line,) = [line for line in stderr.splitlines() if line.strip()]
     assert "is in use by another rqvae process" in line and f"pid {os.getpid()}" in line
     assert _snapshot(run_dir) == before
-    assert report.load_run(run_dir).status == "crashed"  # no end record, and nobody holds it
+    assert load_run(run_dir).status == "crashed"  # no end record, and nobody holds it
 
 
 @pytest.mark.parametrize("args, message", [

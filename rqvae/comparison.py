@@ -1,0 +1,139 @@
+"""Several runs side by side: the settings that differ between them, and one table of their
+results with the lowest of each ranked column marked among runs on the same data set."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.text import Text
+
+from rqvae.runlog import is_finite
+from rqvae.runs import LoggedRun
+from rqvae.summary import NEVER_SHOWN, summarize
+from rqvae.tables import Col, fmt, print_table
+
+# Column headers of settings in the comparison: short and ASCII (a Greek lambda is one cell on
+# some terminals and two on others); a legend under the table names the key of each. A key not
+# listed is headed by its last dotted part.
+SHORT_HEADERS = {
+    "lambda_codebook": "w_cb",
+    "lambda_commit": "w_cm",
+    "lambda_wasserstein": "w_W",
+    "learning_rate": "lr",
+    "sinkhorn_epsilon": "eps",
+    "sinkhorn_iters": "iters",
+    "wasserstein_level_weights": "W_levels",
+    "wasserstein_encoder_grad": "W_enc",
+    "sinkhorn_warm_start": "warm",
+    "sinkhorn_unroll": "unroll",
+    "dead_code_threshold": "reseed",
+    "kmeans_init": "kmeans",
+    "batch_size": "batch",
+    "model.num_levels": "levels",
+    "model.num_codes": "codes",
+    "model.latent_dim": "dim",
+    "data.dataset": "data",
+}
+BEST_STYLE = "bold green"
+
+
+def differing_keys(runs: list[LoggedRun]) -> list[str]:
+    """The config keys whose values differ between the runs (those with a config), in config
+    order; never run.run_dir, which always differs."""
+    configs = [run.config for run in runs if run.config]
+    keys = list(dict.fromkeys(key for cfg in configs for key in cfg))
+    return [key for key in keys if key not in NEVER_SHOWN
+            and len({json.dumps(cfg.get(key)) for cfg in configs}) > 1]
+
+
+def _short_header(key: str, keys: list[str]) -> str:
+    if key in SHORT_HEADERS:
+        return SHORT_HEADERS[key]
+    tail = key.rsplit(".", 1)[-1]
+    return tail if sum(k.rsplit(".", 1)[-1] == tail for k in keys) == 1 else key
+
+
+def _print_settings(runs: list[LoggedRun], console: Console) -> None:
+    keys = differing_keys(runs)
+    without = [run.name for run in runs if not run.config]
+    if not keys:
+        note = f" with a config ({', '.join(without)} have none)" if without else ""
+        console.print(Text(f"settings: no config key differs between the runs{note}",
+                           style="dim"))
+        return
+    headers = {key: _short_header(key, keys) for key in keys}
+    text_keys = {key for key in keys if any(isinstance(run.config.get(key), str | list)
+                                            for run in runs)}
+    cols = [Col("run", "left", text=True),
+            *(Col(headers[key], "left" if key in text_keys else "right", text=key in text_keys)
+              for key in keys)]
+    rows = [[run.name, *(fmt(run.config.get(key)) if run.config else "?" for key in keys)]
+            for run in runs]
+    legend = "; ".join(f"{header}: {key}" for key, header in headers.items() if header != key)
+    if without:
+        legend += ("; " if legend else "") + "?: no config"
+    print_table(console, "settings that differ between the runs", cols, rows, legend)
+
+
+def _comparison_rows(runs: list[LoggedRun], summaries: list[dict], num_levels: int) -> list[list]:
+    rows = []
+    for run, s in zip(runs, summaries):
+        # The full pass is the definitive count; the window count stands in before the first eval.
+        dead = [lv["eval_dead"] if s["eval"] is not None else lv["dead"] for lv in s["levels"]]
+        steps = s["steps_logged"]
+        planned = run.config.get("steps")
+        rows.append([
+            run.name,
+            run.status + (", repeated steps" if run.repeated_steps else ""),
+            f"{steps}/{planned}" if planned is not None and planned != steps else str(steps),
+            s["final"].get("total"),
+            s["final"].get("recon"),
+            s["eval"]["heldout_recon"] if s["eval"] is not None else None,
+            *(dead + [None] * (num_levels - len(dead))),
+        ])
+    return rows
+
+
+_RANKED_FROM = 4  # columns from recon on are ranked: a total mixes different lambdas
+
+
+def _best_cells(runs: list[LoggedRun], rows: list[list]) -> set[tuple[int, int]]:
+    """(row, column) of the lowest value of each ranked column among runs on the same data set;
+    none where the runs tie, or where a data set has one run."""
+    by_dataset: dict[str, list[int]] = {}
+    for r, run in enumerate(runs):
+        by_dataset.setdefault(str(run.config.get("data.dataset")), []).append(r)
+    best = set()
+    for members in by_dataset.values():
+        for c in range(_RANKED_FROM, len(rows[0])):
+            values = [rows[r][c] for r in members if is_finite(rows[r][c])]
+            if len(set(values)) > 1:
+                best |= {(r, c) for r in members if rows[r][c] == min(values)}
+    return best
+
+
+def render_comparison(runs: list[LoggedRun], console: Console) -> None:
+    """The settings that differ between the runs, then their results side by side."""
+    summaries = [summarize(run) for run in runs]
+    num_levels = max(len(s["levels"]) for s in summaries)
+    _print_settings(runs, console)
+    rows = _comparison_rows(runs, summaries, num_levels)
+    best = _best_cells(runs, rows)
+    window_only = {s["run"] for s in summaries if s["eval"] is None}
+    cells = []
+    for r, row in enumerate(rows):
+        cells.append([])
+        for c, value in enumerate(row):
+            mark = c >= 6 and row[0] in window_only and value is not None
+            cells[-1].append(Text(fmt(value) + ("*" if mark else ""),
+                                  style=BEST_STYLE if (r, c) in best else ""))
+    cols = [Col("run", "left", text=True), Col("status", "left", text=True), Col("steps"),
+            Col("total"), Col("recon"), Col("heldout"),
+            *(Col(f"dead\nL{i + 1}") for i in range(num_levels))]
+    legend = ("total, recon: the last train record's; heldout: held-out recon at the last eval; "
+              "dead Ln: codes no training image picks at the last eval")
+    if window_only:
+        legend += "; * no eval yet: codes unused in the last training window"
+    legend += f"; lowest recon, heldout and dead counts in {BEST_STYLE} among runs on one data set"
+    print_table(console, f"{len(runs)} runs side by side", cols, cells, legend)

@@ -1,0 +1,216 @@
+"""Finding and loading runs for `rqvae report`: a run directory as read from disk, and its status.
+
+Reads `config.toml` (through `rqvae.config.load`), `metrics.jsonl` (schema in `rqvae.runlog`) and
+`resumes.jsonl`, also while a run is still writing them. A directory that holds runs instead of
+being one stands for them (`find_runs`); a run without a train record yet is skipped with a note
+(`load_runs`). Imports neither JAX, Flax nor numpy.
+
+A run's status: completed, interrupted or failed (the log's final `end` record says), running (a
+process holds the run directory, `rundir.is_held`) or crashed (neither: the process ended without
+a final record). A log written before `end` records that reached the configured steps counts as
+completed. A train step the log holds twice is marked ("repeated steps").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from operator import itemgetter
+from pathlib import Path
+
+from rqvae import config, rundir, runlog
+from rqvae.config import ConfigError
+from rqvae.runlog import LOSS_TERMS, finite_numbers
+
+_TRAIN_CMD = "pass a directory written by `rqvae train`"
+
+
+class NoRecords(rundir.UserError):
+    """A run directory whose log holds no train record yet; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """One run directory, as read from disk."""
+
+    name: str  # the directory's name
+    path: Path
+    config: dict  # flat {"model.num_codes": 64, ...}, every key; empty if none or it fails
+    config_note: str | None  # why config is empty, or None
+    train: list[dict]  # records with kind == "train", in log order
+    series: dict[str, Sequence]  # "step" and each loss term over train, None where missing
+    evals: list[dict]  # records with kind == "eval", in log order
+    resumes: list[dict]  # {"step", "changed"}, oldest first
+    status: str  # completed, running, interrupted, failed or crashed
+    status_reason: str
+    repeated_steps: list[int]  # train steps logged more than once
+
+    @cached_property
+    def extremes(self) -> dict[str, tuple | None]:
+        """Loss term -> (its lowest finite value, the index of the first train record with it,
+        its highest finite value), or None if it has no finite value. Made once: the summary
+        and the trends both need it, and a long log's values cost a pass each."""
+        return {term: finite_extremes(self.series[term]) for term in LOSS_TERMS}
+
+
+def finite_extremes(values: Sequence) -> tuple | None:
+    """(lowest finite value, the index of its first occurrence, highest finite value) or None."""
+    # A finite sum of numbers proves them all finite (a NaN or infinity makes it NaN or
+    # infinite): then min and max need no filter, which costs more than both on a long log.
+    if set(map(type, values)) <= {int, float} and math.isfinite(sum(values)):
+        finite = values
+    else:
+        finite = finite_numbers(values)
+    if not finite:
+        return None
+    low = min(finite)
+    return low, values.index(low), max(finite)
+
+
+def level_value(record: dict, key: str, i: int):
+    """Level i's value (0-based) in a record's per-level list `key`; None where there is none."""
+    values = record.get(key) or []
+    return values[i] if i < len(values) else None
+
+
+def load_run(run_dir: Path) -> LoggedRun:
+    """Reads a run directory written by `rqvae train`, also one still being written.
+
+    Raises rundir.UserError, one line naming the problem and the fix, when the directory is
+    missing, is not a directory or holds no metrics.jsonl, and NoRecords (a UserError) when its
+    log holds no train record yet, saying whether the run is still starting, failed or crashed.
+    A config.toml that is missing or does not load is no error: the config is then empty and
+    config_note says why.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise rundir.UserError(f"run directory {run_dir} does not exist; {_TRAIN_CMD}")
+    if not run_dir.is_dir():
+        raise rundir.UserError(f"{run_dir} is not a directory; {_TRAIN_CMD}")
+    log_path = run_dir / rundir.METRICS_FILE
+    if not log_path.is_file():
+        raise rundir.UserError(_no_log_message(run_dir))
+    try:
+        records = runlog.read(run_dir)
+    except OSError as err:
+        raise rundir.UserError(f"cannot read {log_path}: {err.strerror}; check the file") from None
+    run_config, config_note = _read_config(run_dir)
+    by_kind = _by_kind(records)
+    train = by_kind.get("train", [])
+    series = _series(train)
+    status, reason = run_status(records[-1] if records else None, rundir.is_held(run_dir),
+                                max(series["step"], default=None), run_config.get("steps"))
+    if not train:
+        raise NoRecords(_no_records_message(run_dir, status, reason))
+    return LoggedRun(
+        name=run_dir.name, path=run_dir, config=run_config, config_note=config_note,
+        train=train, series=series, evals=by_kind.get("eval", []),
+        resumes=_resumes(run_dir, by_kind.get("resume", [])), status=status,
+        status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]))
+
+
+_SERIES_KEYS = ("step", *LOSS_TERMS)
+
+
+def _series(train: list[dict]) -> dict[str, Sequence]:
+    """The step and loss terms of each train record, as columns. One pass over the records: a
+    long log's records lie all over memory, and each pass over them costs."""
+    try:
+        rows = list(map(itemgetter(*_SERIES_KEYS), train))
+    except KeyError:  # a record without some loss term (a hand-written log, an old one)
+        rows = [tuple(record.get(key) for key in _SERIES_KEYS) for record in train]
+    columns = list(zip(*rows)) or [()] * len(_SERIES_KEYS)
+    return dict(zip(_SERIES_KEYS, columns))
+
+
+def _by_kind(records: list[dict]) -> dict[str, list[dict]]:
+    by_kind: dict[str, list[dict]] = {}
+    for record in records:
+        by_kind.setdefault(record.get("kind"), []).append(record)
+    return by_kind
+
+
+def run_status(last: dict | None, held: bool, last_train_step: int | None,
+               planned_steps: int | None) -> tuple[str, str]:
+    """(status, reason) of a run from its log's last record, whether a process holds the run,
+    its last train step and the steps its config plans."""
+    if last is not None and last.get("kind") == "end":
+        return last.get("status", "failed"), last.get("reason") or ""
+    if held:
+        return "running", "a process holds the run directory"
+    if None not in (last_train_step, planned_steps) and last_train_step >= planned_steps:
+        return "completed", "reached its planned steps; a log from before end records"
+    return "crashed", "process ended without a final record"
+
+
+def _no_records_message(run_dir: Path, status: str, reason: str) -> str:
+    if status == "running":
+        return (f"{run_dir} is still starting: no train record yet (the first is written after "
+                f"run.log_every steps); run the report again then")
+    if status == "crashed":
+        return f"{run_dir} crashed ({reason}) before its first train record"
+    return f"{run_dir} {status} before its first train record" + (f": {reason}" if reason else "")
+
+
+def _resumes(run_dir: Path, logged: list[dict]) -> list[dict]:
+    # A trainer that logged resumes only to resumes.jsonl: its log holds none.
+    resumes = logged or rundir.read_resumes(run_dir)
+    return [{"step": r.get("step"), "changed": r.get("changed") or {}} for r in resumes]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Each path that is a run; for a directory holding runs (runs/), the runs in it by name.
+
+    A path that is neither stays, for `load_run` to say what is wrong with it.
+    """
+    run_dirs = []
+    for path in map(Path, paths):
+        below = [] if (path / rundir.METRICS_FILE).is_file() else _runs_below(path)
+        run_dirs += below or [path]
+    return run_dirs
+
+
+def _runs_below(path: Path) -> list[Path]:
+    return sorted(log.parent for log in path.glob(f"*/{rundir.METRICS_FILE}") if log.is_file())
+
+
+def _no_log_message(run_dir: Path) -> str:
+    runs_below = [p.name for p in _runs_below(run_dir)]
+    if runs_below:  # a parent such as runs/ was passed instead of the runs in it
+        shown = ", ".join(runs_below[:3]) + (", ..." if len(runs_below) > 3 else "")
+        return (f"{run_dir} holds no {rundir.METRICS_FILE} but {len(runs_below)} run(s) below it "
+                f"({shown}); pass those, e.g. {run_dir}/*")
+    return f"{run_dir} holds no {rundir.METRICS_FILE}; {_TRAIN_CMD}"
+
+
+def _read_config(run_dir: Path) -> tuple[dict, str | None]:
+    """The run's config, flat and complete (defaults for keys the file leaves out), and None; or
+    {} and why there is none."""
+    path = run_dir / rundir.CONFIG_FILE
+    if not path.is_file():
+        return {}, f"no {rundir.CONFIG_FILE} in the run directory"
+    try:
+        return config.flatten(config.to_dict(config.load(path))), None
+    except (ConfigError, UnicodeDecodeError, OSError) as err:
+        return {}, f"{rundir.CONFIG_FILE} does not load ({err}); settings not shown"
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[str]]:
+    """The runs that have train records, and a note for each that has none yet.
+
+    Raises the first error of a directory that is no run (rundir.UserError), and NoRecords when
+    no run has records.
+    """
+    runs, skipped = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except NoRecords as err:
+            if len(run_dirs) == 1:
+                raise
+            skipped.append(err)
+    if not runs and skipped:
+        raise skipped[0]
+    return runs, [f"skipped {err}" for err in skipped]
