@@ -74,8 +74,12 @@ class TrainerConfig:
     lambda_commit: float = 0.25  # weight of the commitment loss (pulls the encoder to its codes)
     lambda_codebook: float = 1.0  # weight of the codebook loss (moves the winning codes)
     lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
-    sinkhorn_epsilon: float = 0.05  # entropic regularization, in squared latent units
-    sinkhorn_iters: int = 20  # Sinkhorn iterations per level per step
+    sinkhorn_epsilon: float = 0.05  # entropic regularization: a fraction of each level's mean cost
+    #   (relative mode), or in squared latent units (absolute mode)
+    sinkhorn_epsilon_mode: str = "relative"  # "relative" (scale-free, per level) or "absolute"
+    sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
+    sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
+    #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
     wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
@@ -101,7 +105,9 @@ class LossConfig:
     lambda_codebook: float
     lambda_wasserstein: float
     sinkhorn_epsilon: float
+    sinkhorn_epsilon_mode: str
     sinkhorn_iters: int
+    sinkhorn_tolerance: float
     wasserstein_level_weights: tuple[float, ...]
     wasserstein_encoder_grad: bool
     sinkhorn_warm_start: bool
@@ -307,7 +313,12 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         math.isfinite(cfg.sinkhorn_epsilon) and cfg.sinkhorn_epsilon > 0,
         f"sinkhorn_epsilon must be > 0, got {cfg.sinkhorn_epsilon}",
     )
+    _check(cfg.sinkhorn_epsilon_mode in ("relative", "absolute"),
+           f"sinkhorn_epsilon_mode must be 'relative' or 'absolute', got '{cfg.sinkhorn_epsilon_mode}'")
     _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")
+    _check(math.isfinite(cfg.sinkhorn_tolerance) and cfg.sinkhorn_tolerance >= 0,
+           f"sinkhorn_tolerance must be >= 0 (0: always run sinkhorn_iters), got "
+           f"{cfg.sinkhorn_tolerance}")
     weights = cfg.wasserstein_level_weights
     _check(
         not weights or len(weights) == cfg.model.num_levels,

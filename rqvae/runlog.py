@@ -7,7 +7,11 @@ This module defines every record's keys and their meaning; writers and readers u
   - batch_used: codes the step's batch picked
   - batch_perplexity: exp(entropy) of the codes the step's batch picked
   - window_dead: codes no batch picked over the last run.dead_window steps
+  - wasserstein_levels: the level's transport cost sum(plan * C), unweighted ("wasserstein" is
+    their sum weighted by wasserstein_level_weights; 0 with the term off)
   - sinkhorn_marginal_error: the transport plan's row-marginal error (0 with the term off)
+  - sinkhorn_epsilon: the entropic regularization the level's solve used, in squared latent
+    units (sinkhorn_epsilon times the level's mean cost in relative mode; 0 with the term off)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
   "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
   level the EVAL_PER_LEVEL keys:
@@ -42,7 +46,9 @@ import orjson
 from rqvae.rundir import CONFIG_FILE, METRICS_FILE  # noqa: F401
 
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
-TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", "sinkhorn_marginal_error")
+# The per-level outputs of the Sinkhorn solves, among the TRAIN_PER_LEVEL keys.
+SINKHORN_PER_LEVEL = ("wasserstein_levels", "sinkhorn_marginal_error", "sinkhorn_epsilon")
+TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *SINKHORN_PER_LEVEL)
 EVAL_SCALARS = ("heldout_recon", "heldout_psnr")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")

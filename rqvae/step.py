@@ -19,7 +19,7 @@ from rqvae import codebook, metrics
 from rqvae.config import StepConfig
 from rqvae.losses import loss_terms
 from rqvae.model import RQVAE
-from rqvae.runlog import LOSS_TERMS
+from rqvae.runlog import LOSS_TERMS, SINKHORN_PER_LEVEL
 
 
 class Stream(enum.IntEnum):
@@ -123,7 +123,7 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
         sinkhorn_g=sinkhorn_g,
     )
-    outcome = {k: losses[k] for k in (*LOSS_TERMS, "sinkhorn_marginal_error")}
+    outcome = {k: losses[k] for k in (*LOSS_TERMS, *SINKHORN_PER_LEVEL)}
     outcome.update(counts=counts_LxK, step=state.step)
     return new_state, outcome
 
@@ -155,7 +155,7 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
         batch_used=metrics.codes_used(counts_LxK),
         batch_perplexity=metrics.perplexity(counts_LxK),
         window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.dead_window),
-        sinkhorn_marginal_error=outcome["sinkhorn_marginal_error"],
+        **{k: outcome[k] for k in SINKHORN_PER_LEVEL},
         failed_step=new_state.failed_step,
     )
     return result

@@ -1,23 +1,30 @@
-"""Sinkhorn benchmark: speed against ott-jax, accuracy against exact OT, training-step overhead.
+"""Sinkhorn benchmark: speed against ott-jax, accuracy and cost on training problems, overhead.
 
     pip install -e '.[bench]' && python scripts/bench_sinkhorn.py [--quick]
 
-Prints four tables:
+Prints five tables. OLD is the solve before relative epsilon: epsilon 0.05 in squared latent
+units, 20 iterations; NEW is the config default (epsilon a fraction of each level's mean cost,
+stopped at a row-marginal error of `sinkhorn_tolerance`, at most `sinkhorn_iters` iterations).
 1. `sinkhorn_loss` against ott-jax's `Sinkhorn` at equal epsilon (0.05) and iterations (20), on
    Gaussian clouds of points x codes x dim, forward and forward+backward (gradient with respect
    to the codes; ott with the same envelope gradient, `use_danskin=True`, no implicit diff).
-2. Accuracy: transport cost against the exact optimum (scipy's linear_sum_assignment) and against
-   ott-jax at 20 and 2000 iterations.
-3. The train step of the MNIST-shaped model (MLP 784-512-256, latent 64, 2 levels x 512 codes,
-   batch 256, Adam) with lambda_wasserstein 0.5 against 0.
-4. Convergence: the plan's row-marginal error in training on the digits (hybrid preset) with and
-   without the warm start, and what epsilon scaling buys on a fresh problem at equal iterations.
+   Skipped without ott-jax.
+2. Accuracy on the transport problems of a short digits training run (hybrid preset): each
+   level's inputs and codebook at a few steps, OLD and NEW against the converged plan at the same
+   epsilon (log-domain Sinkhorn in float64 until the row-marginal error is below 1e-9): the
+   row-marginal error, the transport cost's error, and the codebook gradient's norm ratio,
+   cosine and relative error.
+3. Time of `wasserstein_levels` (2 levels) forward+backward, compiled, OLD and NEW.
+4. The train step of the MNIST-shaped model (MLP 784-512-256, latent 64, 2 levels x 512 codes,
+   batch 256, Adam) with lambda_wasserstein 0.5 against 0, OLD and NEW.
+5. The row-marginal error logged in training on the digits (hybrid preset), OLD and NEW.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import platform
 import statistics
 import time
@@ -25,12 +32,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
 
 from rqvae import config, rundir, step
-from rqvae.losses import sinkhorn_loss, sinkhorn_plan, sinkhorn_plan_logdomain, squared_distances
+from rqvae.losses import (effective_epsilon, sinkhorn_loss, sinkhorn_plan, squared_distances,
+                          wasserstein_levels)
 
 EPSILON, ITERS = 0.05, 20
+# The solve before relative epsilon and the tolerance, as config overrides.
+OLD = {"sinkhorn_epsilon_mode": "absolute", "sinkhorn_epsilon": EPSILON, "sinkhorn_iters": ITERS,
+       "sinkhorn_tolerance": 0.0}
+SETTINGS = {"OLD": OLD, "NEW": {}}
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -96,33 +108,123 @@ def speed_against_ott(problems, repeats):
            "cost diff"], rows)
 
 
-def accuracy():
+def training_problems(num_codes: int, checkpoints: tuple[int, ...], batches: int = 1):
+    """{name: (level inputs (L, B, D), codebooks (L, K, D))} of a digits hybrid run (NEW
+    default) at the given steps, each on a batch of training images."""
+    from rqvae import data
+
+    digits = data.load(config.DataConfig())
+    cfg = config.replace(config.load("configs/hybrid.toml"), {"model.num_codes": num_codes})
+    cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
+    images = jax.device_put(digits.train)
+    state, done, problems = step.init_state(cfg, len(images)), 0, {}
+    rng = np.random.default_rng(0)
+    for at in checkpoints:
+        if at > done:
+            state, _ = step.run_steps(state, images, at - done, cfg=cfg)
+            done = at
+        for b in range(batches):
+            batch = images[rng.choice(len(images), cfg.batch_size, replace=False)]
+            _, aux = step.make_model(cfg).apply(state.params, batch)
+            problems[f"{num_codes} codes, step {at}" + (f" #{b}" if batches > 1 else "")] = (
+                np.asarray(aux["level_inputs"]), np.asarray(aux["codebook"]))
+    return problems
+
+
+def converged_plan(cost, epsilon, max_iters=50_000):
+    """The entropic plan to float64 precision: log-domain Sinkhorn until the row-marginal error
+    is below 1e-9."""
+    cost = np.asarray(cost, np.float64)
+    n, m = cost.shape
+    f, g = np.zeros(n), np.zeros(m)
+    for _ in range(max_iters // 50):
+        for _ in range(50):
+            f = -epsilon * (np.log(n) + logsumexp((g[None] - cost) / epsilon, axis=1))
+            g = -epsilon * (np.log(m) + logsumexp((f[:, None] - cost) / epsilon, axis=0))
+        plan = np.exp((f[:, None] + g[None] - cost) / epsilon)
+        if np.abs(plan.sum(1) - 1 / n).sum() < 1e-9:
+            break
+    return plan
+
+
+def codebook_gradient(plan, points, codes):
+    """d sum(P * C) / d codes with the plan held fixed (the envelope gradient the step uses)."""
+    return 2 * (plan.sum(0)[:, None] * codes - plan.T @ points)
+
+
+def solve_setting(overrides: dict):
+    """A compiled solve of one level as the step does it under a setting: (plan, epsilon)."""
+    loss = config.step_config(config.replace(config.TrainerConfig(), overrides)).loss
+
+    @jax.jit
+    def solve(points, codes):
+        cost = squared_distances(points, codes)
+        epsilon = effective_epsilon(cost, loss.sinkhorn_epsilon, loss.sinkhorn_epsilon_mode)
+        result = sinkhorn_plan(cost, epsilon, loss.sinkhorn_iters, tolerance=loss.sinkhorn_tolerance)
+        return result.plan, result.marginal_error, epsilon
+
+    return solve
+
+
+def accuracy(problems: dict):
     rows = []
-    cases = {
-        "gaussian 256x256x64": clouds(256, 256, 64),
-        "gaussian 512x512x64": clouds(512, 512, 64, seed=1),
-        "far apart 4x4x2": (jnp.array([[0.0, 0], [1, 0], [0, 1], [1, 1]]) / 10,
-                            jnp.array([[5.0, 5], [6, 5], [5, 6], [6, 6]])),
-    }
-    for name, (x, y) in cases.items():
-        cost = np.asarray(squared_distances(x, y))
-        rows_idx, cols_idx = linear_sum_assignment(cost)
-        exact = cost[rows_idx, cols_idx].mean()
-        ours20, ours2k = (float(sinkhorn_loss(x, y, EPSILON, n)) for n in (ITERS, 2000))
-        ott20, ott2k = (float(ott_cost(x, y, n)) for n in (ITERS, 2000))
-        rows.append([name, f"{exact:.4f}", f"{ours20:.4f}", f"{(ours20 - exact) / exact:+.2%}",
-                     f"{(ours20 - ott20) / ott20:+.2%}", f"{ours2k:.6f}", f"{ott2k:.6f}",
-                     f"{abs(ours2k - ott2k) / ott2k:.1e}"])
-    table("2. accuracy: transport cost sum(plan * C) at epsilon 0.05",
-          ["problem", "exact", "ours@20", "vs exact", "vs ott@20", "ours@2000", "ott@2000",
-           "rel diff@2000"], rows)
+    solves = {name: solve_setting(o) for name, o in SETTINGS.items()}
+    for problem, (level_inputs, codebooks) in problems.items():
+        for level, (points, codes) in enumerate(zip(level_inputs, codebooks)):
+            points64, codes64 = points.astype(np.float64), codes.astype(np.float64)
+            cost64 = np.asarray(squared_distances(points64, codes64))
+            for setting, solve in solves.items():
+                plan, error, epsilon = jax.device_get(solve(points, codes))
+                reference = converged_plan(cost64, float(epsilon))
+                grad = codebook_gradient(plan.astype(np.float64), points64, codes64)
+                grad_ref = codebook_gradient(reference, points64, codes64)
+                norm_ref = np.linalg.norm(grad_ref)
+                cost, cost_ref = np.sum(plan * cost64), np.sum(reference * cost64)
+                rows.append([problem, f"L{level + 1}", setting, f"{float(epsilon):.3g}",
+                             f"{cost64.max() / epsilon:.0f}", f"{float(error):.4f}",
+                             f"{(cost - cost_ref) / cost_ref:+.2%}",
+                             f"{np.linalg.norm(grad) / norm_ref:.3f}",
+                             f"{np.sum(grad * grad_ref) / np.linalg.norm(grad) / norm_ref:.4f}",
+                             f"{np.linalg.norm(grad - grad_ref) / norm_ref:.3f}"])
+    table("2. accuracy on digits hybrid training problems (batch 128, latent 16) against the "
+          "converged float64 plan at the same epsilon",
+          ["problem", "level", "solve", "epsilon", "max C/eps", "marginal err", "cost err",
+           "grad norm ratio", "grad cosine", "grad rel err"], rows)
 
 
-def mnist_shaped(lambda_wasserstein, warm_start=True):
-    cfg = config.load("configs/mnist.toml")
-    cfg = dataclasses.replace(cfg, lambda_wasserstein=lambda_wasserstein,
-                              sinkhorn_warm_start=warm_start,
-                              model=dataclasses.replace(cfg.model, image_shape=(28, 28, 1)))
+def solve_cost(problems: dict, shapes, repeats: int):
+    """ms of wasserstein_levels forward+backward (gradient w.r.t. the codebooks), 2 levels."""
+    rows = []
+    cases = {}
+    for n, k, d in shapes:  # level 2: a cloud of a third of the spread, as residuals are
+        (x1, c1), (x2, c2) = clouds(n, k, d, seed=0), clouds(n, k, d, seed=1)
+        cases[f"{n}x{k}x{d} clouds"] = jnp.stack([x1, x2 / 3]), jnp.stack([c1, c2 / 3])
+    cases.update({f"training: {name}": tuple(map(jnp.asarray, p)) for name, p in problems.items()})
+    for name, (points, codes) in cases.items():
+        row = [name]
+        times = {}
+        for setting, overrides in SETTINGS.items():
+            loss = config.step_config(config.replace(config.TrainerConfig(), overrides)).loss
+
+            def total(codes, points=points, loss=loss):
+                per_level, error, _, _ = wasserstein_levels(
+                    points, codes, loss.sinkhorn_epsilon, loss.sinkhorn_iters,
+                    epsilon_mode=loss.sinkhorn_epsilon_mode, tolerance=loss.sinkhorn_tolerance)
+                return jnp.sum(per_level), error
+
+            fn = jax.jit(jax.value_and_grad(total, has_aux=True))
+            times[setting] = timed(fn, codes, repeats=repeats)
+            (_, error), _ = fn(codes)
+            row += [f"{times[setting]:.2f}", " / ".join(f"{e:.3f}" for e in np.asarray(error))]
+        rows.append(row + [f"{times['NEW'] / times['OLD']:.2f}"])
+    table("3. wasserstein_levels forward+backward, 2 levels (ms, median; marginal error per level)",
+          ["problem", "OLD ms", "OLD error", "NEW ms", "NEW error", "NEW/OLD"], rows)
+
+
+def mnist_shaped(lambda_wasserstein, overrides=None):
+    cfg = config.replace(config.load("configs/mnist.toml"),
+                         {"lambda_wasserstein": lambda_wasserstein, **(overrides or {})})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_shape=(28, 28, 1)))
     return config.step_config(cfg, jax.default_backend())
 
 
@@ -157,36 +259,26 @@ def train_steps(cfg, images, steps, warmup=200):
 
 def training_overhead(steps, repeats):
     images = mnist_like_images()
-    timings = {lam: [] for lam in (0.0, 0.5)}
-    errors = None
-    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
-        for lam in timings:
-            ms, history = train_steps(mnist_shaped(lam), images, steps)
-            timings[lam].append(ms)
-            if lam:
-                errors = np.mean([h["sinkhorn_marginal_error"] for h in history], axis=0)
-    off, on = (statistics.median(timings[lam]) for lam in (0.0, 0.5))
-    table("3. train step, MNIST-shaped model on digits upsampled to 28x28: batch 256, 2 levels x "
+    variants = {("off", None): mnist_shaped(0.0)}
+    variants.update({("on", name): mnist_shaped(0.5, o) for name, o in SETTINGS.items()})
+    timings = {key: [] for key in variants}
+    errors = {}
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
+        for key, cfg in variants.items():
+            ms, history = train_steps(cfg, images, steps)
+            timings[key].append(ms)
+            if key[0] == "on":
+                errors[key[1]] = np.mean([h["sinkhorn_marginal_error"] for h in history], axis=0)
+    off = statistics.median(timings[("off", None)])
+    rows = []
+    for name in SETTINGS:
+        on = statistics.median(timings[("on", name)])
+        rows.append([name, f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}",
+                     " / ".join(f"{e:.3f}" for e in errors[name])])
+    table("4. train step, MNIST-shaped model on digits upsampled to 28x28: batch 256, 2 levels x "
           "512 codes, latent 64, after 200 steps (ms/step, median)",
-          ["lambda_wasserstein 0", "lambda_wasserstein 0.5", "overhead ratio",
-           "marginal error (per level)"],
-          [[f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}", " / ".join(f"{e:.3f}" for e in errors)]])
-
-
-def eps_scaling_plan(cost, epsilon, iters, start, decay=0.5):
-    """Study only: log-domain Sinkhorn whose epsilon falls geometrically from `start`."""
-    n, m = cost.shape
-
-    def body(t, fg):
-        f, g = fg
-        e = jnp.maximum(epsilon, start * decay**t)
-        f = e * (-jnp.log(n) - jax.nn.logsumexp((g[None] - cost) / e, axis=1))
-        g = e * (-jnp.log(m) - jax.nn.logsumexp((f[:, None] - cost) / e, axis=0))
-        return f, g
-
-    f, _ = jax.lax.fori_loop(0, iters, body, (jnp.zeros(n), jnp.zeros(m)))
-    plan = jax.nn.softmax((f[:, None] - cost) / epsilon, axis=0) / m
-    return jnp.sum(jnp.abs(plan.sum(1) - 1 / n))
+          ["solve", "lambda_wasserstein 0", "lambda_wasserstein 0.5", "W on/off",
+           "marginal error (per level)"], rows)
 
 
 def convergence(steps):
@@ -195,26 +287,18 @@ def convergence(steps):
     digits = data.load(config.DataConfig())
     images = jax.device_put(digits.train)
     rows = []
-    for warm in (False, True):
-        cfg = config.replace(config.TrainerConfig(), {"lambda_wasserstein": 0.5,
-                                                      "sinkhorn_warm_start": warm})
+    for name, overrides in SETTINGS.items():
+        cfg = config.replace(config.load("configs/hybrid.toml"), overrides)
         cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
         errors = np.array([h["sinkhorn_marginal_error"] for h in history])
-        rows.append([f"digits hybrid, steps {steps // 2}-{steps}, warm start "
-                     f"{'on' if warm else 'off'}", f"{ms:.2f} ms/step",
-                     " / ".join(f"{e:.3f}" for e in errors.mean(0))])
-    x, y = clouds(256, 512, 64)
-    cost = squared_distances(x, y)
-    mean_cost = float(jnp.mean(cost))
-    for name, fn in [("fresh 256x512, fixed epsilon", lambda c: sinkhorn_plan(c, EPSILON, ITERS)
-                      .marginal_error),
-                     ("fresh 256x512, epsilon scaling", lambda c: eps_scaling_plan(
-                         c, EPSILON, ITERS, mean_cost))]:
-        fn = jax.jit(fn)
-        rows.append([name, f"{timed(fn, cost, repeats=20):.2f} ms/solve", f"{float(fn(cost)):.3f}"])
-    table(f"4. convergence at {ITERS} iterations: row-marginal error (L1; 0 = converged, max 2)",
-          ["setting", "time", "error (per level)"], rows)
+        epsilon = np.array([h["sinkhorn_epsilon"] for h in history])
+        rows.append([f"digits hybrid, steps {steps // 2}-{steps}, {name}", f"{ms:.2f}",
+                     " / ".join(f"{e:.3f}" for e in errors.mean(0)),
+                     " / ".join(f"{e:.3f}" for e in errors.max(0)),
+                     " / ".join(f"{e:.3g}" for e in epsilon.mean(0))])
+    table("5. convergence in training: row-marginal error (L1; 0 = converged, max 2) per level",
+          ["setting", "ms/step", "mean error", "max error", "mean epsilon"], rows)
 
 
 def main():
@@ -226,8 +310,18 @@ def main():
     problems = [(256, 512, 64)] if args.quick else [(256, 512, 64), (1024, 1024, 64),
                                                     (4096, 1024, 64)]
     repeats = 5 if args.quick else 20
-    speed_against_ott(problems, repeats)
-    accuracy()
+    if importlib.util.find_spec("ott") is not None:
+        speed_against_ott(problems, repeats)
+    else:
+        print("\n1. skipped: ott-jax is not installed (pip install -e '.[bench]')")
+    checkpoints = (1000,) if args.quick else (300, 1000, 3000)
+    training = training_problems(64, checkpoints)
+    if not args.quick:
+        training.update(training_problems(256, (3000,)))
+    accuracy(training)
+    solve_cost({name: p for name, p in training.items() if name.endswith(f"step {checkpoints[-1]}")},
+               [(128, 64, 16), (256, 512, 64)] + ([] if args.quick else [(1024, 1024, 64)]),
+               repeats)
     training_overhead(steps=20 if args.quick else 100, repeats=1 if args.quick else 3)
     convergence(steps=400 if args.quick else 3000)
 

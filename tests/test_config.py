@@ -13,7 +13,8 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_defaults_are_the_documented_ones():
     cfg = TrainerConfig()
     assert (cfg.learning_rate, cfg.lambda_commit, cfg.lambda_codebook) == (1e-3, 0.25, 1.0)
-    assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 20)
+    assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 200)
+    assert (cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance) == ("relative", 0.005)
     assert (cfg.model.num_levels, cfg.model.num_codes, cfg.model.latent_dim) == (2, 64, 16)
     assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
 
@@ -65,6 +66,9 @@ def test_presets_set_the_documented_lambdas():
         ("lambda_codebook = -1.0", "lambda_codebook must be >= 0"),
         ("sinkhorn_epsilon = 0.0", "sinkhorn_epsilon must be > 0"),
         ("sinkhorn_iters = 0", "sinkhorn_iters must be >= 1"),
+        ('sinkhorn_epsilon_mode = "scaled"',
+         "sinkhorn_epsilon_mode must be 'relative' or 'absolute', got 'scaled'"),
+        ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
         ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),
         ("[model]\nnum_codes = 0", "model.num_codes must be >= 1"),
         ("model = 3", "model must be a table"),

@@ -81,6 +81,9 @@ def test_loss_keys_and_weighted_total():
     assert float(losses["commit"]) == pytest.approx(float(jnp.mean((z_e - z_q) ** 2)))
     expected_w = sinkhorn_loss(z_e, codebook[0]) + sinkhorn_loss(z_e - z_q1, codebook[1])
     assert float(losses["wasserstein"]) == pytest.approx(float(expected_w), rel=1e-5)
+    # Per level, unweighted; called the original way, epsilon is absolute.
+    assert float(losses["wasserstein_levels"].sum()) == pytest.approx(float(expected_w), rel=1e-5)
+    np.testing.assert_allclose(losses["sinkhorn_epsilon"], [0.05, 0.05])
     total = (losses["recon"] + 0.25 * losses["commit"] + losses["codebook"]
              + 0.5 * losses["wasserstein"])
     assert float(losses["total"]) == pytest.approx(float(total), rel=1e-6)
@@ -250,3 +253,112 @@ def test_per_level_codebook_loss_pulls_each_level_toward_its_own_residual():
     partial = np.cumsum(np.asarray(aux["level_codes"]), axis=0)
     np.testing.assert_allclose(commit_grad, 2.0 / (L * B * D) * (L * z_e - partial.sum(0)),
                                rtol=1e-5, atol=1e-7)
+
+# -- issue: relative epsilon and a solve to a stated accuracy -----------------------------------
+
+from scipy.special import logsumexp  # noqa: E402
+
+from rqvae.config import TrainerConfig, step_config  # noqa: E402
+from rqvae.losses import effective_epsilon  # noqa: E402
+
+DEFAULT_LOSS = step_config(TrainerConfig()).loss
+# Compiled: eagerly, each operation of the solver's loops would be compiled on its own.
+# The problems below share one shape (48 x 16), so each solver compiles once per iteration count.
+_solve = jax.jit(sinkhorn_plan, static_argnames=("num_iters", "solver"))
+
+
+def _default_solve(cost, solver="scaling", epsilon_mode=DEFAULT_LOSS.sinkhorn_epsilon_mode):
+    epsilon = effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, epsilon_mode)
+    return _solve(cost, epsilon, num_iters=DEFAULT_LOSS.sinkhorn_iters, solver=solver,
+                  tolerance=DEFAULT_LOSS.sinkhorn_tolerance)
+
+
+@pytest.mark.parametrize("solver", ["scaling", "logdomain"])
+def test_relative_epsilon_gives_the_same_plan_at_every_latent_scale(solver):
+    points = jax.random.normal(jax.random.key(0), (48, 6))
+    codes = 0.7 * jax.random.normal(jax.random.key(1), (16, 6)) + 0.2
+    cost = squared_distances(points, codes)
+    plan = _default_solve(cost, solver).plan
+    for factor in (10.0, 0.1):
+        scaled_cost = squared_distances(factor * points, factor * codes)
+        np.testing.assert_allclose(_default_solve(scaled_cost, solver).plan, plan,
+                                   rtol=1e-4, atol=1e-7)
+        epsilon = effective_epsilon(scaled_cost, 0.05, "relative")
+        assert float(epsilon) == pytest.approx(
+            factor**2 * float(effective_epsilon(cost, 0.05, "relative")), rel=1e-5)
+        # An absolute epsilon is what makes the plan depend on the scale.
+        absolute = _default_solve(scaled_cost, solver, epsilon_mode="absolute").plan
+        assert float(jnp.abs(absolute - plan).max()) > 1e-3
+
+
+def test_absolute_mode_keeps_the_original_numbers():
+    # sinkhorn_loss and compute_losses called the original way: epsilon in squared latent units,
+    # all 20 iterations. The value and gradient the solver gave before relative epsilon existed.
+    points = jax.random.normal(jax.random.key(0), (24, 4))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (10, 4)) + 0.3
+    value, grad = jax.jit(jax.value_and_grad(sinkhorn_loss, argnums=1), static_argnums=(2, 3))(
+        points, codes, 0.05, 20)
+    assert float(value) == pytest.approx(2.018825054168701, rel=1e-6)
+    np.testing.assert_allclose(grad[0], [0.0846288, -0.0205973, 0.0673404, -0.0043111],
+                               rtol=1e-4, atol=1e-6)
+
+
+def _float64_plan(cost, epsilon):
+    """The converged entropic plan, by log-domain Sinkhorn in float64 (numpy)."""
+    cost = np.asarray(cost, np.float64)
+    num_points, num_codes = cost.shape
+    f, g = np.zeros(num_points), np.zeros(num_codes)
+    for _ in range(100):
+        for _ in range(50):
+            f = -epsilon * (np.log(num_points) + logsumexp((g[None] - cost) / epsilon, axis=1))
+            g = -epsilon * (np.log(num_codes) + logsumexp((f[:, None] - cost) / epsilon, axis=0))
+        plan = np.exp((f[:, None] + g[None] - cost) / epsilon)
+        if np.abs(plan.sum(1) - 1 / num_points).sum() < 1e-9:
+            return plan
+    raise AssertionError("the float64 reference did not converge")
+
+
+def _codebook_gradient(plan, points, codes):
+    """d sum(P * C) / d codes with the plan held fixed (the envelope gradient)."""
+    plan, points, codes = (np.asarray(a, np.float64) for a in (plan, points, codes))
+    return 2 * (plan.sum(0)[:, None] * codes - plan.T @ points)
+
+
+@pytest.mark.parametrize("solver", ["scaling", "logdomain"])
+def test_default_solve_is_accurate_where_20_iterations_are_not(solver):
+    # 1-D: sharp plans, C / epsilon about 150 at the default relative epsilon.
+    points = jax.random.normal(jax.random.key(10), (48, 1))
+    codes = 0.5 * jax.random.normal(jax.random.key(11), (16, 1)) + 0.5
+    cost = squared_distances(points, codes)
+    epsilon = effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, "relative")
+    assert float(cost.max() / epsilon) > 100
+    reference = _codebook_gradient(_float64_plan(cost, float(epsilon)), points, codes)
+
+    def accuracy(result):
+        grad = _codebook_gradient(result.plan, points, codes)
+        cosine = np.sum(grad * reference) / np.linalg.norm(grad) / np.linalg.norm(reference)
+        return float(result.marginal_error), cosine, np.linalg.norm(grad - reference) / np.linalg.norm(reference)
+
+    error, cosine, relative = accuracy(_default_solve(cost, solver))
+    assert error <= DEFAULT_LOSS.sinkhorn_tolerance <= 0.05
+    assert cosine >= 0.99 and relative <= 0.1
+    # The old budget, 20 iterations, on the same problem: the test can fail.
+    error, _, relative = accuracy(_solve(cost, epsilon, num_iters=20, solver=solver))
+    assert error > 0.05 and relative > 0.1
+
+
+def test_both_solvers_stop_at_the_same_iterate():
+    points = jax.random.normal(jax.random.key(0), (48, 16))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (16, 16))
+    cost = squared_distances(points, codes)
+    num_iters, epsilon = DEFAULT_LOSS.sinkhorn_iters, jnp.float32(0.5)
+    for tolerance in (0.05, 0.01):
+        fast = _solve(cost, epsilon, num_iters=num_iters, tolerance=tolerance)
+        reference = _solve(cost, epsilon, num_iters=num_iters, solver="logdomain",
+                           tolerance=tolerance)
+        np.testing.assert_allclose(fast.plan, reference.plan, atol=1e-6)
+        assert float(fast.marginal_error) <= tolerance
+        assert float(fast.marginal_error) == pytest.approx(float(reference.marginal_error), abs=1e-4)
+    # The tolerance is what stopped them: without it the loop goes on toward 0.
+    untouched = _solve(cost, epsilon, num_iters=num_iters, tolerance=0.0)
+    assert float(untouched.marginal_error) < 0.5 * float(fast.marginal_error)
