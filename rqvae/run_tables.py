@@ -123,6 +123,10 @@ def _print_levels(summary: dict, run: LoggedRun, console: Console) -> None:
     if any("sinkhorn_marginal_error" in level for level in levels):
         columns["sinkhorn_marginal_error"] = "sinkhorn\nerror"
         legend += "; sinkhorn error: the transport plan's row-marginal error"
+    if any("wasserstein_levels" in level for level in levels):
+        columns |= {"wasserstein_levels": "W\nlevel", "sinkhorn_epsilon": "eps"}
+        legend += ("; W level: the level's transport cost, unweighted; eps: the effective "
+                   "epsilon of its solve")
     num_codes = run.config.get("model.num_codes")
     codes = f" ({num_codes} codes each)" if num_codes is not None else ""
     rows = [[fmt(level.get(key)) for key in columns] for level in levels]

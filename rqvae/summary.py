@@ -33,6 +33,8 @@ Infinity, as Python's json writes it.
   - heldout_perplexity: the same over the held-out split (only if the eval logged it)
   - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged and the
     Wasserstein term was on)
+  - wasserstein_levels: the level's transport cost, unweighted (only if logged and the term on)
+  - sinkhorn_epsilon: the effective epsilon of the level's solve (only if logged and the term on)
 - eval: the last eval record, or null before the first
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
@@ -119,6 +121,8 @@ _TRAIN_LEVEL_KEYS = {"used": "batch_used", "perplexity": "batch_perplexity",
 _EVAL_LEVEL_KEYS = {"eval_used": "train_used", "eval_dead": "train_dead",
                     "eval_perplexity": "train_perplexity"}
 _HELDOUT_LEVEL_KEYS = ("heldout_used", "heldout_perplexity")  # named alike in both
+# Named alike in both; the last two are logged since relative epsilon came in.
+_SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon")
 
 
 def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
@@ -134,7 +138,9 @@ def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
             level.update({k: level_value(last_eval, k, i)
                           for k in _HELDOUT_LEVEL_KEYS if k in last_eval})
         if with_sinkhorn:
-            level["sinkhorn_marginal_error"] = level_value(final, "sinkhorn_marginal_error", i)
+            for key in _SINKHORN_LEVEL_KEYS:
+                if key in final:
+                    level[key] = level_value(final, key, i)
         levels.append(level)
     return levels
 
