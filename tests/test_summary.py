@@ -49,7 +49,7 @@ def test_best_ignores_non_finite_values(tmp_path):
 
 
 def test_config_brief_is_the_changed_keys_plus_the_always_shown_ones(tmp_path):
-    cfg = TrainerConfig(learning_rate=3e-4, lambda_wasserstein=0.5, sinkhorn_iters=20,
+    cfg = TrainerConfig(learning_rate=3e-4, lambda_wasserstein=0.5, sinkhorn_iters=200,
                         model=ModelConfig(latent_dim=8, num_codes=64),
                         run=RunConfig(run_dir=str(tmp_path / "run"), eval_every=500))
     brief = summarize(load_run(make_run(tmp_path, "run", cfg)))["config"]
@@ -77,10 +77,12 @@ def test_levels_take_window_counts_from_train_and_dead_codes_from_the_last_eval(
     assert summarize(run)["levels"] == [  # the JSON keeps the first release's names
         {"level": 1, "used": 6, "perplexity": 4.25, "dead": 2, "eval_used": 8, "eval_dead": 0,
          "eval_perplexity": 6.5, "heldout_used": 7, "heldout_perplexity": 6.25,
-         "sinkhorn_marginal_error": 0.0125},
+         "sinkhorn_marginal_error": 0.0125, "wasserstein_levels": 0.25,
+         "sinkhorn_epsilon": 0.0125},
         {"level": 2, "used": 2, "perplexity": 2.75, "dead": 6, "eval_used": 3, "eval_dead": 5,
          "eval_perplexity": 4.125, "heldout_used": 5, "heldout_perplexity": 3.875,
-         "sinkhorn_marginal_error": 0.0375},
+         "sinkhorn_marginal_error": 0.0375, "wasserstein_levels": 0.125,
+         "sinkhorn_epsilon": 0.00625},
     ]
 
 
