@@ -84,6 +84,9 @@ class TrainerConfig:
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
     sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
+    ot_queue_size: int = 0  # level inputs of recent batches kept (detached, per level) and
+    #   transported with each batch's, for codebooks larger than the batch; 0: off; a multiple
+    #   of batch_size
     kmeans_init: bool = False  # start each level's codebook by k-means on the first batches
     kmeans_init_batches: int = 8  # batches of encoder outputs (at init) that k-means clusters
     dead_code_threshold: int = 0  # re-seed a code unused this many steps from the batch; 0: off
@@ -129,6 +132,7 @@ class StepConfig:
     batch_size: int
     dead_code_threshold: int
     kmeans_init_batches: int
+    ot_queue_size: int
     dead_window: int  # run.dead_window
     guard: str = "branch"  # how a non-finite loss keeps the old state: "branch" or "select"
 
@@ -332,6 +336,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     _check(cfg.dead_code_threshold >= 0,
            f"dead_code_threshold must be >= 0 steps (0: off), got {cfg.dead_code_threshold}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _check(cfg.ot_queue_size >= 0 and cfg.ot_queue_size % cfg.batch_size == 0,
+           f"ot_queue_size must be 0 (off) or a multiple of batch_size ({cfg.batch_size}), got "
+           f"{cfg.ot_queue_size}")
     m = cfg.model
     for name in ("latent_dim", "num_levels", "num_codes"):
         value = getattr(m, name)

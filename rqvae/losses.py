@@ -336,8 +336,19 @@ def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, ja
     }
 
 
-def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=None
-               ) -> dict[str, jax.Array]:
+def with_queue(level_inputs_LxBxD, queue_LxQxD, filled) -> jax.Array:
+    """The points each level's solve transports: the queue's (held out of the gradient) and the
+    batch's, (L, Q + B, D). Queue slots not yet filled (the first `filled` are) hold copies of the
+    batch's points, so every solve has Q + B points of equal mass from the first step on."""
+    num_queued, batch = queue_LxQxD.shape[1], level_inputs_LxBxD.shape[1]
+    copies_LxQxD = sg(level_inputs_LxBxD)[:, jnp.arange(num_queued) % batch]
+    queued_LxQxD = jnp.where((jnp.arange(num_queued) < filled)[None, :, None],
+                             sg(queue_LxQxD), copies_LxQxD)
+    return jnp.concatenate([queued_LxQxD, level_inputs_LxBxD], axis=1)
+
+
+def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=None,
+               queue=None) -> dict[str, jax.Array]:
     """All loss terms of a forward pass and their weighted total.
 
     `aux` is the model's: z_e and z_q (B, D), codebook (L, K, D), level_inputs (L, B, D), what
@@ -347,7 +358,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     levels' Sinkhorn costs, weighted and summed), wasserstein_levels (L,) the unweighted
     per-level costs, sinkhorn_marginal_error (L,), sinkhorn_epsilon (L,) the effective epsilon
     of each level's solve, and sinkhorn_g (L, K), the potentials to warm-start the next solve
-    with. The level inputs are held out of the gradient unless
+    with. `queue`: (the queued level inputs (L, Q, D), how many are filled), transported with the
+    batch's (`with_queue`). The level inputs are held out of the gradient unless
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. At
     `cfg.lambda_wasserstein == 0` the term is not computed at all.
     """
@@ -369,6 +381,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         level_inputs_LxBxD = aux["level_inputs"]
         if not cfg.wasserstein_encoder_grad:
             level_inputs_LxBxD = sg(level_inputs_LxBxD)
+        if queue is not None:
+            level_inputs_LxBxD = with_queue(level_inputs_LxBxD, *queue)
         weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
         per_level_L, marginal_error_L, g_LxK, epsilon_L = wasserstein_levels(
             level_inputs_LxBxD, codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,

@@ -46,6 +46,9 @@ class TrainState:
     failed_step: jax.Array  # int32: -1, or the step whose loss went non-finite (state frozen)
     failed_terms: jax.Array  # (len(LOSS_TERMS),) bool: which terms were non-finite then
     sinkhorn_g: jax.Array  # (L, K) codebook-side OT potentials of the last step, for a warm start
+    # (L, Q, D) the level inputs of the last Q / B batches, oldest overwritten first; None when
+    # `ot_queue_size` is 0 (so the checkpoints of runs without a queue keep their layout)
+    ot_queue: jax.Array | None = None
 
 
 def make_model(cfg: StepConfig) -> RQVAE:
@@ -72,13 +75,34 @@ def init_state(cfg: StepConfig, num_train: int) -> TrainState:
         failed_step=jnp.full((), -1, jnp.int32),
         failed_terms=jnp.zeros(len(LOSS_TERMS), bool),
         sinkhorn_g=jnp.zeros((m.num_levels, m.num_codes), jnp.float32),
+        ot_queue=(jnp.zeros((m.num_levels, cfg.ot_queue_size, m.latent_dim), jnp.float32)
+                  if cfg.ot_queue_size else None),
     )
 
 
-def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig):
+def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig, queue=None):
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
-    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK)
+    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK, queue)
     return losses["total"], (losses, aux)
+
+
+def _queue(state: TrainState, cfg: StepConfig):
+    """The queue and how many of its slots hold level inputs: every step that was taken added
+    one batch, so that follows from the step."""
+    if state.ot_queue is None:
+        return None
+    return state.ot_queue, jnp.minimum(state.step * cfg.batch_size, cfg.ot_queue_size)
+
+
+def _enqueue(queue_LxQxD, level_inputs_LxBxD, step, cfg: StepConfig):
+    """The batch's level inputs written over the oldest batch in the queue (first in, first
+    out); detached, so no later step's gradient reaches the encoder through them."""
+    if queue_LxQxD is None:
+        return None
+    batches = cfg.ot_queue_size // cfg.batch_size
+    start = (step % batches) * cfg.batch_size
+    return jax.lax.dynamic_update_slice_in_dim(
+        queue_LxQxD, jax.lax.stop_gradient(level_inputs_LxBxD).astype(jnp.float32), start, axis=1)
 
 
 def train_step(state: TrainState, batch_BxP, *, cfg: StepConfig):
@@ -95,7 +119,7 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
     code counts and index). The loop carries only that, and summarizes the last step once."""
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, batch_BxP, state.sinkhorn_g, cfg
+        state.params, batch_BxP, state.sinkhorn_g, cfg, _queue(state, cfg)
     )
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
@@ -109,10 +133,12 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         if cfg.dead_code_threshold:
             params, opt_state, last_used = _restart_dead_codes(
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
-        return params, opt_state, last_used, losses["sinkhorn_g"]
+        queue = _enqueue(state.ot_queue, aux["level_inputs"], state.step, cfg)
+        return params, opt_state, last_used, losses["sinkhorn_g"], queue
 
-    params, opt_state, last_used, sinkhorn_g = where_ok(
-        ok, advance, (state.params, state.opt_state, state.last_used, state.sinkhorn_g),
+    params, opt_state, last_used, sinkhorn_g, ot_queue = where_ok(
+        ok, advance,
+        (state.params, state.opt_state, state.last_used, state.sinkhorn_g, state.ot_queue),
         guard=cfg.guard)
     new_state = state.replace(
         step=state.step + ok.astype(jnp.int32),
@@ -122,6 +148,7 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
         sinkhorn_g=sinkhorn_g,
+        ot_queue=ot_queue,
     )
     outcome = {k: losses[k] for k in (*LOSS_TERMS, *SINKHORN_PER_LEVEL)}
     outcome.update(counts=counts_LxK, step=state.step)

@@ -91,6 +91,20 @@ def test_resume_continues_bitwise_and_logs_every_step_once(full_run, tiny_toml, 
             full[key]["total" if key[0] == "train" else "heldout_recon"]
 
 
+def test_a_resumed_run_with_a_transport_queue_is_bitwise_the_uninterrupted_one(tiny_toml,
+                                                                               tmp_path):
+    queue = ["--set", "ot_queue_size=32"]
+    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "full", "--steps", 10,
+                 *queue).exit_code == 0
+    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "run", "--steps", 5,
+                 *queue).exit_code == 0
+    result = rqvae("train", "--resume", "--run-dir", tmp_path / "run", "--steps", 10)
+    assert result.exit_code == 0, result.output
+    resumed, full = _params_at(tmp_path / "run", 10), _params_at(tmp_path / "full", 10)
+    assert full.ot_queue.shape == (2, 32, 4) and np.abs(full.ot_queue).max() > 0
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+
+
 def test_resume_drops_records_written_after_the_last_checkpoint(full_run, tmp_path):
     full_dir, _ = full_run
     run_dir = tmp_path / "run"
@@ -153,6 +167,7 @@ BAD_INPUTS = [
     (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
     (["--resume", "--run-dir", "{run}"], "already reached step 30; pass --steps larger than 30"),
     (["--set", "num_codes"], "--set takes KEY=VALUE"),
+    (["--set", "ot_queue_size=20"], "ot_queue_size must be 0 (off) or a multiple of batch_size (128)"),
     (["--set", "num_codes=4"], "unknown config key 'num_codes'; did you mean 'model.num_codes'?"),
     (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
 ]
