@@ -2,8 +2,10 @@
 # Does the Wasserstein loss keep every code alive, and at what price? Trains the five methods
 # (traditional, k-means init, dead-code restart, pure Wasserstein, hybrid) over several seeds,
 # prints the `rqvae report` comparison of every run and a table of mean and spread per method.
-# Two hybrid variants ride along: the transport gradient into the encoder as well
-# (wasserstein_encoder_grad) and a smaller entropic epsilon (0.01 instead of 0.05).
+# Variants ride along: traditional with the original codebook loss on the sum of the codes
+# (codebook_loss = "sum"); hybrid with a transport queue of four batches (ot_queue_size), with
+# the transport gradient into the encoder as well (wasserstein_encoder_grad), and with the
+# original transport (absolute epsilon 0.05, a fixed 20 iterations, the sum-form codebook loss).
 #
 #   scripts/dead_code_study.sh [--quick] [--out DIR]
 #
@@ -32,11 +34,15 @@ else
 fi
 out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
-methods=(traditional kmeans restart wasserstein hybrid hybrid-encoder-grad hybrid-eps0.01)
+methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-queue
+         hybrid-encoder-grad hybrid-original)
 variant() {  # method -> config name and extra arguments
   case $1 in
+    traditional-sum) echo "traditional --set codebook_loss=sum" ;;
+    hybrid-queue) echo "hybrid --set ot_queue_size=512" ;;
     hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
-    hybrid-eps0.01) echo "hybrid --sinkhorn-epsilon 0.01" ;;
+    hybrid-original) echo "hybrid --set codebook_loss=sum --set sinkhorn_epsilon_mode=absolute
+      --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
     *) echo "$1" ;;
   esac
 }

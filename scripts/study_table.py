@@ -18,8 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METHOD_ORDER = ["traditional", "kmeans", "restart", "wasserstein", "hybrid", "hybrid-encoder-grad",
-                "hybrid-eps0.01"]
+METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "wasserstein", "hybrid",
+                "hybrid-queue", "hybrid-encoder-grad", "hybrid-original"]
 
 
 def spread(values: list[float], digits: int) -> str:
