@@ -20,6 +20,71 @@ class MLP(nn.Module):
         return nn.Dense(self.widths[-1])(x)
 
 
+# The conv layers compute 4x4 stride-2 convolutions and their transposes as one matrix product
+# each (patches @ kernel), not as `lax.conv`. XLA:CPU leaves the weight gradient of a strided or
+# transposed convolution (a dilated convolution with the batch as its feature dimension) to a
+# generic single-threaded loop, and inside the train loop's while body it does so for every conv
+# layer: a step of the 32x32x3 model took seconds, 20 times its arithmetic. Products
+# differentiate into products, which every backend runs at speed. Parameters and function are
+# those of `nn.Conv` and `nn.ConvTranspose(features, (4, 4), strides=(2, 2))`, SAME padding.
+
+
+def _patches_2x2(x_BxHxWxC):
+    """Every 2x2 window at stride 1 as one pixel of 4C channels, ordered (row, column, channel):
+    (B, H-1, W-1, 4C)."""
+    _, h, w, _ = x_BxHxWxC.shape
+    return jnp.concatenate([x_BxHxWxC[:, dy:h - 1 + dy, dx:w - 1 + dx]
+                            for dy in (0, 1) for dx in (0, 1)], axis=-1)
+
+
+class StridedConv(nn.Module):
+    """`nn.Conv(features, (4, 4), strides=(2, 2))`, SAME padding, as one matrix product of the
+    4x4 patches at stride 2 (im2col) with the kernel."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        _, height, width, channels = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (4, 4, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        out_h, out_w = -(-height // 2), -(-width // 2)
+        # SAME pads one pixel before and the rest after, to 2 * out + 2.
+        x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width),
+                                (0, 0)))
+        patches = jnp.concatenate([x[:, dy:dy + 2 * out_h:2, dx:dx + 2 * out_w:2]
+                                   for dy in range(4) for dx in range(4)], axis=-1)
+        return patches @ kernel.reshape(16 * channels, self.features) + bias
+
+
+class StridedConvTranspose(nn.Module):
+    """`nn.ConvTranspose(features, (4, 4), strides=(2, 2))`, SAME padding, as one matrix product.
+
+    Output pixel 2j + r (phase r) reads input pixels j - 1 + r and j + r, with kernel taps r and
+    2 + r: every phase is a 2x2 stride-1 convolution of the input (sub-pixel convolution), and the
+    four phases interleave into the image (depth-to-space).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        batch, height, width, channels = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (4, 4, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        patches = _patches_2x2(jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))))
+        # kernel row 2 * tap_row + phase_row: columns (phase row, phase col, feature)
+        kernel = kernel.reshape(2, 2, 2, 2, channels, self.features).transpose(0, 2, 4, 1, 3, 5)
+        y = patches @ kernel.reshape(4 * channels, 4 * self.features)
+        y = y.reshape(batch, height + 1, width + 1, 2, 2, self.features)
+        # Phase (r, s) of input pixel j sits at window j + r, so each phase is its own slice.
+        rows = [jnp.stack([y[:, r:r + height, s:s + width, r, s] for s in (0, 1)], axis=3)
+                for r in (0, 1)]
+        return jnp.stack(rows, axis=2).reshape(batch, 2 * height, 2 * width, self.features) + bias
+
+
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions, then a dense layer to the latent: (B, H*W*C) -> (B, D)."""
 
@@ -30,8 +95,8 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x_BxP):
         x = x_BxP.reshape(-1, *self.image_shape)
-        for width in self.channels:
-            x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2))(x))
+        for i, width in enumerate(self.channels):  # named as nn.Conv would be: same parameters
+            x = nn.relu(StridedConv(width, name=f"Conv_{i}")(x))
         return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
 
 
@@ -48,8 +113,8 @@ class ConvDecoder(nn.Module):
         small = ((height + 3) // 4, (width + 3) // 4)
         x = nn.relu(nn.Dense(small[0] * small[1] * self.channels[-1])(z_BxD))
         x = x.reshape(-1, *small, self.channels[-1])
-        x = nn.relu(nn.ConvTranspose(self.channels[0], (4, 4), strides=(2, 2))(x))
-        x = nn.ConvTranspose(out_channels, (4, 4), strides=(2, 2))(x)
+        x = nn.relu(StridedConvTranspose(self.channels[0], name="ConvTranspose_0")(x))
+        x = StridedConvTranspose(out_channels, name="ConvTranspose_1")(x)
         return x[:, :height, :width, :].reshape(x.shape[0], -1)
 
 

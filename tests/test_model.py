@@ -1,9 +1,11 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rqvae.config import ModelConfig
-from rqvae.model import RQVAE, quantize
+from rqvae.model import RQVAE, StridedConv, StridedConvTranspose, quantize
 
 CFG = ModelConfig(image_shape=(8, 8, 1), encoder_hidden=(32,), latent_dim=4, num_levels=3,
                   num_codes=8)
@@ -74,3 +76,27 @@ def test_conv_architecture_round_trips_odd_image_shapes():
     assert x_recon.shape == (3, 7 * 10 * 3) and aux["z_e"].shape == (3, 5)
     kernels = [leaf.shape for leaf in jax.tree.leaves(params["params"]["encoder"]) if leaf.ndim == 4]
     assert kernels == [(4, 4, 3, 4), (4, 4, 4, 8)]
+
+
+@pytest.mark.parametrize("ours, flax_layer", [
+    (StridedConv(5), nn.Conv(5, (4, 4), strides=(2, 2))),
+    (StridedConvTranspose(5), nn.ConvTranspose(5, (4, 4), strides=(2, 2))),
+])
+@pytest.mark.parametrize("height, width", [(7, 10), (1, 3)])
+def test_conv_layers_are_flax_convolutions(ours, flax_layer, height, width):
+    # Same parameter tree, same init, same function and gradients: only the formulation differs.
+    x = jax.random.normal(jax.random.key(1), (2, height, width, 3))
+    params = jax.jit(ours.init)(jax.random.key(0), x)
+    flax_params = jax.jit(flax_layer.init)(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, params, flax_params)
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+
+    def loss(layer):
+        return jax.jit(jax.value_and_grad(
+            lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x))), argnums=(0, 1)))(params, x)
+
+    (value, grads), (flax_value, flax_grads) = loss(ours), loss(flax_layer)
+    assert ours.apply(params, x).shape == flax_layer.apply(params, x).shape
+    np.testing.assert_allclose(value, flax_value, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 grads, flax_grads)
