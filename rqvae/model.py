@@ -1,7 +1,14 @@
 """The RQ-VAE: encoder (MLP or conv), N-level residual quantizer with straight-through gradients,
-mirrored decoder. Images travel flat, (batch, height * width * channels), in [0, 1]."""
+mirrored decoder. Images travel flat, (batch, height * width * channels), in [0, 1].
+
+`ModelConfig.compute_dtype` sets the dtype of the encoder's and decoder's products; their
+parameters, and everything they return (z_e, the reconstruction), are float32, so the quantizer,
+the losses and the optimizer never see another dtype.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,12 +19,17 @@ from rqvae.config import ModelConfig
 
 class MLP(nn.Module):
     widths: tuple[int, ...]  # hidden widths then the output width; ReLU between layers
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, x):
         for width in self.widths[:-1]:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(self.widths[-1])(x)
+            x = nn.relu(_dense(width, self.dtype)(x))
+        return _dense(self.widths[-1], self.dtype)(x).astype(jnp.float32)
+
+
+def _dense(features: int, dtype) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32)
 
 
 # The conv layers compute 4x4 stride-2 convolutions and their transposes as one matrix product
@@ -42,6 +54,7 @@ class StridedConv(nn.Module):
     4x4 patches at stride 2 (im2col) with the kernel."""
 
     features: int
+    dtype: Any = jnp.float32  # of the product; the parameters are float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
@@ -49,6 +62,7 @@ class StridedConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (4, 4, channels, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
         out_h, out_w = -(-height // 2), -(-width // 2)
         # SAME pads one pixel before and the rest after, to 2 * out + 2.
         x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width),
@@ -67,6 +81,7 @@ class StridedConvTranspose(nn.Module):
     """
 
     features: int
+    dtype: Any = jnp.float32  # of the product; the parameters are float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
@@ -74,6 +89,7 @@ class StridedConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (4, 4, channels, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
         patches = _patches_2x2(jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))))
         # kernel row 2 * tap_row + phase_row: columns (phase row, phase col, feature)
         kernel = kernel.reshape(2, 2, 2, 2, channels, self.features).transpose(0, 2, 4, 1, 3, 5)
@@ -91,13 +107,14 @@ class ConvEncoder(nn.Module):
     image_shape: tuple[int, ...]
     channels: tuple[int, ...]
     latent_dim: int
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, x_BxP):
         x = x_BxP.reshape(-1, *self.image_shape)
         for i, width in enumerate(self.channels):  # named as nn.Conv would be: same parameters
-            x = nn.relu(StridedConv(width, name=f"Conv_{i}")(x))
-        return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
+            x = nn.relu(StridedConv(width, self.dtype, name=f"Conv_{i}")(x))
+        return _dense(self.latent_dim, self.dtype)(x.reshape(x.shape[0], -1)).astype(jnp.float32)
 
 
 class ConvDecoder(nn.Module):
@@ -105,17 +122,18 @@ class ConvDecoder(nn.Module):
 
     image_shape: tuple[int, ...]
     channels: tuple[int, ...]
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, z_BxD):
         height, width, out_channels = self.image_shape
         # Each stride-2 SAME convolution rounds up; the output is cropped back to the image.
         small = ((height + 3) // 4, (width + 3) // 4)
-        x = nn.relu(nn.Dense(small[0] * small[1] * self.channels[-1])(z_BxD))
+        x = nn.relu(_dense(small[0] * small[1] * self.channels[-1], self.dtype)(z_BxD))
         x = x.reshape(-1, *small, self.channels[-1])
-        x = nn.relu(StridedConvTranspose(self.channels[0], name="ConvTranspose_0")(x))
-        x = StridedConvTranspose(out_channels, name="ConvTranspose_1")(x)
-        return x[:, :height, :width, :].reshape(x.shape[0], -1)
+        x = nn.relu(StridedConvTranspose(self.channels[0], self.dtype, name="ConvTranspose_0")(x))
+        x = StridedConvTranspose(out_channels, self.dtype, name="ConvTranspose_1")(x)
+        return x[:, :height, :width, :].reshape(x.shape[0], -1).astype(jnp.float32)
 
 
 def nearest_code(points_NxD: jax.Array, codebook_KxD: jax.Array) -> jax.Array:
@@ -155,13 +173,14 @@ class RQVAE(nn.Module):
 
     def setup(self):
         cfg = self.cfg
+        dtype = jnp.dtype(cfg.compute_dtype)
         if cfg.architecture == "conv":
-            self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim)
-            self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels)
+            self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim, dtype)
+            self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels, dtype)
         else:
-            self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim))
+            self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim), dtype)
             decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
-            self.decoder = MLP((*decoder_hidden, cfg.input_dim))
+            self.decoder = MLP((*decoder_hidden, cfg.input_dim), dtype)
         # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
         # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
         scale = cfg.codebook_init_scale or 1.0 / cfg.num_codes
