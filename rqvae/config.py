@@ -34,6 +34,7 @@ class ModelConfig:
     num_levels: int = 2  # residual quantization levels
     num_codes: int = 64  # entries per codebook
     codebook_init_scale: float = 0.0  # codes start U(-s, s); 0 means the classic 1/num_codes
+    compute_dtype: str = "float32"  # or "bfloat16": encoder and decoder products; all else float32
 
     @property
     def input_dim(self) -> int:
@@ -357,6 +358,8 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         widths = getattr(m, name)
         _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
     _check(m.codebook_init_scale >= 0, "model.codebook_init_scale must be >= 0")
+    _check(m.compute_dtype in ("float32", "bfloat16"),
+           f"model.compute_dtype must be 'float32' or 'bfloat16', got '{m.compute_dtype}'")
     _check(
         0 < cfg.data.holdout_fraction < 1,
         f"data.holdout_fraction must be in (0, 1), got {cfg.data.holdout_fraction}",

@@ -1,7 +1,14 @@
 """The RQ-VAE: encoder (MLP or conv), N-level residual quantizer with straight-through gradients,
-mirrored decoder. Images travel flat, (batch, height * width * channels), in [0, 1]."""
+mirrored decoder. Images travel flat, (batch, height * width * channels), in [0, 1].
+
+`ModelConfig.compute_dtype` sets the dtype of the encoder's and decoder's products; their
+parameters, and everything they return (z_e, the reconstruction), are float32, so the quantizer,
+the losses and the optimizer never see another dtype.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,12 +19,86 @@ from rqvae.config import ModelConfig
 
 class MLP(nn.Module):
     widths: tuple[int, ...]  # hidden widths then the output width; ReLU between layers
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, x):
         for width in self.widths[:-1]:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(self.widths[-1])(x)
+            x = nn.relu(_dense(width, self.dtype)(x))
+        return _dense(self.widths[-1], self.dtype)(x).astype(jnp.float32)
+
+
+def _dense(features: int, dtype) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32)
+
+
+# The conv layers compute 4x4 stride-2 convolutions and their transposes as one matrix product
+# each (patches @ kernel), not as `lax.conv`. XLA:CPU leaves the weight gradient of a strided or
+# transposed convolution (a dilated convolution with the batch as its feature dimension) to a
+# generic single-threaded loop, and inside the train loop's while body it does so for every conv
+# layer: a step of the 32x32x3 model took seconds, 20 times its arithmetic. Products
+# differentiate into products, which every backend runs at speed. Parameters and function are
+# those of `nn.Conv` and `nn.ConvTranspose(features, (4, 4), strides=(2, 2))`, SAME padding.
+
+
+def _patches_2x2(x_BxHxWxC):
+    """Every 2x2 window at stride 1 as one pixel of 4C channels, ordered (row, column, channel):
+    (B, H-1, W-1, 4C)."""
+    _, h, w, _ = x_BxHxWxC.shape
+    return jnp.concatenate([x_BxHxWxC[:, dy:h - 1 + dy, dx:w - 1 + dx]
+                            for dy in (0, 1) for dx in (0, 1)], axis=-1)
+
+
+class StridedConv(nn.Module):
+    """`nn.Conv(features, (4, 4), strides=(2, 2))`, SAME padding, as one matrix product of the
+    4x4 patches at stride 2 (im2col) with the kernel."""
+
+    features: int
+    dtype: Any = jnp.float32  # of the product; the parameters are float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        _, height, width, channels = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (4, 4, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
+        out_h, out_w = -(-height // 2), -(-width // 2)
+        # SAME pads one pixel before and the rest after, to 2 * out + 2.
+        x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width),
+                                (0, 0)))
+        patches = jnp.concatenate([x[:, dy:dy + 2 * out_h:2, dx:dx + 2 * out_w:2]
+                                   for dy in range(4) for dx in range(4)], axis=-1)
+        return patches @ kernel.reshape(16 * channels, self.features) + bias
+
+
+class StridedConvTranspose(nn.Module):
+    """`nn.ConvTranspose(features, (4, 4), strides=(2, 2))`, SAME padding, as one matrix product.
+
+    Output pixel 2j + r (phase r) reads input pixels j - 1 + r and j + r, with kernel taps r and
+    2 + r: every phase is a 2x2 stride-1 convolution of the input (sub-pixel convolution), and the
+    four phases interleave into the image (depth-to-space).
+    """
+
+    features: int
+    dtype: Any = jnp.float32  # of the product; the parameters are float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        batch, height, width, channels = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (4, 4, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
+        patches = _patches_2x2(jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))))
+        # kernel row 2 * tap_row + phase_row: columns (phase row, phase col, feature)
+        kernel = kernel.reshape(2, 2, 2, 2, channels, self.features).transpose(0, 2, 4, 1, 3, 5)
+        y = patches @ kernel.reshape(4 * channels, 4 * self.features)
+        y = y.reshape(batch, height + 1, width + 1, 2, 2, self.features)
+        # Phase (r, s) of input pixel j sits at window j + r, so each phase is its own slice.
+        rows = [jnp.stack([y[:, r:r + height, s:s + width, r, s] for s in (0, 1)], axis=3)
+                for r in (0, 1)]
+        return jnp.stack(rows, axis=2).reshape(batch, 2 * height, 2 * width, self.features) + bias
 
 
 class ConvEncoder(nn.Module):
@@ -26,13 +107,14 @@ class ConvEncoder(nn.Module):
     image_shape: tuple[int, ...]
     channels: tuple[int, ...]
     latent_dim: int
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, x_BxP):
         x = x_BxP.reshape(-1, *self.image_shape)
-        for width in self.channels:
-            x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2))(x))
-        return nn.Dense(self.latent_dim)(x.reshape(x.shape[0], -1))
+        for i, width in enumerate(self.channels):  # named as nn.Conv would be: same parameters
+            x = nn.relu(StridedConv(width, self.dtype, name=f"Conv_{i}")(x))
+        return _dense(self.latent_dim, self.dtype)(x.reshape(x.shape[0], -1)).astype(jnp.float32)
 
 
 class ConvDecoder(nn.Module):
@@ -40,17 +122,18 @@ class ConvDecoder(nn.Module):
 
     image_shape: tuple[int, ...]
     channels: tuple[int, ...]
+    dtype: Any = jnp.float32  # of the products; parameters and the output are float32
 
     @nn.compact
     def __call__(self, z_BxD):
         height, width, out_channels = self.image_shape
         # Each stride-2 SAME convolution rounds up; the output is cropped back to the image.
         small = ((height + 3) // 4, (width + 3) // 4)
-        x = nn.relu(nn.Dense(small[0] * small[1] * self.channels[-1])(z_BxD))
+        x = nn.relu(_dense(small[0] * small[1] * self.channels[-1], self.dtype)(z_BxD))
         x = x.reshape(-1, *small, self.channels[-1])
-        x = nn.relu(nn.ConvTranspose(self.channels[0], (4, 4), strides=(2, 2))(x))
-        x = nn.ConvTranspose(out_channels, (4, 4), strides=(2, 2))(x)
-        return x[:, :height, :width, :].reshape(x.shape[0], -1)
+        x = nn.relu(StridedConvTranspose(self.channels[0], self.dtype, name="ConvTranspose_0")(x))
+        x = StridedConvTranspose(out_channels, self.dtype, name="ConvTranspose_1")(x)
+        return x[:, :height, :width, :].reshape(x.shape[0], -1).astype(jnp.float32)
 
 
 def nearest_code(points_NxD: jax.Array, codebook_KxD: jax.Array) -> jax.Array:
@@ -91,13 +174,14 @@ class RQVAE(nn.Module):
 
     def setup(self):
         cfg = self.cfg
+        dtype = jnp.dtype(cfg.compute_dtype)
         if cfg.architecture == "conv":
-            self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim)
-            self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels)
+            self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim, dtype)
+            self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels, dtype)
         else:
-            self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim))
+            self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim), dtype)
             decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
-            self.decoder = MLP((*decoder_hidden, cfg.input_dim))
+            self.decoder = MLP((*decoder_hidden, cfg.input_dim), dtype)
         # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
         # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
         scale = cfg.codebook_init_scale or 1.0 / cfg.num_codes

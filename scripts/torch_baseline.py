@@ -1,19 +1,27 @@
-"""PyTorch comparator for the training-throughput benchmark: the configs/mnist.toml model built with
-vector-quantize-pytorch's `ResidualVQ`, the library a PyTorch user would otherwise pick.
+"""PyTorch comparator for the training-throughput benchmarks: the model of an rqvae `ModelConfig`
+(mlp or conv) built with vector-quantize-pytorch's `ResidualVQ`, the library a PyTorch user would
+otherwise pick.
 
     pip install torch==2.13.0 vector-quantize-pytorch==1.32.0
     python scripts/torch_baseline.py [--steps 200] [--warmup 20] [--threads N] [--compile]
+    python scripts/torch_baseline.py --architecture conv --image-shape 32 32 3 --batch-size 128 \
+        --num-codes 64 --latent-dim 16      # the conv model on random 32x32x3 images
 
-Neither package is a dependency of rqvae (scripts/bench_train.py imports this file only when torch
-is installed). Measured with torch 2.13.0+cpu and vector-quantize-pytorch 1.32.0 on Python 3.11.
-`pip install torch` from PyPI on Linux also pulls the CUDA libraries, gigabytes a CPU box does not
-need; PyTorch's own CPU-only wheel index (see its install page) avoids them where it is reachable.
+Neither package is a dependency of rqvae (scripts/bench_train.py and scripts/bench_scale.py import
+this file only when torch is installed). Measured with torch 2.13.0+cpu and vector-quantize-pytorch
+1.32.0 on Python 3.11. `pip install torch` from PyPI on Linux also pulls the CUDA libraries,
+gigabytes a CPU box does not need; PyTorch's own CPU-only wheel index (see its install page) avoids
+them where it is reachable.
 
-The model: MLP encoder 784-512-256-64 (ReLU between layers), ResidualVQ(dim 64, 2 levels x 512
-codes, commitment_weight 0.25, library defaults otherwise: codebooks move by EMA, not by gradient,
-and gradients cross the quantizer by the rotation trick), MLP decoder 64-256-512-784 with a final
-sigmoid; loss = MSE(recon, x) + the commitment losses of both levels; Adam lr 1e-3. Data: the
-scikit-learn digits upsampled to 28x28, held in memory and batched by index, as in rqvae's loop.
+The default model is configs/mnist.toml's: MLP encoder 784-512-256-64 (ReLU between layers),
+ResidualVQ(dim 64, 2 levels x 512 codes, commitment_weight 0.25, library defaults otherwise:
+codebooks move by EMA, not by gradient, and gradients cross the quantizer by the rotation trick),
+MLP decoder 64-256-512-784 with a final sigmoid; loss = MSE(recon, x) + the commitment losses of
+both levels; Adam lr 1e-3. Data: the scikit-learn digits upsampled to 28x28, held in memory and
+batched by index, as in rqvae's loop. The conv model mirrors rqvae's: two 4x4 stride-2
+convolutions (padding 1: the same output sizes as rqvae's SAME padding), a dense layer to the
+latent, a dense layer back to the quarter-size grid, two 4x4 stride-2 transposed convolutions,
+the output cropped to the image.
 
 On a CPU that other processes share, torch's threads wait on each other and the mean step time
 swings; the median step time, or --threads 1, is steadier.
@@ -23,15 +31,23 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
+import os
+import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rqvae.config import ModelConfig  # noqa: E402  (imports neither JAX nor Flax)
+
 IMAGE_SIDE = 28
+MNIST_MODEL = ModelConfig(image_shape=(IMAGE_SIDE, IMAGE_SIDE, 1), encoder_hidden=(512, 256),
+                          latent_dim=64, num_levels=2, num_codes=512)
 
 
 def mlp(*widths: int) -> nn.Sequential:
@@ -42,13 +58,53 @@ def mlp(*widths: int) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-class TorchRQVAE(nn.Module):
-    def __init__(self):
+class ConvEncoder(nn.Module):
+    def __init__(self, m: ModelConfig):
         super().__init__()
-        self.encoder = mlp(IMAGE_SIDE**2, 512, 256, 64)
-        self.quantizer = ResidualVQ(dim=64, num_quantizers=2, codebook_size=512,
-                                    commitment_weight=0.25)
-        self.decoder = mlp(64, 256, 512, IMAGE_SIDE**2)
+        height, width, channels = m.image_shape
+        small = (height + 3) // 4 * ((width + 3) // 4)
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, m.conv_channels[0], 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(m.conv_channels[0], m.conv_channels[1], 4, stride=2, padding=1), nn.ReLU())
+        self.dense = nn.Linear(small * m.conv_channels[1], m.latent_dim)
+        self.image_shape = m.image_shape
+
+    def forward(self, x_BxP):
+        height, width, channels = self.image_shape
+        x = x_BxP.reshape(-1, height, width, channels).permute(0, 3, 1, 2)
+        return self.dense(self.convs(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        height, width, channels = m.image_shape
+        self.small = ((height + 3) // 4, (width + 3) // 4)
+        self.dense = nn.Linear(m.latent_dim, math.prod(self.small) * m.conv_channels[1])
+        self.convs = nn.Sequential(
+            nn.ConvTranspose2d(m.conv_channels[1], m.conv_channels[0], 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(m.conv_channels[0], channels, 4, stride=2, padding=1))
+        self.image_shape = m.image_shape
+
+    def forward(self, z_BxD):
+        height, width, _ = self.image_shape
+        x = F.relu(self.dense(z_BxD)).reshape(len(z_BxD), -1, *self.small)
+        x = self.convs(x)[:, :, :height, :width]
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
+class TorchRQVAE(nn.Module):
+    def __init__(self, m: ModelConfig = MNIST_MODEL):
+        super().__init__()
+        if m.architecture == "conv":
+            self.encoder, self.decoder = ConvEncoder(m), ConvDecoder(m)
+        else:
+            self.encoder = mlp(m.input_dim, *m.encoder_hidden, m.latent_dim)
+            self.decoder = mlp(m.latent_dim, *(m.decoder_hidden or reversed(m.encoder_hidden)),
+                               m.input_dim)
+        self.quantizer = ResidualVQ(dim=m.latent_dim, num_quantizers=m.num_levels,
+                                    codebook_size=m.num_codes, commitment_weight=0.25)
 
     def forward(self, x_BxP):
         """Returns the reconstruction in [0, 1] and the commitment loss summed over levels."""
@@ -60,9 +116,17 @@ class TorchRQVAE(nn.Module):
 
 def digits_28x28() -> torch.Tensor:
     """The 1797 scikit-learn digits, bilinearly upsampled from 8x8 to 28x28, flat, in [0, 1]."""
+    from sklearn.datasets import load_digits
+
     images = torch.tensor(load_digits().images / 16.0, dtype=torch.float32).unsqueeze(1)
     images = F.interpolate(images, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear")
     return images.clamp(0.0, 1.0).reshape(len(images), -1)
+
+
+def random_images(image_shape: tuple[int, ...], count: int) -> np.ndarray:
+    """`count` images of uniform random bytes, flat, in [0, 1]: what a throughput test needs."""
+    pixels = np.random.default_rng(0).integers(0, 256, (count, math.prod(image_shape)), np.uint8)
+    return pixels.astype(np.float32) / 255.0
 
 
 def batches(images_NxP: torch.Tensor, batch_size: int, generator: torch.Generator):
@@ -85,12 +149,16 @@ def train_step(model, optimizer, batch_BxP: torch.Tensor) -> torch.Tensor:
 
 
 def measure(steps: int = 200, warmup: int = 20, batch_size: int = 256, threads: int | None = None,
-            compile: bool = False) -> dict:
+            compile: bool = False, model: ModelConfig = MNIST_MODEL,
+            images_NxP: np.ndarray | None = None, device: str = "cpu") -> dict:
     """Trains from scratch and times `steps` optimizer steps after `warmup` untimed ones.
 
+    model: the rqvae model config to mirror (default configs/mnist.toml's); images_NxP: the
+    training images, flat in [0, 1] (default the digits at 28x28, which fit only that default).
     threads: torch's intra-op threads for this call (None keeps torch's default, all cores).
     compile: run the model through torch.compile; if that fails the run goes on eagerly and
-    `compile_error` says why. Returns throughput, the setup, versions and the first and last loss.
+    `compile_error` says why. device: "cpu" or "cuda". Returns throughput, the setup, versions
+    and the first and last loss.
     """
     if steps < 1 or warmup < 1:
         raise ValueError(f"steps and warmup must be >= 1, got {steps} and {warmup}")
@@ -99,30 +167,36 @@ def measure(steps: int = 200, warmup: int = 20, batch_size: int = 256, threads: 
         torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        model = TorchRQVAE().train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batch_stream = batches(digits_28x28(), batch_size, torch.Generator().manual_seed(0))
-        step_model, compile_error = model, None
+        net = TorchRQVAE(model).train().to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        images = digits_28x28() if images_NxP is None else torch.as_tensor(images_NxP)
+        batch_stream = batches(images.to(device), batch_size,
+                               torch.Generator(device=device).manual_seed(0))
+        step_model, compile_error = net, None
         first_batch = next(batch_stream)
         try:
             # torch.compile compiles on the first call, so the first step tells whether it works.
             if compile:
-                step_model = torch.compile(model)
+                step_model = torch.compile(net)
             first_loss = train_step(step_model, optimizer, first_batch).item()
         except Exception as err:  # any backend failure: report it and time the eager model
             if not compile:
                 raise
             torch._dynamo.reset()
-            step_model, compile_error = model, f"{type(err).__name__}: {err}".splitlines()[0]
-            first_loss = train_step(model, optimizer, first_batch).item()
+            step_model, compile_error = net, f"{type(err).__name__}: {err}".splitlines()[0]
+            first_loss = train_step(net, optimizer, first_batch).item()
         for _ in range(warmup - 1):
             train_step(step_model, optimizer, next(batch_stream))
 
-        # CPU ops run eagerly, so each step has finished when train_step returns; the per-step
-        # times give a median that a busy shared CPU disturbs less than the total.
+        # CPU ops run eagerly, so each step has finished when train_step returns (on a GPU, the
+        # synchronize does it); the per-step times give a median that a busy shared CPU
+        # disturbs less than the total.
+        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        synchronize()
         step_ends = [time.perf_counter()]
         for _ in range(steps):
             loss = train_step(step_model, optimizer, next(batch_stream))
+            synchronize()
             step_ends.append(time.perf_counter())
         seconds = step_ends[-1] - step_ends[0]
         step_ms = sorted(1e3 * (end - begin) for begin, end in zip(step_ends, step_ends[1:]))
@@ -149,14 +223,28 @@ def measure(steps: int = 200, warmup: int = 20, batch_size: int = 256, threads: 
 
 def main():
     parser = argparse.ArgumentParser(
-        description="Times training steps of the mnist-shaped RQ-VAE in PyTorch with ResidualVQ.")
+        description="Times training steps of an RQ-VAE in PyTorch with ResidualVQ.")
     parser.add_argument("--steps", type=int, default=200, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--architecture", choices=["mlp", "conv"],
+                        help="default: configs/mnist.toml's mlp on the digits at 28x28; given, "
+                             "the model of rqvae's ModelConfig defaults with the flags below, "
+                             "on random images")
+    parser.add_argument("--image-shape", type=int, nargs=3, default=(32, 32, 3),
+                        metavar=("H", "W", "C"))
+    parser.add_argument("--latent-dim", type=int, default=ModelConfig.latent_dim)
+    parser.add_argument("--num-codes", type=int, default=ModelConfig.num_codes)
     args = parser.parse_args()
-    r = measure(args.steps, args.warmup, args.batch_size, args.threads, args.compile)
+    model, images = MNIST_MODEL, None
+    if args.architecture:
+        model = ModelConfig(architecture=args.architecture, image_shape=tuple(args.image_shape),
+                            latent_dim=args.latent_dim, num_codes=args.num_codes)
+        images = random_images(model.image_shape, max(2048, 4 * args.batch_size))
+    r = measure(args.steps, args.warmup, args.batch_size, args.threads, args.compile, model,
+                images)
     mode = "compiled" if r["compiled"] else "eager"
     if r["compile_error"]:
         mode += f" (torch.compile failed: {r['compile_error']})"

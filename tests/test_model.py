@@ -1,12 +1,18 @@
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rqvae.config import ModelConfig
-from rqvae.model import RQVAE, quantize
+from rqvae.model import RQVAE, StridedConv, StridedConvTranspose, quantize
 
 CFG = ModelConfig(image_shape=(8, 8, 1), encoder_hidden=(32,), latent_dim=4, num_levels=3,
                   num_codes=8)
+CONV_CFG = ModelConfig(image_shape=(7, 10, 3), architecture="conv", conv_channels=(4, 8),
+                       latent_dim=5, num_codes=8)
 
 
 def _init(cfg=CFG, batch=5):
@@ -65,8 +71,7 @@ def test_straight_through_reaches_the_encoder_but_not_the_codebook():
 
 
 def test_conv_architecture_round_trips_odd_image_shapes():
-    cfg = ModelConfig(image_shape=(7, 10, 3), architecture="conv", conv_channels=(4, 8),
-                      latent_dim=5, num_codes=8)
+    cfg = CONV_CFG
     model = RQVAE(cfg)
     x = jax.random.uniform(jax.random.key(1), (3, cfg.input_dim))
     params = jax.jit(model.init)(jax.random.key(0), x)  # eager conv ops compile one by one
@@ -74,3 +79,55 @@ def test_conv_architecture_round_trips_odd_image_shapes():
     assert x_recon.shape == (3, 7 * 10 * 3) and aux["z_e"].shape == (3, 5)
     kernels = [leaf.shape for leaf in jax.tree.leaves(params["params"]["encoder"]) if leaf.ndim == 4]
     assert kernels == [(4, 4, 3, 4), (4, 4, 4, 8)]
+
+
+@pytest.mark.parametrize("ours, flax_layer", [
+    (StridedConv(5), nn.Conv(5, (4, 4), strides=(2, 2))),
+    (StridedConvTranspose(5), nn.ConvTranspose(5, (4, 4), strides=(2, 2))),
+])
+@pytest.mark.parametrize("height, width", [(7, 10), (1, 3)])
+def test_conv_layers_are_flax_convolutions(ours, flax_layer, height, width):
+    # Same parameter tree, same init, same function and gradients: only the formulation differs.
+    x = jax.random.normal(jax.random.key(1), (2, height, width, 3))
+    params = jax.jit(ours.init)(jax.random.key(0), x)
+    flax_params = jax.jit(flax_layer.init)(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, params, flax_params)
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+
+    def loss(layer):
+        return jax.jit(jax.value_and_grad(
+            lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x))), argnums=(0, 1)))(params, x)
+
+    (value, grads), (flax_value, flax_grads) = loss(ours), loss(flax_layer)
+    assert ours.apply(params, x).shape == flax_layer.apply(params, x).shape
+    np.testing.assert_allclose(value, flax_value, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                 grads, flax_grads)
+
+
+def _dot_input_dtypes(jaxpr):
+    """The dtype of the first operand of every matrix product, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn.invars[0].aval.dtype
+        for value in eqn.params.values():
+            if hasattr(value, "eqns") or hasattr(value, "jaxpr"):
+                yield from _dot_input_dtypes(getattr(value, "jaxpr", value))
+
+
+@pytest.mark.parametrize("cfg", [CFG, CONV_CFG], ids=["mlp", "conv"])
+def test_bfloat16_compute_leaves_parameters_quantizer_and_outputs_float32(cfg):
+    bf16_model = RQVAE(dataclasses.replace(cfg, compute_dtype="bfloat16"))
+    model = RQVAE(cfg)
+    x = jax.random.uniform(jax.random.key(1), (3, cfg.input_dim))
+    params = jax.jit(model.init)(jax.random.key(0), x)  # eager conv ops compile one by one
+    # The same float32 parameters (shapes and dtypes, without compiling another init).
+    assert jax.eval_shape(bf16_model.init, jax.random.key(0), x) == jax.eval_shape(lambda: params)
+    (x_recon, aux), (bf16_recon, bf16_aux) = jax.jit(model.apply)(params, x), jax.jit(
+        bf16_model.apply)(params, x)
+    assert bf16_recon.dtype == bf16_aux["z_e"].dtype == bf16_aux["z_q"].dtype == jnp.float32
+    np.testing.assert_allclose(bf16_recon, x_recon, atol=2e-2)  # 8 mantissa bits
+    dtypes = list(_dot_input_dtypes(jax.make_jaxpr(bf16_model.apply)(params, x).jaxpr))
+    # The quantizer's distances, one product per level, in float32; every layer in bfloat16.
+    assert dtypes.count(jnp.float32) == cfg.num_levels
+    assert dtypes.count(jnp.bfloat16) == len(dtypes) - cfg.num_levels >= 4

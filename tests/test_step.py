@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae import config, step
+from rqvae import config, evaluate, step
 from rqvae.config import step_config
 from rqvae.runlog import LOSS_TERMS
 
@@ -66,6 +66,25 @@ def test_a_step_of_the_loop_is_the_single_train_step(tiny_cfg, digits):
     assert bool(jnp.all(looped["sinkhorn_epsilon"] > 0))
     assert float(looped["wasserstein"]) == pytest.approx(float(looped["wasserstein_levels"].sum()),
                                                          rel=1e-6)
+
+
+def test_bfloat16_compute_trains_to_float32s_heldout_recon(tiny_cfg, digits):
+    """300 steps in bfloat16 reach float32's held-out recon within 3%.
+
+    Tolerance: with the same seed, init and batches, bfloat16 ended within 0.4% of float32 on
+    seeds 0-3 (recon 0.063-0.072 from 0.18 at init; 1.5% on the default config), while float32's
+    own seed-to-seed spread is 13%. 3% is 8 times the measured gap and a quarter of the spread.
+    """
+    images = jnp.asarray(digits.train)
+    recon = {}
+    for dtype in ("float32", "bfloat16"):
+        model = dataclasses.replace(tiny_cfg.model, compute_dtype=dtype)
+        cfg = step_config(dataclasses.replace(tiny_cfg, model=model))
+        state, _ = step.run_steps(step.init_state(cfg, len(images)), images, 300, cfg=cfg)
+        assert int(state.failed_step) == -1
+        recon[dtype] = evaluate.evaluate(state.params, digits, cfg)["heldout_recon"]
+    assert recon["float32"] < 0.1  # trained: 0.18 at init
+    assert recon["bfloat16"] == pytest.approx(recon["float32"], rel=0.03)
 
 
 def test_non_finite_loss_freezes_the_state_and_names_the_step(tiny_cfg, digits):
