@@ -205,25 +205,29 @@ def test_the_transport_queue_is_first_in_first_out_detached_and_fills_from_the_b
     state = step.init_state(cfg, len(digits.train))
     assert state.ot_queue.shape == (2, 32, cfg.model.latent_dim)
     inputs = []
+    apply = jax.jit(step.make_model(cfg).apply)
+    train_step = jax.jit(step.train_step, static_argnames="cfg")
     for _ in range(3):
         batch, perm = step.next_batch(state, images, cfg)
-        _, aux = step.make_model(cfg).apply(state.params, batch)
-        inputs.append(np.asarray(aux["level_inputs"]))
-        state, _ = jax.jit(step.train_step, static_argnames="cfg")(state.replace(perm=perm),
-                                                                    batch, cfg=cfg)
+        inputs.append(np.asarray(apply(state.params, batch)[1]["level_inputs"]))
+        state, _ = train_step(state.replace(perm=perm), batch, cfg=cfg)
     # Step 3 wrote over step 1's slots; step 2's stay.
     np.testing.assert_allclose(state.ot_queue[:, :16], inputs[2], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(state.ot_queue[:, 16:], inputs[1], rtol=1e-6, atol=1e-6)
     # No gradient reaches anything through the queue, and an empty queue adds copies of the
     # batch, so the first step's transport equals the batch's alone.
     batch = images[:16]
-    queue = (state.ot_queue, jnp.int32(32))
-    grad = jax.grad(lambda q: step.loss_fn(state.params, batch, state.sinkhorn_g, cfg,
-                                           (q, jnp.int32(32)))[0])(state.ot_queue)
+
+    @jax.jit
+    def with_queue(queue, filled):  # the queue's gradient, and the losses
+        def loss(q):
+            return step.loss_fn(state.params, batch, state.sinkhorn_g, cfg, (q, filled))
+        return jax.grad(loss, has_aux=True)(queue)[0], loss(queue)[1][0]
+
+    grad, full = with_queue(state.ot_queue, jnp.int32(32))
     assert float(jnp.abs(grad).max()) == 0.0
-    alone = step.loss_fn(state.params, batch, state.sinkhorn_g, step_config(tiny_cfg))[1][0]
-    empty = step.loss_fn(state.params, batch, state.sinkhorn_g, cfg,
-                         (jnp.zeros_like(queue[0]), jnp.int32(0)))[1][0]
-    full = step.loss_fn(state.params, batch, state.sinkhorn_g, cfg, queue)[1][0]
+    _, empty = with_queue(jnp.zeros_like(state.ot_queue), jnp.int32(0))
+    alone = jax.jit(step.loss_fn, static_argnames="cfg")(
+        state.params, batch, state.sinkhorn_g, cfg=step_config(tiny_cfg))[1][0]
     np.testing.assert_allclose(empty["wasserstein_levels"], alone["wasserstein_levels"], rtol=2e-3)
     assert not np.allclose(full["wasserstein_levels"], alone["wasserstein_levels"], rtol=1e-2)
