@@ -57,7 +57,7 @@ RENAMED = {
     "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead"},
     "eval": {"used": "train_used", "dead": "train_dead", "perplexity": "train_perplexity"},
 }
-_OLD_KEYS = tuple(frozenset().union(*RENAMED.values()))
+_OLD_KEYS = frozenset().union(*RENAMED.values())
 
 
 class RunLog:
@@ -129,7 +129,7 @@ def _parse_non_finite(line: bytes):
 
 def _renamed(record: dict) -> dict:
     """The record with the keys of logs written before the current names mapped to those."""
-    if not any(key in record for key in _OLD_KEYS):  # a few lookups, not a walk over the keys
+    if _OLD_KEYS.isdisjoint(record):  # the usual case, checked in C
         return record
     for old, new in RENAMED.get(record.get("kind"), {}).items():
         if old in record and new not in record:
