@@ -35,8 +35,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from rqvae import config, rundir, step
-from rqvae.losses import (effective_epsilon, sinkhorn_loss, sinkhorn_plan, squared_distances,
-                          wasserstein_levels)
+from rqvae.losses import sinkhorn_loss, wasserstein_levels
+from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 
 EPSILON, ITERS = 0.05, 20
 # The solve before relative epsilon and the tolerance, as config overrides.
