@@ -116,3 +116,18 @@ def test_set_assignments_read_toml_values_and_name_bad_keys():
         config.replace(config.TrainerConfig(), config.parse_assignments(["model=3"]))
     with pytest.raises(config.ConfigError, match="cannot set seed.x: seed is 0, not a table"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["seed.x=1"]))
+
+
+def test_every_setting_is_read_by_the_step_or_by_the_loop_alone():
+    # A new TrainerConfig field must be placed: in StepConfig or LossConfig (same name), so the
+    # compiled step sees it, or in LOOP_ONLY. Nothing reaches the step by accident or is lost.
+    step_fields = {f.name for f in dataclasses.fields(config.StepConfig)}
+    loss_fields = {f.name for f in dataclasses.fields(config.LossConfig)}
+    for f in dataclasses.fields(config.TrainerConfig):
+        placed = [f.name in step_fields, f.name in loss_fields, f.name in config.LOOP_ONLY]
+        assert sum(placed) == 1, f.name
+    cfg = config.replace(config.TrainerConfig(), {"lambda_wasserstein": 0.5, "seed": 3,
+                                                  "run.dead_window": 7, "steps": 99})
+    step = config.step_config(cfg)
+    assert step.loss.lambda_wasserstein == 0.5 and step.seed == 3 and step.dead_window == 7
+    assert step == config.step_config(config.replace(cfg, {"steps": 5, "run.log_every": 3}))
