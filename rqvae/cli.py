@@ -313,21 +313,6 @@ def _check_out_file(out: Path, force: bool) -> None:
         raise UserError(f"cannot write {out}: folder {parent} is not writable")
 
 
-def _write_atomically(out: Path, write) -> None:
-    """Calls write(file) on a temporary file beside `out`, then renames it to `out`; a failure
-    leaves no temporary file behind."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @app.command(short_help="Write the code indices of a split to .npy.")
 def encode(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by `rqvae train`.")],
@@ -358,7 +343,7 @@ def encode(
         _, step_cfg, dataset, params, step = rundir.load_trained(run_dir, step)
     codes = encode_images(params, getattr(dataset, split), step_cfg)
     try:
-        _write_atomically(out, lambda file: np.save(file, codes))
+        rundir.write_atomically(out, lambda file: np.save(file, codes))
     except OSError as err:
         _fail(f"cannot write {out} ({err.strerror}); choose another --out")
     Console().print(f"wrote {out}: {codes.shape[0]} images x {codes.shape[1]} levels of codes "

@@ -49,6 +49,15 @@ def _patches_2x2(x_BxHxWxC):
                             for dy in (0, 1) for dx in (0, 1)], axis=-1)
 
 
+def _kernel_and_bias(module: nn.Module, x_BxHxWxC, features: int, dtype):
+    """The parameters of `nn.Conv` / `nn.ConvTranspose(features, (4, 4))` (same names, shapes and
+    initializers), and the input, promoted to `dtype` for the product."""
+    kernel = module.param("kernel", nn.initializers.lecun_normal(),
+                          (4, 4, x_BxHxWxC.shape[-1], features))
+    bias = module.param("bias", nn.initializers.zeros_init(), (features,))
+    return nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=dtype)
+
+
 class StridedConv(nn.Module):
     """`nn.Conv(features, (4, 4), strides=(2, 2))`, SAME padding, as one matrix product of the
     4x4 patches at stride 2 (im2col) with the kernel."""
@@ -59,10 +68,7 @@ class StridedConv(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC):
         _, height, width, channels = x_BxHxWxC.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (4, 4, channels, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
+        x_BxHxWxC, kernel, bias = _kernel_and_bias(self, x_BxHxWxC, self.features, self.dtype)
         out_h, out_w = -(-height // 2), -(-width // 2)
         # SAME pads one pixel before and the rest after, to 2 * out + 2.
         x = jnp.pad(x_BxHxWxC, ((0, 0), (1, 2 * out_h + 1 - height), (1, 2 * out_w + 1 - width),
@@ -86,10 +92,7 @@ class StridedConvTranspose(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC):
         batch, height, width, channels = x_BxHxWxC.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (4, 4, channels, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x_BxHxWxC, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
+        x_BxHxWxC, kernel, bias = _kernel_and_bias(self, x_BxHxWxC, self.features, self.dtype)
         patches = _patches_2x2(jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0))))
         # kernel row 2 * tap_row + phase_row: columns (phase row, phase col, feature)
         kernel = kernel.reshape(2, 2, 2, 2, channels, self.features).transpose(0, 2, 4, 1, 3, 5)

@@ -18,7 +18,7 @@ import numpy as np
 
 from rqvae import config as config_lib
 from rqvae import runlog
-from rqvae.rundir import CONFIG_FILE, UserError
+from rqvae.rundir import CONFIG_FILE, UserError, check_writable, write_atomically
 
 LOSSES_PNG = "losses.png"
 CODE_USE_PNG = "code_use.png"
@@ -50,15 +50,7 @@ def check_out(out: Path, force: bool, names: Sequence[str] = PNG_NAMES) -> None:
     created and written, holding none of them unless `force`. Creates and writes nothing, so it
     runs before any work."""
     out = Path(out)
-    if os.path.exists(out) and not out.is_dir():
-        raise UserError(f"--out {out} is a file, but plot writes a folder of PNGs; choose "
-                        f"another --out")
-    nearest = next(p for p in (out, *out.absolute().parents) if os.path.exists(p))
-    if not nearest.is_dir():
-        raise UserError(f"cannot create --out {out}: {nearest} is a file; choose another --out")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to --out {out}: {nearest} is not writable; choose another "
-                        f"--out")
+    check_writable(out, "--out")
     taken = [name for name in names if os.path.exists(out / name)]
     if taken and not force:
         raise UserError(f"--out {out} already holds {', '.join(taken)}; pass --force to overwrite "
@@ -76,17 +68,9 @@ def _new_figure(**kwargs):
 
 
 def _save(fig, path: Path) -> Path:
-    """Writes through a temporary file renamed into place, so a failed plot leaves no partial
-    PNG (and an old PNG of that name stays whole until the new one is complete)."""
-    # A plain open (not mkstemp) so the PNG gets the usual permissions, not owner-only.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as file:
-            fig.savefig(file, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Writes the PNG atomically: a failed plot leaves no partial PNG, and an old PNG of that
+    name stays whole until the new one is complete."""
+    write_atomically(path, lambda file: fig.savefig(file, format="png", dpi=DPI))
     return path
 
 

@@ -19,8 +19,9 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from rqvae import config as config_lib
 from rqvae.config import ConfigError, TrainerConfig
@@ -40,10 +41,6 @@ class UserError(Exception):
     message names it and the fix. The command prints it as one line and exits 2."""
 
 
-class RunBusy(UserError):
-    """Another process holds the run directory."""
-
-
 def holds_run(run_dir: Path) -> bool:
     """Whether the directory holds (part of) a run: a config, a log or checkpoints."""
     return any((Path(run_dir) / name).exists() for name in (CONFIG_FILE, METRICS_FILE,
@@ -55,23 +52,35 @@ def auto_name(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_writable(run_dir: Path) -> None:
-    """Raises UserError if `run_dir` cannot be a run directory: a file is in the way, or a parent
-    is a file or not writable. Creates nothing."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} is a file, not a directory; choose another --run-dir")
-    parent = run_dir
-    while not parent.exists():
-        parent = parent.parent if parent.parent != parent else Path(".")
-        if parent == Path("."):
-            break
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"cannot create {run_dir}: {parent} is a file; choose another --run-dir")
-    target = parent if parent.exists() else Path(".")
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create {run_dir}: {target} is not writable; choose another "
-                        f"--run-dir")
+def check_writable(folder: Path, option: str = "--run-dir") -> None:
+    """Raises UserError, naming `option`, if `folder` cannot be created or written: a file is in
+    the way, or the nearest existing folder on its path is a file or not writable. Creates
+    nothing, so it runs before any work."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        if existing == folder:
+            raise UserError(f"{option} {folder} is a file, not a directory; choose another "
+                            f"{option}")
+        raise UserError(f"cannot create {folder}: {existing} is a file; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {folder}: {existing} is not writable; choose another "
+                        f"{option}")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Calls write(file) on a temporary file beside `path`, then renames it to `path`: a reader
+    sees the old file or the new one, never a part, and a failure leaves no temporary file. A
+    plain open (not mkstemp), so the file gets the usual permissions."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Lock:
@@ -89,7 +98,7 @@ class Lock:
         except BlockingIOError:
             os.close(self._fd)
             owner = _owner(self.path)
-            raise RunBusy(f"{run_dir} is in use by another rqvae process{owner}; wait for it to "
+            raise UserError(f"{run_dir} is in use by another rqvae process{owner}; wait for it to "
                           f"finish or choose another --run-dir") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
@@ -119,12 +128,16 @@ def claim(run_dir: Path | None, name: str) -> tuple[Path, Lock]:
     """Creates (or opens) the run directory and holds it.
 
     `run_dir` None: an auto name under runs/, made unique with -2, -3, ... by an atomic mkdir, so
-    two runs started in the same second never share one. Raises RunBusy if another process holds
-    the directory, UserError if it cannot be created.
+    two runs started in the same second never share one. Raises UserError if another process
+    holds the directory or it cannot be created.
     """
     if run_dir is None:
         base = auto_name(name)
-        base.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {base.parent} for the run ({err.strerror}); pass "
+                            f"--run-dir") from None
         for n in range(1, 1000):
             candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
             try:
@@ -134,8 +147,7 @@ def claim(run_dir: Path | None, name: str) -> tuple[Path, Lock]:
             return candidate, Lock(candidate)
         raise UserError(f"could not claim a fresh directory next to {base}; pass --run-dir")
     run_dir = Path(run_dir)
-    check_writable(run_dir)
-    try:
+    try:  # open_run checked the path before any work; this catches what changed since
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create {run_dir} ({err.strerror}); choose another "
@@ -160,10 +172,8 @@ def is_held(run_dir: Path) -> bool:
 
 
 def write_config(run_dir: Path, text: str) -> None:
-    """Replaces config.toml atomically (through a temporary file and a rename)."""
-    tmp = Path(run_dir) / (CONFIG_FILE + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(Path(run_dir) / CONFIG_FILE)
+    """Replaces config.toml atomically."""
+    write_atomically(Path(run_dir) / CONFIG_FILE, lambda file: file.write(text.encode()))
 
 
 def record_resume(run_dir: Path, step: int, changed: dict[str, list]) -> dict:

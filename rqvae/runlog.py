@@ -43,7 +43,7 @@ import orjson
 
 # Re-exported for the trainer, which still names the files through this module; new code takes
 # them from rundir, which owns the run directory's names.
-from rqvae.rundir import CONFIG_FILE, METRICS_FILE  # noqa: F401
+from rqvae.rundir import METRICS_FILE
 
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
 # The per-level outputs of the Sinkhorn solves, among the TRAIN_PER_LEVEL keys.
@@ -148,23 +148,28 @@ def repeated_steps(steps: Sequence[int]) -> list[int]:
     return sorted(step for step, count in Counter(steps).items() if count > 1)
 
 
-def truncate_after(run_dir: str | Path, step: int) -> None:
-    """Drops records past `step`, so a resumed run logs every step exactly once.
+def truncate_after(run_dir: str | Path, step: int) -> dict | None:
+    """Drops records past `step`, so a resumed run logs every step exactly once; returns the
+    last record kept (None if none, or no log).
 
     Lines kept stay byte for byte as they were; lines that hold no record go. Rewrites through
     a temporary file and an atomic rename: a crash leaves the old or the new log.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return
-    kept = [line + b"\n" for line in path.read_bytes().split(b"\n")
-            if (record := _parse(line)) is not None and record["step"] <= step]
+        return None
+    kept, last = [], None
+    for line in path.read_bytes().split(b"\n"):
+        if (record := _parse(line)) is not None and record["step"] <= step:
+            kept.append(line + b"\n")
+            last = record
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "wb") as out:
         out.writelines(kept)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+    return last
 
 
 def is_finite(value) -> bool:

@@ -75,6 +75,11 @@ def _train_record(step: int, elapsed: float, host_metrics: dict) -> dict:
     return record
 
 
+def _end_record(step: int, elapsed: float, status: str, reason: str) -> dict:
+    """How the run ended (runlog's "end" record)."""
+    return {"kind": "end", "step": step, "time": elapsed, "status": status, "reason": reason}
+
+
 def _failure_message(state: TrainState, last_checkpoint: int | None) -> str:
     failed_step, failed_terms = jax.device_get((state.failed_step, state.failed_terms))
     terms = ", ".join(t for t, bad in zip(LOSS_TERMS, failed_terms) if bad)
@@ -89,10 +94,18 @@ class _CallSize:
     """How many steps the next compiled call takes: up to `run.steps_per_call`, and no more than
     fit in CALL_SECONDS at the step time measured so far (a conv model at batch 1024 can take
     seconds a step). The first two calls take one step: the first compiles, the second is timed.
+    Only the first TIMED_CALLS calls after the compiling one are timed: timing waits for the call
+    to finish, which would keep the host from queueing the next call ahead of the device.
     Calls also end at log, eval and checkpoint steps."""
+
+    TIMED_CALLS = 3
 
     def __init__(self, cfg: TrainerConfig):
         self.cfg, self.step_seconds = cfg, None
+
+    def wants_timing(self, call_index: int) -> bool:
+        """Whether the call with this index (0: the one that compiles) is to be timed."""
+        return 1 <= call_index <= self.TIMED_CALLS
 
     def end(self, done: int) -> int:
         r, limit = self.cfg.run, 1  # one step until a step has been timed
@@ -144,10 +157,9 @@ def fit(run: Run, *, display) -> dict:
     start, time_offset = run.resume_from or 0, 0.0
     if run.resume_from is not None:
         state = checkpoint.restore(mngr, start, state)
-    if primary and (run_dir / runlog.METRICS_FILE).exists():  # a resume: log each step once
-        runlog.truncate_after(run_dir, start)
-        previous = runlog.read(run_dir)
-        time_offset = previous[-1]["time"] if previous else 0.0
+    if primary:  # on a resume, each step is logged once and the clock continues
+        last_kept = runlog.truncate_after(run_dir, start)
+        time_offset = last_kept.get("time", 0.0) if last_kept else 0.0
     images = devices.replicate(dataset.train, mesh)
     last_checkpoint = run.resume_from
     summary: dict = {}
@@ -183,7 +195,7 @@ def fit(run: Run, *, display) -> dict:
 
     run_log = runlog.RunLog(run_dir) if primary else _NoLog()
     calls = _CallSize(cfg)
-    step = start
+    step, call_index = start, 0
     with (run_log as log, _Signals(display, lambda: (step, last_checkpoint)) as signals, mngr,
           display):
         if run.resume_from is not None or run.changed:
@@ -199,10 +211,10 @@ def fit(run: Run, *, display) -> dict:
                 flush()  # the previous call's metrics, fetched once this call is queued
                 if at(end, cfg.run.log_every):
                     pending = (end, device_metrics)
-                if step > start:  # the first call compiles; later ones time the step
+                if calls.wants_timing(call_index):
                     jax.block_until_ready(state.step)
                     calls.timed(end - step, time.perf_counter() - call_start)
-                step = end
+                step, call_index = end, call_index + 1
                 display.advance(step)
                 if at(step, cfg.run.eval_every):
                     flush()
@@ -222,9 +234,7 @@ def fit(run: Run, *, display) -> dict:
             mngr.wait_until_finished()
         except (TrainingFailed, Interrupted) as err:
             status = "failed" if isinstance(err, TrainingFailed) else "interrupted"
-            log.write({"kind": "end", "step": step, "time": elapsed(), "status": status,
-                       "reason": str(err)})
+            log.write(_end_record(step, elapsed(), status, str(err)))
             raise
-        log.write({"kind": "end", "step": step, "time": elapsed(), "status": "completed",
-                   "reason": ""})
+        log.write(_end_record(step, elapsed(), "completed", ""))
     return summary

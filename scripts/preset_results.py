@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rqvae import config, runlog
+from rqvae import config, rundir, runlog
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("traditional", "wasserstein", "hybrid", "kmeans", "restart")
@@ -38,7 +38,7 @@ def run_preset(preset: str, out: Path, cache: str) -> dict:
     records = runlog.read(run_dir)
     final = [r for r in records if r["kind"] == "train"][-1]
     last_eval = [r for r in records if r["kind"] == "eval"][-1]
-    cfg = config.load(run_dir / runlog.CONFIG_FILE)
+    cfg = config.load(run_dir / rundir.CONFIG_FILE)
     return {"preset": preset, "wall": wall, "steps": final["step"],
             "codes": cfg.model.num_codes, "dead": last_eval["train_dead"],
             "recon": final["recon"], "heldout": last_eval["heldout_recon"]}

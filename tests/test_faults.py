@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rqvae import checkpoint, data, runlog
+from rqvae import checkpoint, data, rundir, runlog
 from rqvae.cli import app
 from rqvae.config import load, step_config
 from rqvae.step import init_state
@@ -47,17 +47,17 @@ def _logged_steps(run_dir):
 
 
 def _saving(run_dir):
-    directory = run_dir / checkpoint.CHECKPOINT_DIR
+    directory = run_dir / rundir.CHECKPOINT_DIR
     return directory.exists() and any("tmp" in p.name for p in directory.iterdir())
 
 
 def _complete_checkpoints(run_dir):
-    directory = run_dir / checkpoint.CHECKPOINT_DIR
+    directory = run_dir / rundir.CHECKPOINT_DIR
     return directory.exists() and [p for p in directory.iterdir() if p.name.isdigit()]
 
 
 def _final_params(run_dir, step):
-    cfg = load(run_dir / runlog.CONFIG_FILE)
+    cfg = load(run_dir / rundir.CONFIG_FILE)
     like = init_state(step_config(cfg), len(data.load(cfg.data).train))
     with checkpoint.manager(run_dir, 5) as mngr:
         return jax.device_get(checkpoint.restore(mngr, step, like).params)
