@@ -67,8 +67,10 @@ def _fail(message: str, code: int = 2):
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False,
-                               soft_wrap=True)
+    console = Console(stderr=True)
+    # One line in a file or pipe; on a terminal wrapped between words, not mid-word.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                  soft_wrap=not console.is_terminal)
     raise typer.Exit(code)
 
 

@@ -31,9 +31,10 @@ PNG_NAMES = (LOSSES_PNG, CODE_USE_PNG, RECONSTRUCTIONS_PNG, CODEBOOKS_PNG)
 LOSS_LABELS = {
     "total": "weighted sum of the terms",
     "recon": "MSE per pixel (pixels in [0, 1])",
-    "commit": "mean ‖z_e − sg(z_q)‖²",
-    "codebook": "mean ‖sg(z_e) − z_q‖²",
-    "wasserstein": "Sinkhorn OT cost, sum of levels",
+    # Their form depends on codebook_loss (per level or on the sum of the codes): per element.
+    "commit": "commitment loss, mean per latent element",
+    "codebook": "codebook loss, mean per latent element",
+    "wasserstein": "Sinkhorn OT cost, weighted sum of levels",
 }
 HELDOUT_STYLE = {"linestyle": "--", "marker": "o", "markersize": 3}
 DPI = 110
