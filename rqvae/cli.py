@@ -215,7 +215,8 @@ def _train_config(config: Path | None, run_dir: Path | None, assignments: list[s
     merged = {**config_lib.parse_assignments(assignments), **overrides}
     if run_dir is not None:
         merged["run.run_dir"] = str(run_dir)
-    return config_lib.replace(config_lib.load(base), merged)
+    saved = resume and config is None  # the run's own config.toml, as it trained
+    return config_lib.replace((config_lib.load_saved if saved else config_lib.load)(base), merged)
 
 
 def _print_start(run, console, devices, resume: bool) -> None:

@@ -81,6 +81,9 @@ class TrainerConfig:
     sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
     sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
     #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
+    wasserstein_scale: str = "per_element"  # each level's transport cost per latent dimension,
+    #   sum(plan * C) / latent_dim, on the scale of commit and codebook; "whole": sum(plan * C)
+    #   of whole squared distances (the original form, latent_dim times larger)
     wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
@@ -112,6 +115,7 @@ class LossConfig:
     sinkhorn_epsilon_mode: str
     sinkhorn_iters: int
     sinkhorn_tolerance: float
+    wasserstein_scale: str
     wasserstein_level_weights: tuple[float, ...]
     wasserstein_encoder_grad: bool
     sinkhorn_warm_start: bool
@@ -137,6 +141,9 @@ class StepConfig:
     dead_window: int  # run.dead_window
     guard: str = "branch"  # how a non-finite loss keeps the old state: "branch" or "select"
 
+
+# How the transport cost is scaled: per latent dimension, or whole squared distances.
+WASSERSTEIN_SCALES = ("per_element", "whole")
 
 # TrainerConfig fields that only the loop reads; every other field goes into the StepConfig.
 LOOP_ONLY = ("steps", "kmeans_init", "data", "run")
@@ -247,14 +254,31 @@ def load(path: str | Path | None) -> TrainerConfig:
     """Loads a TOML config; None gives the defaults."""
     if path is None:
         return validate(TrainerConfig())
+    return from_dict(_read_toml(path))
+
+
+# Keys added after runs were first saved, each with the value that reproduces how a run saved
+# before it existed trained (its default then differed). A run's config.toml lists every key it
+# knew, so a missing one dates the run.
+BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
+                      "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole"}
+
+
+def load_saved(path: str | Path) -> TrainerConfig:
+    """A run directory's config.toml, as `load` reads it, except that a key of
+    BEFORE_KEY_EXISTED the file lacks takes the value given there: a run saved before that key
+    existed resumes, evaluates and reports as it trained, not with today's default."""
+    return from_dict({**BEFORE_KEY_EXISTED, **_read_toml(path)})
+
+
+def _read_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    return from_dict(values)
 
 
 def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConfig:
@@ -318,6 +342,8 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         math.isfinite(cfg.sinkhorn_epsilon) and cfg.sinkhorn_epsilon > 0,
         f"sinkhorn_epsilon must be > 0, got {cfg.sinkhorn_epsilon}",
     )
+    _check(cfg.wasserstein_scale in WASSERSTEIN_SCALES,
+           f"wasserstein_scale must be 'per_element' or 'whole', got '{cfg.wasserstein_scale}'")
     _check(cfg.sinkhorn_epsilon_mode in ("relative", "absolute"),
            f"sinkhorn_epsilon_mode must be 'relative' or 'absolute', got '{cfg.sinkhorn_epsilon_mode}'")
     _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")

@@ -131,7 +131,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     commit and codebook (`cfg.codebook_loss` "per_level": `vq_per_level`; "sum": mean
     ||z_e - sg(z_q)||^2 and mean ||sg(z_e) - z_q||^2 on the sum of the codes), wasserstein (the
     levels' Sinkhorn costs, weighted and summed), wasserstein_levels (L,) the unweighted
-    per-level costs, sinkhorn_marginal_error (L,), sinkhorn_epsilon (L,) the effective epsilon
+    per-level costs (`cfg.wasserstein_scale` "per_element": sum(plan * C) / latent_dim, a mean
+    squared difference per latent dimension like commit and codebook; "whole": sum(plan * C)), sinkhorn_marginal_error (L,), sinkhorn_epsilon (L,) the effective epsilon
     of each level's solve, and sinkhorn_g (L, K), the potentials to warm-start the next solve
     with. `queue`: (the queued level inputs (L, Q, D), how many are filled), transported with the
     batch's (`with_queue`). The level inputs are held out of the gradient unless
@@ -163,6 +164,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
             level_inputs_LxBxD, codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
             sinkhorn_g_LxK if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll, cfg.solver,
             cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance)
+        if cfg.wasserstein_scale == "per_element":
+            per_level_L = per_level_L / codebook_LxKxD.shape[-1]
         losses["wasserstein"] = jnp.sum(weights_L * per_level_L)
         losses["wasserstein_levels"] = per_level_L
         losses["sinkhorn_marginal_error"] = marginal_error_L
@@ -205,7 +208,8 @@ def compute_losses(
     Level l's points are `level_inputs[l]`; with two levels they can be given as z_e and z_q1
     instead (level 2 quantizes z_e - z_q1). `lambda_wasserstein` must be a Python number.
     `sinkhorn_init_g` (L, K) warm-starts the solves. Called the original way, the solve is the
-    original one: epsilon in squared latent units, all `sinkhorn_iters` iterations.
+    original one: epsilon in squared latent units, all `sinkhorn_iters` iterations, the cost of
+    whole squared distances.
     """
     num_levels = codebook.shape[0]
     if level_inputs is None and lambda_wasserstein != 0:
@@ -213,7 +217,7 @@ def compute_losses(
             raise ValueError("pass level_inputs (L, B, D) unless there are two levels and z_q1")
         level_inputs = jnp.stack([z_e, z_e - z_q1])
     cfg = LossConfig(
-        codebook_loss="sum", lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
+        codebook_loss="sum", wasserstein_scale="whole", lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
         lambda_wasserstein=lambda_wasserstein, sinkhorn_epsilon=sinkhorn_epsilon,
         sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon_mode=sinkhorn_epsilon_mode,
         sinkhorn_tolerance=sinkhorn_tolerance, wasserstein_level_weights=tuple(level_weights or ()),

@@ -88,7 +88,7 @@ def _wasserstein_on(run_dirs: Sequence[Path], train_records: list[list[dict]]) -
     a nonzero value (a run resumed with the term turned off, or one without a config)."""
     for run_dir, records in zip(run_dirs, train_records):
         config_path = Path(run_dir) / CONFIG_FILE
-        if config_path.is_file() and config_lib.load(config_path).lambda_wasserstein > 0:
+        if config_path.is_file() and config_lib.load_saved(config_path).lambda_wasserstein > 0:
             return True
         if any(r.get("wasserstein") for r in records):
             return True

@@ -262,7 +262,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
                           f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
     devices.make_mesh(cfg)  # enough devices, and a batch that splits evenly across them
     if resume:
-        saved = config_lib.load(explicit / CONFIG_FILE)
+        saved = config_lib.load_saved(explicit / CONFIG_FILE)
         shape_changes = config_lib.shape_differences(saved, cfg)
         if shape_changes:
             raise UserError(f"--resume cannot change the model's shape "
@@ -308,7 +308,7 @@ def load_trained(run_dir: Path, step: int | None = None):
     if not config_path.is_file():
         raise UserError(f"{run_dir} holds no run (no {CONFIG_FILE}); pass a directory written "
                         f"by `rqvae train`")
-    cfg = config_lib.load(config_path)
+    cfg = config_lib.load_saved(config_path)
     saved_steps = checkpoint.all_steps(run_dir)
     if not saved_steps:
         raise UserError(f"{run_dir} has no complete checkpoint yet")

@@ -7,8 +7,9 @@ This module defines every record's keys and their meaning; writers and readers u
   - batch_used: codes the step's batch picked
   - batch_perplexity: exp(entropy) of the codes the step's batch picked
   - window_dead: codes no batch picked over the last run.dead_window steps
-  - wasserstein_levels: the level's transport cost sum(plan * C), unweighted ("wasserstein" is
-    their sum weighted by wasserstein_level_weights; 0 with the term off)
+  - wasserstein_levels: the level's transport cost, unweighted: sum(plan * C) / latent_dim
+    (sum(plan * C) with wasserstein_scale "whole"); "wasserstein" is their sum weighted by
+    wasserstein_level_weights; 0 with the term off
   - sinkhorn_marginal_error: the transport plan's row-marginal error (0 with the term off)
   - sinkhorn_epsilon: the entropic regularization the level's solve used, in squared latent
     units (sinkhorn_epsilon times the level's mean cost in relative mode; 0 with the term off)

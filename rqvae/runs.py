@@ -192,7 +192,7 @@ def _read_config(run_dir: Path) -> tuple[dict, str | None]:
     if not path.is_file():
         return {}, f"no {rundir.CONFIG_FILE} in the run directory"
     try:
-        return config.flatten(config.to_dict(config.load(path))), None
+        return config.flatten(config.to_dict(config.load_saved(path))), None
     except (ConfigError, UnicodeDecodeError, OSError) as err:
         return {}, f"{rundir.CONFIG_FILE} does not load ({err}); settings not shown"
 

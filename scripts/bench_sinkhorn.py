@@ -41,7 +41,7 @@ from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 EPSILON, ITERS = 0.05, 20
 # The solve before relative epsilon and the tolerance, as config overrides.
 OLD = {"sinkhorn_epsilon_mode": "absolute", "sinkhorn_epsilon": EPSILON, "sinkhorn_iters": ITERS,
-       "sinkhorn_tolerance": 0.0}
+       "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole"}
 SETTINGS = {"OLD": OLD, "NEW": {}}
 
 

@@ -5,30 +5,46 @@
 # Variants ride along: traditional with the original codebook loss on the sum of the codes
 # (codebook_loss = "sum"); hybrid with a transport queue of four batches (ot_queue_size), with
 # the transport gradient into the encoder as well (wasserstein_encoder_grad), and with the
-# original transport (absolute epsilon 0.05, a fixed 20 iterations, the sum-form codebook loss).
+# original transport (absolute epsilon 0.05, a fixed 20 iterations, whole squared distances, the
+# sum-form codebook loss).
 #
-#   scripts/dead_code_study.sh [--quick] [--out DIR]
+#   scripts/dead_code_study.sh [--quick | --large] [--out DIR]
 #
 # Digits (embedded): 2 levels x 64 codes and x 256 codes, latent 16, STEPS steps, 3 seeds.
 # With tfds MNIST prepared (rqvae data prepare tfds:mnist) it also runs configs/mnist.toml
 # (2 levels x 512 codes); set MNIST=0 to skip it, MNIST=1 to require it. --quick: 1 seed, 64
 # codes, 1000 steps, no MNIST. Runs already in DIR that reached their final step are kept and
 # reused, so an interrupted study continues where it stopped.
+#
+# --large: codebooks larger than the batch, on 8x8 grayscale image patches (scripts/make_patches.py,
+# written to DIR/patches8.npz first; needs pip install -e '.[study]'): 2 levels x 1,024, 4,096 and
+# 16,384 codes and 4 levels x 1,024, latent 16, batch 256, STEPS (1500) steps, SEEDS ("0 1 2");
+# traditional, k-means init, dead-code restart, hybrid and hybrid with a transport queue of four
+# batches. LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings.
+# The hybrid solve at 16,384 codes takes seconds a step on 2 CPU cores: size it to the machine.
 set -euo pipefail
 
 out=runs/study
 quick=0
+large=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
+    --large) large=1 ;;
     --out) out="$2"; shift ;;
-    *) echo "error: unknown argument '$1'; use [--quick] [--out DIR]" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$1'; use [--quick | --large] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
 
-if [[ $quick == 1 ]]; then
+batch=128
+if [[ $quick == 1 && $large == 1 ]]; then
+  echo "error: --quick and --large are two different studies; pass one" >&2; exit 2
+elif [[ $quick == 1 ]]; then
   seeds=(0); sizes=(64); steps=${STEPS:-1000}; mnist=0
+elif [[ $large == 1 ]]; then
+  read -r -a seeds <<< "${SEEDS:-0 1 2}"; sizes=(); steps=${STEPS:-1500}; mnist=0; batch=256
+  read -r -a settings <<< "${LARGE_SETTINGS:-2x1024 2x4096 2x16384 4x1024}"
 else
   seeds=(0 1 2); sizes=(64 256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
 fi
@@ -39,9 +55,9 @@ methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-qu
 variant() {  # method -> config name and extra arguments
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
-    hybrid-queue) echo "hybrid --set ot_queue_size=512" ;;
+    hybrid-queue) echo "hybrid --set ot_queue_size=$((4 * batch))" ;;
     hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
-    hybrid-original) echo "hybrid --set codebook_loss=sum --set sinkhorn_epsilon_mode=absolute
+    hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole --set sinkhorn_epsilon_mode=absolute
       --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
     *) echo "$1" ;;
   esac
@@ -51,9 +67,10 @@ finished() {  # run-dir final-step: the run completed at that step (a run of ano
   # e.g. --quick's, is redone)
   python - "$1" "$2" <<'PY' 2>/dev/null
 import sys
-from rqvae import report
-run = report.load_run(sys.argv[1])
-sys.exit(0 if run.status == "completed" and run.train.steps[-1] == int(sys.argv[2]) else 1)
+from rqvae import runlog
+end = [r for r in runlog.read(sys.argv[1]) if r["kind"] == "end"]
+sys.exit(0 if end and end[-1]["status"] == "completed" and end[-1]["step"] == int(sys.argv[2])
+         else 1)
 PY
 }
 
@@ -79,6 +96,25 @@ if [[ $mnist == auto ]]; then
   [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
 fi
 total_runs=$(( ${#sizes[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
+if [[ $large == 1 ]]; then
+  methods=(traditional kmeans restart hybrid hybrid-queue)
+  total_runs=$(( ${#settings[@]} * ${#methods[@]} * ${#seeds[@]} ))
+  patches="$out/patches8.npz"
+  mkdir -p "$out"
+  [[ -f $patches ]] || python scripts/make_patches.py --size 8 --out "$patches"
+  for setting in "${settings[@]}"; do
+    levels=${setting%x*}; codes=${setting#*x}
+    for method in "${methods[@]}"; do
+      for seed in "${seeds[@]}"; do
+        # shellcheck disable=SC2046  # the variant's words are meant to split
+        train "$out/patches-$setting/$method-s$seed" "$steps" $(variant "$method") --seed "$seed" \
+          --steps "$steps" --dataset "npz:$patches" --batch-size "$batch" \
+          --set "model.num_levels=$levels" --set "model.num_codes=$codes" \
+          --set "run.eval_every=$steps"
+      done
+    done
+  done
+fi
 
 for codes in "${sizes[@]}"; do
   for method in "${methods[@]}"; do

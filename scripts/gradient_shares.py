@@ -6,8 +6,9 @@ For each trained run (e.g. the presets `scripts/preset_results.py` trains), over
 of the training split at the run's newest checkpoint: the norm of the codebook gradient of
 lambda_codebook * codebook and of lambda_wasserstein * wasserstein at each level, and the
 transport term's share of their sum. Also each term's value, so its scale can be compared: commit
-and codebook are means over batch x latent dims, the transport cost a sum over the plan of whole
-squared distances (about latent_dim times a per-element mean).
+and codebook are means over batch x latent dims; the transport cost (summed over the levels) is
+per latent dimension too with `wasserstein_scale = "per_element"` (the default), and whole squared
+distances, latent_dim times larger, with "whole".
 """
 
 from __future__ import annotations

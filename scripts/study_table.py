@@ -4,19 +4,24 @@
 
 Runs are grouped by their parent directory (the setting, e.g. digits-64) and their name without
 the seed suffix (hybrid-s0, hybrid-s1 -> hybrid). Per level: codes alive over a full pass of the
-training split at the last evaluation (% of the codebook) and their perplexity; then held-out
-recon MSE. Each cell is mean ± standard deviation over the seeds, with the seed count in n.
-Prints a Markdown table, as pasted into the README's Results section.
+training split at the last evaluation (% of the codebook) and their perplexity (blank past a
+setting's last level); then held-out recon MSE and ms/step (the wall time between the first and
+the last train record of the run's log, over the steps between them: compilation excluded,
+checkpoints included). Each cell is mean ± standard deviation over the seeds, with the seed count
+in n. Prints a Markdown table, as pasted into the README's Results section.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from rqvae import runlog
 
 METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "wasserstein", "hybrid",
                 "hybrid-queue", "hybrid-encoder-grad", "hybrid-original"]
@@ -27,6 +32,14 @@ def spread(values: list[float], digits: int) -> str:
     if len(values) == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def ms_per_step(run_dir: str) -> float:
+    train = [r for r in runlog.read(Path(run_dir)) if r["kind"] == "train"]
+    if len(train) < 2:
+        return math.nan
+    first, last = train[0], train[-1]
+    return 1e3 * (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def main() -> None:
@@ -49,7 +62,7 @@ def main() -> None:
     header = ["setting", "method", "n"]
     for level in range(1, levels + 1):
         header += [f"alive L{level} (%)", f"perplexity L{level}"]
-    header.append("held-out recon MSE")
+    header += ["held-out recon MSE", "ms/step"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(" --- " for _ in header) + "|")
     for key in sorted(groups, key=order):
@@ -57,10 +70,14 @@ def main() -> None:
         num_codes = runs[0]["config"]["model.num_codes"]
         row = [key[0], key[1], str(len(runs))]
         for level in range(levels):
+            if level >= len(runs[0]["levels"]):
+                row += ["", ""]
+                continue
             alive = [100 * s["levels"][level]["eval_used"] / num_codes for s in runs]
             perplexity = [s["levels"][level]["eval_perplexity"] for s in runs]
             row += [spread(alive, 1), spread(perplexity, 1)]
         row.append(spread([s["eval"]["heldout_recon"] for s in runs], 4))
+        row.append(spread([ms_per_step(s["path"]) for s in runs], 1))
         print("| " + " | ".join(row) + " |")
 
 

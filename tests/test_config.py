@@ -15,6 +15,7 @@ def test_defaults_are_the_documented_ones():
     assert (cfg.learning_rate, cfg.lambda_commit, cfg.lambda_codebook) == (1e-3, 0.25, 1.0)
     assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 200)
     assert (cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance) == ("relative", 0.005)
+    assert cfg.wasserstein_scale == "per_element"
     assert (cfg.model.num_levels, cfg.model.num_codes, cfg.model.latent_dim) == (2, 64, 16)
     assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
 
@@ -69,6 +70,8 @@ def test_presets_set_the_documented_lambdas():
         ('sinkhorn_epsilon_mode = "scaled"',
          "sinkhorn_epsilon_mode must be 'relative' or 'absolute', got 'scaled'"),
         ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
+        ('wasserstein_scale = "mean"',
+         "wasserstein_scale must be 'per_element' or 'whole', got 'mean'"),
         ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),
         ("[model]\nnum_codes = 0", "model.num_codes must be >= 1"),
         ("model = 3", "model must be a table"),
@@ -131,3 +134,22 @@ def test_every_setting_is_read_by_the_step_or_by_the_loop_alone():
     step = config.step_config(cfg)
     assert step.loss.lambda_wasserstein == 0.5 and step.seed == 3 and step.dead_window == 7
     assert step == config.step_config(config.replace(cfg, {"steps": 5, "run.log_every": 3}))
+
+
+def test_a_run_saved_before_a_key_existed_keeps_the_value_it_trained_with(tmp_path):
+    # A run's config.toml lists every key it knew; one without wasserstein_scale (and the other
+    # later keys) was trained with the original losses, and resumes and reports as such.
+    from rqvae.config import BEFORE_KEY_EXISTED, dumps, load, load_saved
+
+    text = dumps(TrainerConfig(lambda_wasserstein=0.5))
+    old = "\n".join(line for line in text.splitlines()
+                    if line.split(" = ")[0] not in BEFORE_KEY_EXISTED)
+    (tmp_path / "config.toml").write_text(old)
+    saved = load_saved(tmp_path / "config.toml")
+    assert (saved.wasserstein_scale, saved.codebook_loss) == ("whole", "sum")
+    assert (saved.sinkhorn_epsilon_mode, saved.sinkhorn_tolerance) == ("absolute", 0.0)
+    assert saved.lambda_wasserstein == 0.5
+    assert load(tmp_path / "config.toml").wasserstein_scale == "per_element"  # a user's file
+    # A run saved with every key loads as saved.
+    (tmp_path / "config.toml").write_text(text)
+    assert load_saved(tmp_path / "config.toml") == load(tmp_path / "config.toml")

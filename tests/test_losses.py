@@ -1,6 +1,8 @@
 """The loss terms (rqvae.losses) and the Sinkhorn solvers under the Wasserstein term
 (rqvae.sinkhorn): properties, accuracy against exact and float64 references, stability, memory."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -366,3 +368,37 @@ def test_both_solvers_stop_at_the_same_iterate():
     # The tolerance is what stopped them: without it the loop goes on toward 0.
     untouched = _solve(cost, epsilon, num_iters=num_iters, tolerance=0.0)
     assert float(untouched.marginal_error) < 0.5 * float(fast.marginal_error)
+
+
+# -- issue: each term on the per-element scale of commit and codebook ---------------------------
+
+from rqvae.losses import loss_terms  # noqa: E402
+
+
+def test_the_transport_cost_is_per_latent_dimension_by_default():
+    # The default scale divides each level's sum(plan * C) by latent_dim, so a latent twice as wide
+    # with the same per-dimension distances costs the same, as commit and codebook do; "whole"
+    # keeps the original whole squared distances.
+    L, B, K, D = 2, 32, 8, 4
+    keys = jax.random.split(jax.random.key(3), 3)
+    level_inputs = jax.random.normal(keys[0], (L, B, D))
+    codebook = 0.5 * jax.random.normal(keys[1], (L, K, D))
+    x = jax.random.normal(keys[2], (B, 5))
+
+    def terms(inputs, codes, scale):
+        aux = {"z_e": inputs[0], "z_q": codes[:, :B].sum(0), "codebook": codes,
+               "level_inputs": inputs, "level_codes": codes[:, jnp.arange(B) % K]}
+        cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0, wasserstein_scale=scale)
+        return loss_terms(x, x, aux, cfg)
+
+    assert DEFAULT_LOSS.wasserstein_scale == "per_element"
+    whole = terms(level_inputs, codebook, "whole")
+    per_element = terms(level_inputs, codebook, "per_element")
+    np.testing.assert_allclose(per_element["wasserstein_levels"], whole["wasserstein_levels"] / D,
+                               rtol=1e-6)
+    assert float(per_element["wasserstein"]) == pytest.approx(float(whole["wasserstein"]) / D,
+                                                              rel=1e-6)
+    # Every dimension repeated twice: whole squared distances double, the per-element cost stays.
+    wide = terms(jnp.repeat(level_inputs, 2, -1), jnp.repeat(codebook, 2, -1), "per_element")
+    np.testing.assert_allclose(wide["wasserstein_levels"], per_element["wasserstein_levels"],
+                               rtol=1e-4)
