@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from operator import itemgetter
 from pathlib import Path
 
 from rqvae import config, rundir, runlog
@@ -39,7 +38,7 @@ class LoggedRun:
     path: Path
     config: dict  # flat {"model.num_codes": 64, ...}, every key; empty if none or it fails
     config_note: str | None  # why config is empty, or None
-    train: list[dict]  # records with kind == "train", in log order
+    train: Sequence[dict]  # records with kind == "train", in log order (`runlog.Log.train`)
     series: dict[str, Sequence]  # "step" and each loss term over train, None where missing
     evals: list[dict]  # records with kind == "eval", in log order
     resumes: list[dict]  # {"step", "changed"}, oldest first
@@ -57,12 +56,19 @@ class LoggedRun:
 
 def finite_extremes(values: Sequence) -> tuple | None:
     """(lowest finite value, the index of its first occurrence, highest finite value) or None."""
-    # A finite sum of numbers proves them all finite (a NaN or infinity makes it NaN or
-    # infinite): then min and max need no filter, which costs more than both on a long log.
-    if set(map(type, values)) <= {int, float} and math.isfinite(sum(values)):
-        finite = values
-    else:
-        finite = finite_numbers(values)
+    # The usual case, a long column of finite numbers, in four passes and no filtered copy: a
+    # finite sum proves every value a finite number or a boolean (None, text or a list fails to
+    # add; a NaN or infinity makes the sum so), and a boolean changes the result only where min
+    # or max picks it (min and max return the first extreme they meet, index the first equal).
+    try:
+        if values and math.isfinite(sum(values)):
+            low, high = min(values), max(values)
+            index = values.index(low)
+            if bool not in (type(low), type(high), type(values[index])):
+                return low, index, high
+    except TypeError:
+        pass
+    finite = finite_numbers(values)
     if not finite:
         return None
     low = min(finite)
@@ -93,43 +99,24 @@ def load_run(run_dir: Path) -> LoggedRun:
     if not log_path.is_file():
         raise rundir.UserError(_no_log_message(run_dir))
     try:
-        records = runlog.read(run_dir)
+        log = runlog.read_log(run_dir)
     except OSError as err:
         raise rundir.UserError(f"cannot read {log_path}: {err.strerror}; check the file") from None
     run_config, config_note = _read_config(run_dir)
-    by_kind = _by_kind(records)
-    train = by_kind.get("train", [])
-    series = _series(train)
-    status, reason = run_status(records[-1] if records else None, rundir.is_held(run_dir),
+    series = log.series
+    status, reason = run_status(log.last, rundir.is_held(run_dir),
                                 max(series["step"], default=None), run_config.get("steps"))
-    if not train:
+    if not log.train:
         raise NoRecords(_no_records_message(run_dir, status, reason))
     return LoggedRun(
         name=run_dir.name, path=run_dir, config=run_config, config_note=config_note,
-        train=train, series=series, evals=by_kind.get("eval", []),
-        resumes=_resumes(run_dir, by_kind.get("resume", [])), status=status,
+        train=log.train, series=series, evals=_of_kind(log.others, "eval"),
+        resumes=_resumes(run_dir, _of_kind(log.others, "resume")), status=status,
         status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]))
 
 
-_SERIES_KEYS = ("step", *LOSS_TERMS)
-
-
-def _series(train: list[dict]) -> dict[str, Sequence]:
-    """The step and loss terms of each train record, as columns. One pass over the records: a
-    long log's records lie all over memory, and each pass over them costs."""
-    try:
-        rows = list(map(itemgetter(*_SERIES_KEYS), train))
-    except KeyError:  # a record without some loss term (a hand-written log, an old one)
-        rows = [tuple(record.get(key) for key in _SERIES_KEYS) for record in train]
-    columns = list(zip(*rows)) or [()] * len(_SERIES_KEYS)
-    return dict(zip(_SERIES_KEYS, columns))
-
-
-def _by_kind(records: list[dict]) -> dict[str, list[dict]]:
-    by_kind: dict[str, list[dict]] = {}
-    for record in records:
-        by_kind.setdefault(record.get("kind"), []).append(record)
-    return by_kind
+def _of_kind(records: list[dict], kind: str) -> list[dict]:
+    return [record for record in records if record.get("kind") == kind]
 
 
 def run_status(last: dict | None, held: bool, last_train_step: int | None,

@@ -97,6 +97,35 @@ def test_old_key_names_read_as_the_new_ones(tmp_path):
     assert new == _train(20, 0.25)
 
 
+def test_read_log_holds_the_records_read_gives_with_the_train_columns(tmp_path):
+    old_train = {"kind": "train", "step": 15, "time": 1.5, "total": 0.4, "recon": 0.2,
+                 "commit": 0.125, "codebook": 0.25, "wasserstein": 0.0, "used": [3, 4]}
+    without_terms = {"kind": "train", "step": 40, "time": 4.0, "total": 0.2}
+    records = [_train(10, 0.5), _eval(10), old_train, _train(20, float("nan")),
+               _record(20, kind="resume", changed={"steps": [20, 40]}), _train(30, 0.25),
+               without_terms, _record(40, kind="end", status="completed", reason="")]
+    text = "".join(json.dumps(r) + "\n" for r in records)  # with NaN, as Python's json writes
+    cut_off = json.dumps(_train(50, 1.0))[:30]
+    (tmp_path / runlog.METRICS_FILE).write_text("\n[1, 2]\n" + text + cut_off)
+    everything = runlog.read(tmp_path)
+    train = [r for r in everything if r["kind"] == "train"]
+    log = runlog.read_log(tmp_path)
+    assert list(log.train) == train and len(log.train) == 5 and log.train[-1] == train[-1]
+    assert log.train[1]["batch_used"] == [3, 4] and log.train[1:3] == train[1:3]
+    assert log.others == [r for r in everything if r["kind"] != "train"]
+    assert log.last == everything[-1] == records[-1]
+    columns = {key: [r.get(key) for r in train] for key in runlog.SERIES_KEYS}
+    assert json.dumps(log.series) == json.dumps(columns)  # NaN equals NaN as text
+    assert log.series["step"] == (10, 15, 20, 30, 40) and log.series["recon"][-1] is None
+
+
+def test_read_log_of_a_log_without_records_is_empty(tmp_path):
+    (tmp_path / runlog.METRICS_FILE).write_text('\n{"kind": "train", "st')
+    log = runlog.read_log(tmp_path)
+    assert log.series == {key: () for key in runlog.SERIES_KEYS}
+    assert len(log.train) == 0 and log.others == [] and log.last is None
+
+
 def test_read_leaves_the_garbage_collector_as_it_found_it(tmp_path):
     _write(tmp_path, [_train(10, 0.5)])
     runlog.read(tmp_path)

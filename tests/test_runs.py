@@ -1,12 +1,13 @@
 """Finding and loading run directories, and a run's status. No JAX."""
 
 import json
+import random
 
 import pytest
 
-from rqvae import config, rundir
+from rqvae import config, rundir, runlog
 from rqvae.config import ConfigError
-from rqvae.runs import NoRecords, load_run
+from rqvae.runs import NoRecords, finite_extremes, load_run
 from rqvae.summary import summarize
 from synthetic_runs import (TRAIN_LOSSES, end_record, make_run, rendered, rows_of, tiny_cfg,
                             train_record)
@@ -152,3 +153,18 @@ def test_repeated_steps_are_marked(tmp_path):
     assert summarize(other)["repeated_steps"] == []
     (row,) = rows_of(rendered([run, other]), "joined")
     assert "completed, repeated steps" in row
+
+
+# -- finite_extremes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_finite_extremes_are_those_of_the_finite_numbers(seed):
+    rng = random.Random(seed)
+    pool = [0.5, 1.0, 0, 1, 2.5, -3, 0.0, True, False, None, "1.0", [1], float("nan"),
+            float("inf"), float("-inf")]
+    for _ in range(3000):
+        values = tuple(rng.choice(pool) for _ in range(rng.randrange(7)))
+        finite = [v for v in values if runlog.is_finite(v)]
+        expected = (min(finite), values.index(min(finite)), max(finite)) if finite else None
+        assert repr(finite_extremes(values)) == repr(expected), values
