@@ -3,10 +3,10 @@
 # (traditional, k-means init, dead-code restart, pure Wasserstein, hybrid) over several seeds,
 # prints the `rqvae report` comparison of every run and a table of mean and spread per method.
 # Variants ride along: traditional with the original codebook loss on the sum of the codes
-# (codebook_loss = "sum"); hybrid with a transport queue of four batches (ot_queue_size), with
-# the transport gradient into the encoder as well (wasserstein_encoder_grad), and with the
-# original transport (absolute epsilon 0.05, a fixed 20 iterations, whole squared distances, the
-# sum-form codebook loss).
+# (codebook_loss = "sum"); hybrid with a finer plan (sinkhorn_epsilon 0.02), with a transport
+# queue of four batches (ot_queue_size), with the transport gradient into the encoder as well
+# (wasserstein_encoder_grad), and with the original transport (absolute epsilon 0.05, a fixed 20
+# iterations, whole squared distances, the sum-form codebook loss).
 #
 #   scripts/dead_code_study.sh [--quick | --large] [--out DIR]
 #
@@ -19,8 +19,9 @@
 # --large: codebooks larger than the batch, on 8x8 grayscale image patches (scripts/make_patches.py,
 # written to DIR/patches8.npz first; needs pip install -e '.[study]'): 2 levels x 1,024, 4,096 and
 # 16,384 codes and 4 levels x 1,024, latent 16, batch 256, STEPS (1500) steps, SEEDS ("0 1 2");
-# traditional, k-means init, dead-code restart, hybrid and hybrid with a transport queue of four
-# batches. LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings.
+# traditional, k-means init, dead-code restart, hybrid, and the hybrid with a finer plan, with a
+# transport queue of four batches and with the transport gradient into the encoder.
+# LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings.
 # The hybrid solve at 16,384 codes takes seconds a step on 2 CPU cores: size it to the machine.
 set -euo pipefail
 
@@ -50,11 +51,12 @@ else
 fi
 out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
-methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-queue
-         hybrid-encoder-grad hybrid-original)
+methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-eps0.02
+         hybrid-queue hybrid-encoder-grad hybrid-original)
 variant() {  # method -> config name and extra arguments
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
+    hybrid-eps0.02) echo "hybrid --sinkhorn-epsilon 0.02" ;;
     hybrid-queue) echo "hybrid --set ot_queue_size=$((4 * batch))" ;;
     hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
     hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole --set sinkhorn_epsilon_mode=absolute
@@ -97,7 +99,7 @@ if [[ $mnist == auto ]]; then
 fi
 total_runs=$(( ${#sizes[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
 if [[ $large == 1 ]]; then
-  methods=(traditional kmeans restart hybrid hybrid-queue)
+  methods=(traditional kmeans restart hybrid hybrid-eps0.02 hybrid-queue hybrid-encoder-grad)
   total_runs=$(( ${#settings[@]} * ${#methods[@]} * ${#seeds[@]} ))
   patches="$out/patches8.npz"
   mkdir -p "$out"
