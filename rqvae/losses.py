@@ -132,10 +132,11 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     ||z_e - sg(z_q)||^2 and mean ||sg(z_e) - z_q||^2 on the sum of the codes), wasserstein (the
     levels' Sinkhorn costs, weighted and summed), wasserstein_levels (L,) the unweighted
     per-level costs (`cfg.wasserstein_scale` "per_element": sum(plan * C) / latent_dim, a mean
-    squared difference per latent dimension like commit and codebook; "whole": sum(plan * C)), sinkhorn_marginal_error (L,), sinkhorn_epsilon (L,) the effective epsilon
-    of each level's solve, and sinkhorn_g (L, K), the potentials to warm-start the next solve
-    with. `queue`: (the queued level inputs (L, Q, D), how many are filled), transported with the
-    batch's (`with_queue`). The level inputs are held out of the gradient unless
+    squared difference per latent dimension like commit and codebook; "whole": sum(plan * C)),
+    sinkhorn_marginal_error (L,), sinkhorn_epsilon (L,) the effective epsilon of each level's
+    solve, and sinkhorn_g (L, K), the potentials to warm-start the next solve with. `queue`:
+    (the queued level inputs (L, Q, D), how many are filled), transported with the batch's
+    (`with_queue`). The level inputs are held out of the gradient unless
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. At
     `cfg.lambda_wasserstein == 0` the term is not computed at all.
     """
@@ -217,9 +218,9 @@ def compute_losses(
             raise ValueError("pass level_inputs (L, B, D) unless there are two levels and z_q1")
         level_inputs = jnp.stack([z_e, z_e - z_q1])
     cfg = LossConfig(
-        codebook_loss="sum", wasserstein_scale="whole", lambda_commit=lambda_commit, lambda_codebook=lambda_codebook,
-        lambda_wasserstein=lambda_wasserstein, sinkhorn_epsilon=sinkhorn_epsilon,
-        sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon_mode=sinkhorn_epsilon_mode,
+        codebook_loss="sum", wasserstein_scale="whole", lambda_commit=lambda_commit,
+        lambda_codebook=lambda_codebook, lambda_wasserstein=lambda_wasserstein,
+        sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon_mode=sinkhorn_epsilon_mode,
         sinkhorn_tolerance=sinkhorn_tolerance, wasserstein_level_weights=tuple(level_weights or ()),
         wasserstein_encoder_grad=wasserstein_encoder_grad,
         sinkhorn_warm_start=sinkhorn_init_g is not None, sinkhorn_unroll=sinkhorn_unroll,

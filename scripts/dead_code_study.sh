@@ -59,8 +59,8 @@ variant() {  # method -> config name and extra arguments
     hybrid-eps0.02) echo "hybrid --sinkhorn-epsilon 0.02" ;;
     hybrid-queue) echo "hybrid --set ot_queue_size=$((4 * batch))" ;;
     hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
-    hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole --set sinkhorn_epsilon_mode=absolute
-      --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
+    hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole
+      --set sinkhorn_epsilon_mode=absolute --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
     *) echo "$1" ;;
   esac
 }
