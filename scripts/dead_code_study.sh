@@ -39,20 +39,23 @@ while [[ $# -gt 0 ]]; do
 done
 
 batch=128
+methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-eps0.02
+         hybrid-queue hybrid-encoder-grad hybrid-original)
 if [[ $quick == 1 && $large == 1 ]]; then
   echo "error: --quick and --large are two different studies; pass one" >&2; exit 2
 elif [[ $quick == 1 ]]; then
-  seeds=(0); sizes=(64); steps=${STEPS:-1000}; mnist=0
+  seeds=(0); groups=(digits-64); steps=${STEPS:-1000}; mnist=0
 elif [[ $large == 1 ]]; then
-  read -r -a seeds <<< "${SEEDS:-0 1 2}"; sizes=(); steps=${STEPS:-1500}; mnist=0; batch=256
+  read -r -a seeds <<< "${SEEDS:-0 1 2}"; steps=${STEPS:-1500}; mnist=0; batch=256
   read -r -a settings <<< "${LARGE_SETTINGS:-2x1024 2x4096 2x16384 4x1024}"
+  groups=("${settings[@]/#/patches-}")
+  methods=(traditional kmeans restart hybrid hybrid-eps0.02 hybrid-queue hybrid-encoder-grad)
 else
-  seeds=(0 1 2); sizes=(64 256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
+  seeds=(0 1 2); groups=(digits-64 digits-256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
 fi
 out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
-methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-eps0.02
-         hybrid-queue hybrid-encoder-grad hybrid-original)
+patches="$out/patches8.npz"
 variant() {  # method -> config name and extra arguments
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
@@ -62,6 +65,14 @@ variant() {  # method -> config name and extra arguments
     hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole
       --set sinkhorn_epsilon_mode=absolute --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
     *) echo "$1" ;;
+  esac
+}
+group_args() {  # digits-CODES or patches-LEVELSxCODES -> data and model arguments
+  case $1 in
+    digits-*) echo "--set model.num_codes=${1#digits-}" ;;
+    patches-*) local setting=${1#patches-}
+      echo "--dataset npz:$patches --batch-size $batch --set model.num_levels=${setting%x*}
+        --set model.num_codes=${setting#*x}" ;;
   esac
 }
 
@@ -97,40 +108,25 @@ if [[ $mnist == auto ]]; then
     2>/dev/null && mnist=1 || mnist=0
   [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
 fi
-total_runs=$(( ${#sizes[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
-if [[ $large == 1 ]]; then
-  methods=(traditional kmeans restart hybrid hybrid-eps0.02 hybrid-queue hybrid-encoder-grad)
-  total_runs=$(( ${#settings[@]} * ${#methods[@]} * ${#seeds[@]} ))
-  patches="$out/patches8.npz"
+total_runs=$(( ${#groups[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
+if [[ $large == 1 && ! -f $patches ]]; then
   mkdir -p "$out"
-  [[ -f $patches ]] || python scripts/make_patches.py --size 8 --out "$patches"
-  for setting in "${settings[@]}"; do
-    levels=${setting%x*}; codes=${setting#*x}
-    for method in "${methods[@]}"; do
-      for seed in "${seeds[@]}"; do
-        # shellcheck disable=SC2046  # the variant's words are meant to split
-        train "$out/patches-$setting/$method-s$seed" "$steps" $(variant "$method") --seed "$seed" \
-          --steps "$steps" --dataset "npz:$patches" --batch-size "$batch" \
-          --set "model.num_levels=$levels" --set "model.num_codes=$codes" \
-          --set "run.eval_every=$steps"
-      done
-    done
-  done
+  python scripts/make_patches.py --size 8 --out "$patches"
 fi
 
-for codes in "${sizes[@]}"; do
+for group in "${groups[@]}"; do
   for method in "${methods[@]}"; do
     for seed in "${seeds[@]}"; do
-      # shellcheck disable=SC2046  # the variant's words are meant to split
-      train "$out/digits-$codes/$method-s$seed" "$steps" $(variant "$method") --seed "$seed" \
-        --steps "$steps" --set "model.num_codes=$codes" --set "run.eval_every=$steps"
+      # shellcheck disable=SC2046  # the variant's and group's words are meant to split
+      train "$out/$group/$method-s$seed" "$steps" $(variant "$method") $(group_args "$group") \
+        --seed "$seed" --steps "$steps" --set "run.eval_every=$steps"
     done
   done
 done
 
 if [[ $mnist == 1 ]]; then
   mnist_steps=$(python -c "import tomllib; print(tomllib.load(open('configs/mnist.toml', 'rb'))['steps'])")
-  for method in "${methods[@]:0:5}"; do
+  for method in traditional kmeans restart wasserstein hybrid; do
     for seed in "${seeds[@]}"; do
       lambdas=()
       case $method in  # configs/mnist.toml is the hybrid; the others change its losses
