@@ -25,6 +25,7 @@ SHORT_HEADERS = {
     "sinkhorn_iters": "iters",
     "sinkhorn_epsilon_mode": "eps_mode",
     "sinkhorn_tolerance": "tol",
+    "sinkhorn_overrelaxation": "omega",
     "codebook_loss": "cb_loss",
     "wasserstein_scale": "W_scale",
     "ot_queue_size": "queue",

@@ -81,6 +81,9 @@ class TrainerConfig:
     sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
     sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
     #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
+    sinkhorn_overrelaxation: float = 1.6  # each iteration after the first moves the potentials
+    #   this many times a Sinkhorn update (in [1, 2); 1: plain Sinkhorn); about 3x fewer
+    #   iterations to the tolerance on training problems
     wasserstein_scale: str = "per_element"  # each level's transport cost per latent dimension,
     #   sum(plan * C) / latent_dim, on the scale of commit and codebook; "whole": sum(plan * C)
     #   of whole squared distances (the original form, latent_dim times larger)
@@ -115,6 +118,7 @@ class LossConfig:
     sinkhorn_epsilon_mode: str
     sinkhorn_iters: int
     sinkhorn_tolerance: float
+    sinkhorn_overrelaxation: float
     wasserstein_scale: str
     wasserstein_level_weights: tuple[float, ...]
     wasserstein_encoder_grad: bool
@@ -261,7 +265,8 @@ def load(path: str | Path | None) -> TrainerConfig:
 # before it existed trained (its default then differed). A run's config.toml lists every key it
 # knew, so a missing one dates the run.
 BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
-                      "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole"}
+                      "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole",
+                      "sinkhorn_overrelaxation": 1.0}
 
 
 def load_saved(path: str | Path) -> TrainerConfig:
@@ -350,6 +355,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     _check(math.isfinite(cfg.sinkhorn_tolerance) and cfg.sinkhorn_tolerance >= 0,
            f"sinkhorn_tolerance must be >= 0 (0: always run sinkhorn_iters), got "
            f"{cfg.sinkhorn_tolerance}")
+    _check(1 <= cfg.sinkhorn_overrelaxation < 2,
+           f"sinkhorn_overrelaxation must be in [1, 2) (1: plain Sinkhorn), got "
+           f"{cfg.sinkhorn_overrelaxation}")
     weights = cfg.wasserstein_level_weights
     _check(
         not weights or len(weights) == cfg.model.num_levels,

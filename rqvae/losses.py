@@ -17,22 +17,26 @@ sg = lax.stop_gradient
 
 
 def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, unroll=False,
-                   solver="scaling", epsilon_mode="absolute", tolerance=0.0):
+                   solver="scaling", epsilon_mode="absolute", tolerance=0.0, cost_NxM=None,
+                   overrelaxation=1.0):
     """sum(plan * C), the row-marginal error, the codebook-side potential and the effective
-    epsilon.
+    epsilon. `cost_NxM`: the squared distances, if already computed (the model's); the unrolled
+    solve differentiates through them, so it computes its own.
 
     By default the plan is held fixed in the backward pass: at the entropic optimum the gradient
     of the OT cost is that of sum(plan * C) with the plan constant (Danskin's envelope theorem),
     so nothing of the iterations is stored and memory is O(points x codes) whatever num_iters.
     """
     points_NxD, codebook_MxD = points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32)
-    cost_NxM = squared_distances(points_NxD, codebook_MxD)
+    if cost_NxM is None or unroll:
+        cost_NxM = squared_distances(points_NxD, codebook_MxD)
     epsilon = effective_epsilon(cost_NxM, epsilon, epsilon_mode)
     if unroll:
         result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, unroll=True,
-                                         tolerance=tolerance)
+                                         tolerance=tolerance, overrelaxation=overrelaxation)
         return jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g), epsilon
-    result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g, solver, tolerance)
+    result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g, solver, tolerance,
+                           overrelaxation)
     plan_NxM = sg(result.plan)
     # sum(P * C) expanded as sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with
     # r, s the plan's marginals: its gradient needs no further pass over the N x M plan. The value
@@ -78,17 +82,24 @@ def wasserstein_levels(
     solver: str = "scaling",
     epsilon_mode: str = "absolute",
     tolerance: float = 0.0,
+    cost_LxBxK: jax.Array | None = None,
+    overrelaxation: float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per-level OT cost between what each level quantized and its codebook, in one batched solve.
 
-    `epsilon_mode` and `tolerance` are as in `effective_epsilon` and `sinkhorn_plan`; each level
-    gets its own effective epsilon and stops on its own. Returns the cost (L,), the plan's
+    `epsilon_mode`, `tolerance` and `overrelaxation` are as in `effective_epsilon` and
+    `sinkhorn_plan`; each level
+    gets its own effective epsilon and stops on its own. `cost_LxBxK`: the squared distances
+    between the inputs and the codes, if already at hand (the model's `level_distances`); held
+    out of the gradient either way, except by `unroll`. Returns the cost (L,), the plan's
     row-marginal error (L,), the codebook-side potentials (L, K) for a warm start of the next
     solve, and the effective epsilon (L,).
     """
     solve = functools.partial(_sinkhorn_cost, epsilon=epsilon, num_iters=num_iters, unroll=unroll,
-                              solver=solver, epsilon_mode=epsilon_mode, tolerance=tolerance)
-    return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK)
+                              solver=solver, epsilon_mode=epsilon_mode, tolerance=tolerance,
+                              overrelaxation=overrelaxation)
+    return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK,
+                           cost_NxM=cost_LxBxK)
 
 
 CODEBOOK_LOSSES = ("per_level", "sum")
@@ -158,13 +169,20 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         level_inputs_LxBxD = aux["level_inputs"]
         if not cfg.wasserstein_encoder_grad:
             level_inputs_LxBxD = sg(level_inputs_LxBxD)
+        cost_LxBxK = aux.get("level_distances")
         if queue is not None:
             level_inputs_LxBxD = with_queue(level_inputs_LxBxD, *queue)
+            if cost_LxBxK is not None:  # the queued points' distances, then the batch's
+                queued_LxQxD = level_inputs_LxBxD[:, :queue[0].shape[1]]
+                cost_LxBxK = jnp.concatenate(
+                    [jax.vmap(squared_distances)(sg(queued_LxQxD), sg(codebook_LxKxD)),
+                     cost_LxBxK], axis=1)
         weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
         per_level_L, marginal_error_L, g_LxK, epsilon_L = wasserstein_levels(
             level_inputs_LxBxD, codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
             sinkhorn_g_LxK if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll, cfg.solver,
-            cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance)
+            cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance, cost_LxBxK,
+            cfg.sinkhorn_overrelaxation)
         if cfg.wasserstein_scale == "per_element":
             per_level_L = per_level_L / codebook_LxKxD.shape[-1]
         losses["wasserstein"] = jnp.sum(weights_L * per_level_L)
@@ -196,6 +214,7 @@ def compute_losses(
     sinkhorn_iters: int = 20,
     sinkhorn_epsilon_mode: str = "absolute",
     sinkhorn_tolerance: float = 0.0,
+    sinkhorn_overrelaxation: float = 1.0,
     level_inputs=None,
     level_weights: tuple[float, ...] | None = None,
     wasserstein_encoder_grad: bool = False,
@@ -209,8 +228,8 @@ def compute_losses(
     Level l's points are `level_inputs[l]`; with two levels they can be given as z_e and z_q1
     instead (level 2 quantizes z_e - z_q1). `lambda_wasserstein` must be a Python number.
     `sinkhorn_init_g` (L, K) warm-starts the solves. Called the original way, the solve is the
-    original one: epsilon in squared latent units, all `sinkhorn_iters` iterations, the cost of
-    whole squared distances.
+    original one: epsilon in squared latent units, all `sinkhorn_iters` plain Sinkhorn
+    iterations, the cost of whole squared distances.
     """
     num_levels = codebook.shape[0]
     if level_inputs is None and lambda_wasserstein != 0:
@@ -220,8 +239,9 @@ def compute_losses(
     cfg = LossConfig(
         codebook_loss="sum", wasserstein_scale="whole", lambda_commit=lambda_commit,
         lambda_codebook=lambda_codebook, lambda_wasserstein=lambda_wasserstein,
-        sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon_mode=sinkhorn_epsilon_mode,
-        sinkhorn_tolerance=sinkhorn_tolerance, wasserstein_level_weights=tuple(level_weights or ()),
+        sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters,
+        sinkhorn_epsilon_mode=sinkhorn_epsilon_mode, sinkhorn_tolerance=sinkhorn_tolerance, sinkhorn_overrelaxation=sinkhorn_overrelaxation,
+        wasserstein_level_weights=tuple(level_weights or ()),
         wasserstein_encoder_grad=wasserstein_encoder_grad,
         sinkhorn_warm_start=sinkhorn_init_g is not None, sinkhorn_unroll=sinkhorn_unroll,
         solver=solver)

@@ -6,7 +6,7 @@
 # (codebook_loss = "sum"); hybrid with a finer plan (sinkhorn_epsilon 0.02), with a transport
 # queue of four batches (ot_queue_size), with the transport gradient into the encoder as well
 # (wasserstein_encoder_grad), and with the original transport (absolute epsilon 0.05, a fixed 20
-# iterations, whole squared distances, the sum-form codebook loss).
+# plain iterations, whole squared distances, the sum-form codebook loss).
 #
 #   scripts/dead_code_study.sh [--quick | --large] [--out DIR]
 #
@@ -63,7 +63,8 @@ variant() {  # method -> config name and extra arguments
     hybrid-queue) echo "hybrid --set ot_queue_size=$((4 * batch))" ;;
     hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
     hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole
-      --set sinkhorn_epsilon_mode=absolute --set sinkhorn_iters=20 --set sinkhorn_tolerance=0" ;;
+      --set sinkhorn_epsilon_mode=absolute --set sinkhorn_iters=20 --set sinkhorn_tolerance=0
+      --set sinkhorn_overrelaxation=1" ;;
     *) echo "$1" ;;
   esac
 }

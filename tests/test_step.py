@@ -14,14 +14,14 @@ from rqvae.runlog import LOSS_TERMS
 
 # One step of the tiny config on the first 16 training digits. Update these only for an intended
 # change of the model, its init, the losses or the optimizer, never to make a refactor pass.
-GOLDEN_TOTAL = 0.2549919
-GOLDEN_STEP1_TOTAL = 0.2409995
+GOLDEN_TOTAL = 0.2550880
+GOLDEN_STEP1_TOTAL = 0.2412341
 # The same step with the original losses and solve (codebook_loss "sum", absolute epsilon, a fixed
-# 20 iterations, whole squared distances): the value of the first release, which those settings
-# must keep.
+# 20 plain iterations, whole squared distances): the value of the first release, which those
+# settings must keep.
 ORIGINAL_SETTINGS = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
                      "sinkhorn_iters": 20, "sinkhorn_tolerance": 0.0,
-                     "wasserstein_scale": "whole"}
+                     "wasserstein_scale": "whole", "sinkhorn_overrelaxation": 1.0}
 GOLDEN_ORIGINAL_TOTAL = 0.3785033
 
 
