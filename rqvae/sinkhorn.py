@@ -58,19 +58,20 @@ def sinkhorn_plan(
 ) -> Sinkhorn:
     """Entropic OT plan between uniform marginals after at most `num_iters` Sinkhorn iterations.
 
-    Every iteration ends with the codebook-side update, so each column of the plan carries exactly
+    The plan returned is closed by a plain codebook-side update, so each column carries exactly
     1 / M of the mass whatever the convergence: every code is pulled toward some points.
-    The solve stops at the first iterate whose row-marginal error is at most `tolerance` (0: run
-    all `num_iters`); the test is free, since the next point-side update computes the row sums.
+    The solve stops at the first such iterate whose row-marginal error is at most `tolerance`
+    (0: run all `num_iters`); without over-relaxation the test is free, since the next
+    point-side update computes the row sums.
     `init_g` warm-starts the codebook-side potential (cost units), e.g. from the previous step.
     Nothing underflows at any cost scale. `solver` "scaling": the stabilized scaling loop (a few
     log-sum-exp passes, the rest matrix-vector products), fastest on CPU; "logdomain": the
     log-domain loop in unrolled blocks, for accelerators, where exp is cheap and every loop trip
-    costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same one.
-    `overrelaxation` w in [1, 2): every iteration after the first moves each potential w times
+    costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same one;
+    `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): every iteration after the first moves each potential w times
     as far as a Sinkhorn update would (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp"; ott-jax
-    calls it momentum), which at w around 1.6 reaches a small tolerance in about a third of the
-    iterations on training problems; should the error ever exceed twice the smallest seen, the
+    calls it momentum), which at w = 1.6 reached the default tolerance in a quarter to a half of
+    plain Sinkhorn's iterations on training problems (scripts/bench_sinkhorn.py); should the error ever exceed twice the smallest seen, the
     rest of the solve falls back to w = 1. 1: plain Sinkhorn.
     """
     if solver == "scaling":
@@ -120,9 +121,10 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
     pass of exponentials as the codebook-side update: its columns sum to 1 / M, so nothing
     overflows). The rest iterate u = a / (K v), v = b / (u K) on matrix-vector products,
     over-relaxed as in `sinkhorn_plan`. When a scaling would leave [e^-30, e^30], the scalings
-    are absorbed into the potentials and a new stage starts with a log-domain iteration. The loop stops at the first iterate whose row-marginal error is at most `tolerance`, or once
-    an iteration leaves the scalings unchanged to float32 precision (later iterations would
-    return the same plan).
+    are absorbed into the potentials and a new stage starts with a log-domain iteration. The
+    loop stops at the first iterate whose row-marginal error is at most `tolerance`, or once an
+    iteration leaves the scalings unchanged to float32 precision (later iterations would return
+    the same plan).
 
     The iterate checked and returned is always the one closed by a plain codebook-side update
     (`v_closed`, every column exactly 1 / M); over-relaxed, the loop carries it next to the

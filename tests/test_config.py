@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_ones():
     assert (cfg.learning_rate, cfg.lambda_commit, cfg.lambda_codebook) == (1e-3, 0.25, 1.0)
     assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 200)
     assert (cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance) == ("relative", 0.005)
-    assert cfg.wasserstein_scale == "per_element"
+    assert cfg.wasserstein_scale == "per_element" and cfg.sinkhorn_overrelaxation == 1.6
     assert (cfg.model.num_levels, cfg.model.num_codes, cfg.model.latent_dim) == (2, 64, 16)
     assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
 
@@ -70,6 +70,8 @@ def test_presets_set_the_documented_lambdas():
         ('sinkhorn_epsilon_mode = "scaled"',
          "sinkhorn_epsilon_mode must be 'relative' or 'absolute', got 'scaled'"),
         ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
+        ("sinkhorn_overrelaxation = 2.0", "sinkhorn_overrelaxation must be in [1, 2)"),
+        ("sinkhorn_overrelaxation = 0.5", "sinkhorn_overrelaxation must be in [1, 2)"),
         ('wasserstein_scale = "mean"',
          "wasserstein_scale must be 'per_element' or 'whole', got 'mean'"),
         ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),
@@ -148,6 +150,7 @@ def test_a_run_saved_before_a_key_existed_keeps_the_value_it_trained_with(tmp_pa
     saved = load_saved(tmp_path / "config.toml")
     assert (saved.wasserstein_scale, saved.codebook_loss) == ("whole", "sum")
     assert (saved.sinkhorn_epsilon_mode, saved.sinkhorn_tolerance) == ("absolute", 0.0)
+    assert saved.sinkhorn_overrelaxation == 1.0
     assert saved.lambda_wasserstein == 0.5
     assert load(tmp_path / "config.toml").wasserstein_scale == "per_element"  # a user's file
     # A run saved with every key loads as saved.
