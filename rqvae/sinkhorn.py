@@ -1,10 +1,11 @@
 """Entropic optimal transport between points and a codebook with uniform marginals: the
 Sinkhorn solvers the Wasserstein term uses, pure functions of arrays.
 
-Two solvers compute the same iterates: "scaling", a log-stabilized scaling loop that is fastest on
-CPU, and "logdomain", the log-domain loop for accelerators (and the reference). Both stop once the
-plan's row-marginal error is within a tolerance, and both end every iteration with the codebook-side
-update, so each code carries exactly 1 / M of the mass.
+Two solvers compute the same iterates, over-relaxed or plain: "scaling", a log-stabilized scaling
+loop that is fastest on CPU, and "logdomain", the log-domain loop for accelerators (and the
+reference). Both stop once the row-marginal error of the iterate closed by a plain codebook-side
+update is within a tolerance, and return that iterate, so each code carries exactly 1 / M of the
+mass.
 """
 
 from __future__ import annotations
