@@ -107,6 +107,26 @@ def _relaxed_scaling(old, plain, weight):
                      jnp.exp((1.0 - weight) * jnp.log(old) + weight * jnp.log(plain)))
 
 
+def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, relax, best):
+    """The point-side half of an iteration from potentials (f, g), in the log domain: the plain
+    update of f from g, the row-marginal error of the iterate closed by a plain codebook-side
+    update, (f, g_closed) (the same as (f, g) unless over-relaxed; none before the first
+    iteration), and the over-relaxation after it: (plain_f, error, weight, relax, best), the
+    first iteration never relaxed."""
+    num_points = cost_NxM.shape[0]
+    if relaxing:
+        lse_2xN = _lse((jnp.stack([g_M, closed_M])[:, None, :] - cost_NxM) / epsilon, 2)
+        plain_f, closed_f = -epsilon * (jnp.log(num_points) + lse_2xN)
+    else:
+        plain_f = closed_f = -epsilon * (
+            jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
+    # The closed iterate's row sums are a * exp((f - f_closed) / epsilon).
+    error = _row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), 1.0 / num_points)
+    relax, best = jax.tree.map(lambda new, old: jnp.where(started, new, old),
+                               _guard(relax, best, error), (relax, best))
+    return plain_f, error, jnp.where(started, relax, 1.0), relax, best
+
+
 def _row_marginal_error(row_sums_over_a_N, a):
     """sum_i |row_sum_i - a| from the row sums in units of a; inf (never "converged") if a row
     sum overflowed."""
@@ -171,19 +191,10 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
         (f, g_closed), then the kernel relative to the new ones and the scaling iterations on it.
         It starts the solve, and every stage after a scaling reached its limit."""
         started = scalings.done > 0
-        if relaxing:
-            lse_2xN = _lse((jnp.stack([g_M, closed_M])[:, None, :] - cost_NxM) / epsilon, 2)
-            plain_f, closed_f = -epsilon * (jnp.log(num_points) + lse_2xN)
-        else:
-            plain_f = closed_f = -epsilon * (
-                jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
-        # The closed iterate's row sums are a * exp((f - f_closed) / epsilon).
-        error = _row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), a)
+        plain_f, error, weight, relax, best = _point_side(
+            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, scalings.relax,
+            scalings.best)
         stop = started & (error <= tolerance)
-        relax, best = jax.tree.map(lambda new, old: jnp.where(started, new, old),
-                                   _guard(scalings.relax, scalings.best, error),
-                                   (scalings.relax, scalings.best))
-        weight = jnp.where(started, relax, 1.0)  # the first iteration is never relaxed
         new_f = jnp.where(stop, f_N, _relaxed(f_N, plain_f, weight))
         # The codebook-side update and the kernel relative to the new potentials come from one
         # pass of exponentials: the column softmax of (f - C) / epsilon over M.
@@ -304,27 +315,14 @@ def sinkhorn_plan_logdomain(
     `sinkhorn_plan`.
     """
     num_points, num_codes = cost_NxM.shape
-    a = 1.0 / num_points
-
     relaxing = overrelaxation != 1.0
 
     def iteration(potentials):
         f_N, g_M, closed_M, done, iterations, relax, best = potentials
-        # The point-side update from g, and the check of the iterate closed by a plain
-        # codebook-side update (g_closed; the same as g unless over-relaxed): the row sums of
-        # (f, g_closed) are a * exp((f - f_closed) / epsilon); none before the first iteration.
-        if relaxing:
-            lse_2xN = _lse((jnp.stack([g_M, closed_M])[:, None, :] - cost_NxM) / epsilon, 2)
-            plain_f, closed_f = -epsilon * (jnp.log(num_points) + lse_2xN)
-        else:
-            plain_f = closed_f = -epsilon * (
-                jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
-        error = _row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), a)
         started = done > 0
+        plain_f, error, weight, relax, best = _point_side(
+            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, relax, best)
         stop = (done >= num_iters) | (started & (error <= tolerance))
-        relax, best = jax.tree.map(lambda new, old: jnp.where(started, new, old),
-                                   _guard(relax, best, error), (relax, best))
-        weight = jnp.where(started, relax, 1.0)  # the first iteration is never relaxed
         new_f = _relaxed(f_N, plain_f, weight)
         plain_g = -epsilon * (jnp.log(num_codes) + _lse((new_f[:, None] - cost_NxM) / epsilon, 0))
         new_g = _relaxed(g_M, plain_g, weight) if relaxing else plain_g

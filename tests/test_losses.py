@@ -332,13 +332,18 @@ def _codebook_gradient(plan, points, codes):
     return 2 * (plan.sum(0)[:, None] * codes - plan.T @ points)
 
 
-@pytest.mark.parametrize("solver", ["scaling", "logdomain"])
-def test_default_solve_is_accurate_where_20_iterations_are_not(solver):
-    # 1-D: sharp plans, C / epsilon about 150 at the default relative epsilon.
+def _sharp_problem():
+    """1-D points and codes with sharp plans, C / epsilon about 150 at the default relative
+    epsilon: (points, codes, cost, epsilon)."""
     points = jax.random.normal(jax.random.key(10), (48, 1))
     codes = 0.5 * jax.random.normal(jax.random.key(11), (16, 1)) + 0.5
     cost = squared_distances(points, codes)
-    epsilon = effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, "relative")
+    return points, codes, cost, effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, "relative")
+
+
+@pytest.mark.parametrize("solver", ["scaling", "logdomain"])
+def test_default_solve_is_accurate_where_20_iterations_are_not(solver):
+    points, codes, cost, epsilon = _sharp_problem()
     assert float(cost.max() / epsilon) > 100
     reference = _codebook_gradient(_float64_plan(cost, float(epsilon)), points, codes)
 
@@ -413,11 +418,8 @@ def test_the_transport_cost_is_per_latent_dimension_by_default():
 
 @pytest.mark.parametrize("solver", ["scaling", "logdomain"])
 def test_overrelaxation_converges_faster_to_the_same_plan(solver):
-    # The sharp 1-D problem (C / epsilon about 150), where plain Sinkhorn converges slowly.
-    points = jax.random.normal(jax.random.key(10), (48, 1))
-    codes = 0.5 * jax.random.normal(jax.random.key(11), (16, 1)) + 0.5
-    cost = squared_distances(points, codes)
-    epsilon = effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, "relative")
+    # The sharp problem, where plain Sinkhorn converges slowly.
+    _, _, cost, epsilon = _sharp_problem()
     reference = _float64_plan(cost, float(epsilon))
     errors = {}
     for overrelaxation in (1.0, DEFAULT_LOSS.sinkhorn_overrelaxation, 1.95):
