@@ -63,17 +63,19 @@ def sinkhorn_plan(
     1 / M of the mass whatever the convergence: every code is pulled toward some points.
     The solve stops at the first such iterate whose row-marginal error is at most `tolerance`
     (0: run all `num_iters`); without over-relaxation the test is free, since the next
-    point-side update computes the row sums.
+    point-side update computes the row sums, and over-relaxed it is made once the current
+    iterate's error is within twice the tolerance (`_CHECK_GATE`).
     `init_g` warm-starts the codebook-side potential (cost units), e.g. from the previous step.
     Nothing underflows at any cost scale. `solver` "scaling": the stabilized scaling loop (a few
     log-sum-exp passes, the rest matrix-vector products), fastest on CPU; "logdomain": the
     log-domain loop in unrolled blocks, for accelerators, where exp is cheap and every loop trip
-    costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same one;
-    `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): every iteration after the first moves each potential w times
-    as far as a Sinkhorn update would (Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp"; ott-jax
-    calls it momentum), which at w = 1.6 reached the default tolerance in a quarter to a half of
-    plain Sinkhorn's iterations on training problems (scripts/bench_sinkhorn.py); should the error ever exceed twice the smallest seen, the
-    rest of the solve falls back to w = 1. 1: plain Sinkhorn.
+    costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same
+    one; `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): every iteration after
+    the first moves each potential w times as far as a Sinkhorn update would (Thibault et al.
+    2017, "Overrelaxed Sinkhorn-Knopp"; ott-jax calls it momentum), which at w = 1.6 reached the
+    default tolerance in a quarter to a half of plain Sinkhorn's iterations on training problems
+    (scripts/bench_sinkhorn.py); should the current iterate's error ever exceed twice the
+    smallest seen, the rest of the solve falls back to w = 1. 1: plain Sinkhorn.
     """
     if solver == "scaling":
         return _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
@@ -87,6 +89,19 @@ def sinkhorn_plan(
 # The error, as a multiple of the smallest seen in the solve, beyond which over-relaxation is
 # dropped for the rest of it.
 _DIVERGING = 2.0
+
+
+# Over-relaxed, the closed iterate's error costs a matrix-vector product of its own; it is computed
+# only once the over-relaxed iterate's error (free: the next update computes its row sums) is
+# within this multiple of the tolerance. On the transport problems of digits and MNIST-shaped
+# runs, the closed iterate was within the tolerance at most one or two iterations after the
+# over-relaxed one was within twice it, so a solve takes two matrix-vector products an iteration
+# and a few more at its end, where checking every iterate took three an iteration.
+_CHECK_GATE = 2.0
+# Below this many kernel entries a branch costs more than the product it skips (on CPU, where the
+# scaling loop runs): the closed iterate's error is then computed every iteration, which gives
+# the same stops.
+_BRANCH_MIN_ENTRIES = 2**15
 
 
 def _guard(relax, best, error):
@@ -107,11 +122,12 @@ def _relaxed_scaling(old, plain, weight):
                      jnp.exp((1.0 - weight) * jnp.log(old) + weight * jnp.log(plain)))
 
 
-def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, relax, best):
+def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, tolerance, relax,
+                best):
     """The point-side half of an iteration from potentials (f, g), in the log domain: the plain
-    update of f from g, the row-marginal error of the iterate closed by a plain codebook-side
+    update of f from g, whether to stop (`_stops`) at the iterate closed by a plain codebook-side
     update, (f, g_closed) (the same as (f, g) unless over-relaxed; none before the first
-    iteration), and the over-relaxation after it: (plain_f, error, weight, relax, best), the
+    iteration), and the over-relaxation after it: (plain_f, stop, weight, relax, best), the
     first iteration never relaxed."""
     num_points = cost_NxM.shape[0]
     if relaxing:
@@ -120,11 +136,20 @@ def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, relax,
     else:
         plain_f = closed_f = -epsilon * (
             jnp.log(num_points) + _lse((g_M[None, :] - cost_NxM) / epsilon, 1))
-    # The closed iterate's row sums are a * exp((f - f_closed) / epsilon).
-    error = _row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), 1.0 / num_points)
+    # An iterate (f, g)'s row sums are a * exp((f - f') / epsilon), f' the update from g.
+    error = _row_marginal_error(jnp.exp((f_N - plain_f) / epsilon), 1.0 / num_points)
+    closed_error = (_row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), 1.0 / num_points)
+                    if relaxing else error)
     relax, best = jax.tree.map(lambda new, old: jnp.where(started, new, old),
                                _guard(relax, best, error), (relax, best))
-    return plain_f, error, jnp.where(started, relax, 1.0), relax, best
+    stop = started & _stops(error, closed_error, tolerance)
+    return plain_f, stop, jnp.where(started, relax, 1.0), relax, best
+
+
+def _stops(error, closed_error, tolerance):
+    """Whether a solve stops at the closed iterate, given the current iterate's row-marginal
+    error and the closed one's (`_CHECK_GATE`; the same rule in both solvers)."""
+    return (error <= _CHECK_GATE * tolerance) & (closed_error <= tolerance)
 
 
 def _row_marginal_error(row_sums_over_a_N, a):
@@ -143,7 +168,8 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
     overflows). The rest iterate u = a / (K v), v = b / (u K) on matrix-vector products,
     over-relaxed as in `sinkhorn_plan`. When a scaling would leave [e^-30, e^30], the scalings
     are absorbed into the potentials and a new stage starts with a log-domain iteration. The
-    loop stops at the first iterate whose row-marginal error is at most `tolerance`, or once an
+    loop stops at the first iterate whose row-marginal error is at most `tolerance` (as in
+    `sinkhorn_plan`), or once an
     iteration leaves the scalings unchanged to float32 precision (later iterations would return
     the same plan).
 
@@ -158,13 +184,21 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
 
     def scaling_iteration(kernel_NxM, scalings):
         u_N, v_M, closed_M, done, iterations, _, relax, best = scalings
-        # K v for the next update, K v_closed for the check (the same unless over-relaxed; two
-        # matrix-vector products are faster than one product with a two-column matrix on CPU).
+        # The current iterate's row sums are u * (K v), the closed one's u * (K v_closed): stop
+        # on the closed iterate before moving on. K v_closed is a matrix-vector product of its
+        # own, made only once the current iterate is near the tolerance (`_CHECK_GATE`).
         to_u_N = kernel_NxM @ v_M
-        closed_rows_N = kernel_NxM @ closed_M if relaxing else to_u_N
-        # The closed iterate's row sums are u * (K v_closed): stop on it before moving on.
-        error = _row_marginal_error(u_N * closed_rows_N / a, a)
-        within_tolerance = error <= tolerance
+        error = _row_marginal_error(u_N * to_u_N / a, a)
+        if not relaxing:
+            closed_error = error
+        elif kernel_NxM.size >= _BRANCH_MIN_ENTRIES:
+            closed_error = lax.cond(
+                error <= _CHECK_GATE * tolerance,
+                lambda: _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a),
+                lambda: jnp.array(jnp.inf, jnp.float32))
+        else:
+            closed_error = _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a)
+        within_tolerance = _stops(error, closed_error, tolerance)
         relax, best = _guard(relax, best, error)
         new_u = _relaxed_scaling(u_N, a / to_u_N, relax)
         new_closed = b / (new_u @ kernel_NxM)  # u @ K: XLA's K.T @ u is many times slower on CPU
@@ -186,15 +220,15 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
                                   scalings._replace(ok=jnp.array(True)))
         return f_N, g_M, kernel_NxM, scalings
 
-    def log_step(f_N, g_M, closed_M, scalings):
+    def log_step(f_N, g_M, closed_M, scalings, first=False):
         """One log-domain iteration from potentials (f, g), whose closed iterate is
         (f, g_closed), then the kernel relative to the new ones and the scaling iterations on it.
-        It starts the solve, and every stage after a scaling reached its limit."""
+        It starts the solve (`first`: no iterate to check, so no closed one to update from), and
+        every stage after a scaling reached its limit."""
         started = scalings.done > 0
-        plain_f, error, weight, relax, best = _point_side(
-            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, scalings.relax,
-            scalings.best)
-        stop = started & (error <= tolerance)
+        plain_f, stop, weight, relax, best = _point_side(
+            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing and not first, started, tolerance,
+            scalings.relax, scalings.best)
         new_f = jnp.where(stop, f_N, _relaxed(f_N, plain_f, weight))
         # The codebook-side update and the kernel relative to the new potentials come from one
         # pass of exponentials: the column softmax of (f - C) / epsilon over M.
@@ -218,7 +252,7 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
     g_M = jnp.zeros(num_codes, jnp.float32) if init_g is None else init_g.astype(jnp.float32)
     scalings = _Scalings(ones_N, ones_M, ones_M, jnp.array(0), jnp.array(0), jnp.array(True),
                          jnp.asarray(overrelaxation, jnp.float32), jnp.array(jnp.inf, jnp.float32))
-    carry = log_step(jnp.zeros(num_points, jnp.float32), g_M, g_M, scalings)
+    carry = log_step(jnp.zeros(num_points, jnp.float32), g_M, g_M, scalings, first=True)
     _, g_M, kernel_NxM, scalings = lax.while_loop(lambda c: c[3].done < num_iters,
                                                   lambda c: restage(*c), carry)
     # The closed iterate: the column sums, from one matrix-vector product, scale every column to
@@ -320,9 +354,9 @@ def sinkhorn_plan_logdomain(
     def iteration(potentials):
         f_N, g_M, closed_M, done, iterations, relax, best = potentials
         started = done > 0
-        plain_f, error, weight, relax, best = _point_side(
-            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, relax, best)
-        stop = (done >= num_iters) | (started & (error <= tolerance))
+        plain_f, stop, weight, relax, best = _point_side(
+            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, tolerance, relax, best)
+        stop = (done >= num_iters) | stop
         new_f = _relaxed(f_N, plain_f, weight)
         plain_g = -epsilon * (jnp.log(num_codes) + _lse((new_f[:, None] - cost_NxM) / epsilon, 0))
         new_g = _relaxed(g_M, plain_g, weight) if relaxing else plain_g

@@ -360,9 +360,11 @@ def test_default_solve_is_accurate_where_20_iterations_are_not(solver):
     assert error > 0.05 and relative > 0.1
 
 
-def test_both_solvers_stop_at_the_same_iterate():
-    points = jax.random.normal(jax.random.key(0), (48, 16))
-    codes = 0.5 * jax.random.normal(jax.random.key(1), (16, 16))
+@pytest.mark.parametrize("num_points,num_codes", [(48, 16), (192, 256)])
+def test_both_solvers_stop_at_the_same_iterate(num_points, num_codes):
+    # 192 x 256 is past the size where the scaling loop checks the closed iterate in a branch.
+    points = jax.random.normal(jax.random.key(0), (num_points, 16))
+    codes = 0.5 * jax.random.normal(jax.random.key(1), (num_codes, 16))
     cost = squared_distances(points, codes)
     num_iters, epsilon = DEFAULT_LOSS.sinkhorn_iters, jnp.float32(0.5)
     for tolerance, overrelaxation in itertools.product((0.05, 0.01), (1.0, 1.6)):
@@ -371,6 +373,7 @@ def test_both_solvers_stop_at_the_same_iterate():
         reference = _solve(cost, epsilon, num_iters=num_iters, solver="logdomain",
                            tolerance=tolerance, overrelaxation=overrelaxation)
         np.testing.assert_allclose(fast.plan, reference.plan, atol=1e-6)
+        assert int(fast.iterations) == int(reference.iterations)
         # The returned plan is the iterate the check passed: every column exactly 1 / M.
         assert float(fast.marginal_error) <= tolerance
         np.testing.assert_allclose(fast.plan.sum(0), 1 / codes.shape[0], rtol=1e-5)
