@@ -70,11 +70,12 @@ def sinkhorn_plan(
     log-sum-exp passes, the rest matrix-vector products), fastest on CPU; "logdomain": the
     log-domain loop in unrolled blocks, for accelerators, where exp is cheap and every loop trip
     costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same
-    one; `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): every iteration after
-    the first moves each potential w times as far as a Sinkhorn update would (Thibault et al.
-    2017, "Overrelaxed Sinkhorn-Knopp"; ott-jax calls it momentum), which at w = 1.6 reached the
+    one; `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): once plain iterations
+    slow down (an iteration leaves more than half the smallest error seen), every iteration
+    moves each potential w times as far as a Sinkhorn update would (Thibault et al. 2017,
+    "Overrelaxed Sinkhorn-Knopp"; ott-jax calls it momentum), which at w = 1.6 reached the
     default tolerance in a quarter to a half of plain Sinkhorn's iterations on training problems
-    (scripts/bench_sinkhorn.py); should the current iterate's error ever exceed twice the
+    (scripts/bench_sinkhorn.py); should the current iterate's error then exceed twice the
     smallest seen, the rest of the solve falls back to w = 1. 1: plain Sinkhorn.
     """
     if solver == "scaling":
@@ -104,10 +105,29 @@ _CHECK_GATE = 2.0
 _BRANCH_MIN_ENTRIES = 2**15
 
 
-def _guard(relax, best, error):
-    """The over-relaxation weight and smallest error after an iteration whose current iterate has
-    `error`: the weight drops to 1 for good once the error exceeds `_DIVERGING` times the best."""
-    return jnp.where(error > _DIVERGING * best, 1.0, relax), jnp.minimum(best, error)
+# Over-relaxation starts once an iteration leaves more than this fraction of the smallest error
+# seen: plain Sinkhorn is then in its slow linear phase, where over-relaxation gains most. Before
+# that (early in training a warm-started solve often takes a handful of iterations) an
+# over-relaxed iteration gains no more than a plain one and costs more. On the transport problems
+# of digits and MNIST-shaped runs this took as few matrix-vector products as plain Sinkhorn on
+# the easy problems and one or two more than over-relaxing from the start on the hard ones.
+_SLOW = 0.5
+
+
+def _schedule(relax, best, error, overrelaxation):
+    """The over-relaxation state and smallest error after an iteration whose current iterate has
+    `error`. The state is the weight of the updates, 0 standing for 1 before over-relaxation has
+    started: it starts (`overrelaxation`) once the error exceeds `_SLOW` times the smallest seen,
+    and falls back to 1 for the rest of the solve once it exceeds `_DIVERGING` times it."""
+    starts = (relax == 0.0) & (error > _SLOW * best)
+    diverges = (relax > 1.0) & (error > _DIVERGING * best)
+    relax = jnp.where(starts, overrelaxation, jnp.where(diverges, 1.0, relax))
+    return relax, jnp.minimum(best, error)
+
+
+def _weight(relax):
+    """The weight of the updates in over-relaxation state `relax` (`_schedule`)."""
+    return jnp.where(relax == 0.0, 1.0, relax)
 
 
 def _relaxed(old, plain, weight):
@@ -122,13 +142,14 @@ def _relaxed_scaling(old, plain, weight):
                      jnp.exp((1.0 - weight) * jnp.log(old) + weight * jnp.log(plain)))
 
 
-def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, tolerance, relax,
-                best):
+def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, overrelaxation, relaxing, started,
+                tolerance, relax, best):
     """The point-side half of an iteration from potentials (f, g), in the log domain: the plain
     update of f from g, whether to stop (`_stops`) at the iterate closed by a plain codebook-side
-    update, (f, g_closed) (the same as (f, g) unless over-relaxed; none before the first
-    iteration), and the over-relaxation after it: (plain_f, stop, weight, relax, best), the
-    first iteration never relaxed."""
+    update, (f, g_closed) (the same as (f, g) until over-relaxation starts; none before the first
+    iteration), and the over-relaxation after it (`_schedule`): (plain_f, stop, weight, relax,
+    best), the first iteration never relaxed. `relaxing`: whether the solve may over-relax at
+    all, and has a closed iterate of its own."""
     num_points = cost_NxM.shape[0]
     if relaxing:
         lse_2xN = _lse((jnp.stack([g_M, closed_M])[:, None, :] - cost_NxM) / epsilon, 2)
@@ -141,9 +162,9 @@ def _point_side(f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, tolera
     closed_error = (_row_marginal_error(jnp.exp((f_N - closed_f) / epsilon), 1.0 / num_points)
                     if relaxing else error)
     relax, best = jax.tree.map(lambda new, old: jnp.where(started, new, old),
-                               _guard(relax, best, error), (relax, best))
+                               _schedule(relax, best, error, overrelaxation), (relax, best))
     stop = started & _stops(error, closed_error, tolerance)
-    return plain_f, stop, jnp.where(started, relax, 1.0), relax, best
+    return plain_f, stop, jnp.where(started, _weight(relax), 1.0), relax, best
 
 
 def _stops(error, closed_error, tolerance):
@@ -185,24 +206,28 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
     def scaling_iteration(kernel_NxM, scalings):
         u_N, v_M, closed_M, done, iterations, _, relax, best = scalings
         # The current iterate's row sums are u * (K v), the closed one's u * (K v_closed): stop
-        # on the closed iterate before moving on. K v_closed is a matrix-vector product of its
-        # own, made only once the current iterate is near the tolerance (`_CHECK_GATE`).
+        # on the closed iterate before moving on. Until over-relaxation starts the two are the
+        # same; after, K v_closed is a matrix-vector product of its own, made only once the
+        # current iterate is near the tolerance (`_CHECK_GATE`).
         to_u_N = kernel_NxM @ v_M
         error = _row_marginal_error(u_N * to_u_N / a, a)
+        def closed_iterate_error():
+            return _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a)
+
         if not relaxing:
             closed_error = error
         elif kernel_NxM.size >= _BRANCH_MIN_ENTRIES:
-            closed_error = lax.cond(
-                error <= _CHECK_GATE * tolerance,
-                lambda: _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a),
-                lambda: jnp.array(jnp.inf, jnp.float32))
+            closed_error = lax.cond((relax != 0.0) & (error <= _CHECK_GATE * tolerance),
+                                    closed_iterate_error,
+                                    lambda: jnp.where(relax == 0.0, error, jnp.inf))
         else:
-            closed_error = _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a)
+            closed_error = jnp.where(relax == 0.0, error, closed_iterate_error())
         within_tolerance = _stops(error, closed_error, tolerance)
-        relax, best = _guard(relax, best, error)
-        new_u = _relaxed_scaling(u_N, a / to_u_N, relax)
+        relax, best = _schedule(relax, best, error, overrelaxation)
+        weight = _weight(relax)
+        new_u = _relaxed_scaling(u_N, a / to_u_N, weight)
         new_closed = b / (new_u @ kernel_NxM)  # u @ K: XLA's K.T @ u is many times slower on CPU
-        new_v = _relaxed_scaling(v_M, new_closed, relax) if relaxing else new_closed
+        new_v = _relaxed_scaling(v_M, new_closed, weight) if relaxing else new_closed
         ok = (jnp.all(jnp.abs(jnp.log(new_u)) < _LOG_SCALING_LIMIT)
               & jnp.all(jnp.abs(jnp.log(new_v)) < _LOG_SCALING_LIMIT)
               & jnp.all(jnp.abs(jnp.log(new_closed)) < _LOG_SCALING_LIMIT) & ~within_tolerance)
@@ -227,8 +252,8 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
         every stage after a scaling reached its limit."""
         started = scalings.done > 0
         plain_f, stop, weight, relax, best = _point_side(
-            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing and not first, started, tolerance,
-            scalings.relax, scalings.best)
+            f_N, g_M, closed_M, cost_NxM, epsilon, overrelaxation, relaxing and not first,
+            started, tolerance, scalings.relax, scalings.best)
         new_f = jnp.where(stop, f_N, _relaxed(f_N, plain_f, weight))
         # The codebook-side update and the kernel relative to the new potentials come from one
         # pass of exponentials: the column softmax of (f - C) / epsilon over M.
@@ -251,7 +276,7 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
 
     g_M = jnp.zeros(num_codes, jnp.float32) if init_g is None else init_g.astype(jnp.float32)
     scalings = _Scalings(ones_N, ones_M, ones_M, jnp.array(0), jnp.array(0), jnp.array(True),
-                         jnp.asarray(overrelaxation, jnp.float32), jnp.array(jnp.inf, jnp.float32))
+                         jnp.array(0.0, jnp.float32), jnp.array(jnp.inf, jnp.float32))
     carry = log_step(jnp.zeros(num_points, jnp.float32), g_M, g_M, scalings, first=True)
     _, g_M, kernel_NxM, scalings = lax.while_loop(lambda c: c[3].done < num_iters,
                                                   lambda c: restage(*c), carry)
@@ -267,8 +292,8 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
 class _Scalings(NamedTuple):
     """The scaling loop's carry: u, v (over-relaxed), the codebook-side scaling that closes the
     current iterate with a plain update, the loop counter (num_iters once stopped), the
-    iterations taken, whether the last one was, the over-relaxation weight and the smallest
-    error seen."""
+    iterations taken, whether the last one was, the over-relaxation state (`_schedule`) and the
+    smallest error seen."""
 
     u: jax.Array
     v: jax.Array
@@ -355,7 +380,8 @@ def sinkhorn_plan_logdomain(
         f_N, g_M, closed_M, done, iterations, relax, best = potentials
         started = done > 0
         plain_f, stop, weight, relax, best = _point_side(
-            f_N, g_M, closed_M, cost_NxM, epsilon, relaxing, started, tolerance, relax, best)
+            f_N, g_M, closed_M, cost_NxM, epsilon, overrelaxation, relaxing, started,
+            tolerance, relax, best)
         stop = (done >= num_iters) | stop
         new_f = _relaxed(f_N, plain_f, weight)
         plain_g = -epsilon * (jnp.log(num_codes) + _lse((new_f[:, None] - cost_NxM) / epsilon, 0))
@@ -366,7 +392,7 @@ def sinkhorn_plan_logdomain(
 
     g_M = jnp.zeros(num_codes, cost_NxM.dtype) if init_g is None else init_g
     potentials = (jnp.zeros(num_points, cost_NxM.dtype), g_M, g_M, jnp.array(0), jnp.array(0),
-                  jnp.asarray(overrelaxation, cost_NxM.dtype), jnp.array(jnp.inf, cost_NxM.dtype))
+                  jnp.array(0.0, cost_NxM.dtype), jnp.array(jnp.inf, cost_NxM.dtype))
     if unroll:
         potentials = lax.fori_loop(0, num_iters, lambda _, p: iteration(p), potentials)
     else:
