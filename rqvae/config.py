@@ -81,9 +81,9 @@ class TrainerConfig:
     sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
     sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
     #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
-    sinkhorn_overrelaxation: float = 1.6  # each iteration after the first moves the potentials
-    #   this many times a Sinkhorn update (in [1, 2); 1: plain Sinkhorn); 2-4x fewer
-    #   iterations to the tolerance on training problems
+    sinkhorn_overrelaxation: float = 1.6  # once plain iterations slow down, each iteration
+    #   moves the potentials this many times a Sinkhorn update (in [1, 2); 1: plain Sinkhorn);
+    #   2-4x fewer iterations to the tolerance on training problems
     wasserstein_scale: str = "per_element"  # each level's transport cost per latent dimension,
     #   sum(plan * C) / latent_dim, on the scale of commit and codebook; "whole": sum(plan * C)
     #   of whole squared distances (the original form, latent_dim times larger)
