@@ -1,0 +1,71 @@
+"""Where a trained run's dead codes are, and how spread its transport plan is, per level.
+
+    python scripts/dead_code_diagnosis.py RUN_DIR [RUN_DIR ...] [--points 8192]
+
+For each run, at its newest checkpoint, on `--points` training images (all of them if fewer):
+- alive: codes that at least one of those images picks at that level (a sample, so it can read
+  lower than the full-pass count `rqvae eval` gives);
+- the median squared distance from a code to its nearest level input, for live and for dead
+  codes: dead codes far from the data were never reached; dead codes on it are shadowed by a
+  near-duplicate code that wins the argmin;
+- the median squared distance from a level input to its code, and the mean cost;
+- for one training batch, the epsilon the run's solve uses and the plan's spread: the median
+  over points of exp(entropy) of the point's row of the plan, the number of codes its mass is
+  spread over (at least num_codes / batch_size, when the codebook is larger than the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from rqvae import rundir
+from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.step import make_model
+
+
+def diagnose(run_dir: Path, num_points: int) -> list[str]:
+    cfg, step_cfg, dataset, params, step = rundir.load_trained(run_dir)
+    rng = np.random.default_rng(0)
+    images = dataset.train[rng.choice(len(dataset.train), min(num_points, len(dataset.train)),
+                                      replace=False)]
+    _, aux = make_model(step_cfg).apply(params, jnp.asarray(images))
+    lines = [f"{run_dir} (step {step}, {len(images)} training images)"]
+    for level, (inputs, codes) in enumerate(zip(aux["level_inputs"], aux["codebook"]), 1):
+        cost = np.asarray(squared_distances(inputs, codes))
+        alive = np.bincount(cost.argmin(1), minlength=len(codes)) > 0
+        to_point = cost.min(0)
+
+        def median(values):
+            return f"{np.median(values):.4g}" if len(values) else "-"
+
+        batch_cost = squared_distances(inputs[:cfg.batch_size], codes)
+        epsilon = effective_epsilon(batch_cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_epsilon_mode)
+        plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, cfg.sinkhorn_iters,
+                                        tolerance=cfg.sinkhorn_tolerance,
+                                        overrelaxation=cfg.sinkhorn_overrelaxation).plan)
+        rows = plan / plan.sum(1, keepdims=True)
+        spread = np.exp(-(rows * np.log(np.maximum(rows, 1e-30))).sum(1))
+        lines.append(
+            f"  L{level}: alive {alive.sum()} / {len(codes)} ({100 * alive.mean():.1f}%); code to "
+            f"nearest input: live {median(to_point[alive])}, dead {median(to_point[~alive])}; "
+            f"input to its code {np.median(cost.min(1)):.4g}; mean cost {cost.mean():.4g}; "
+            f"epsilon {float(epsilon):.4g}; plan spread {np.median(spread):.1f} codes per point "
+            f"(at least {max(1.0, len(codes) / cfg.batch_size):.0f})")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--points", type=int, default=8192)
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        print("\n".join(diagnose(run_dir, args.points)))
+
+
+if __name__ == "__main__":
+    main()
