@@ -109,9 +109,9 @@ _BRANCH_MIN_ENTRIES = 2**15
 # seen: plain Sinkhorn is then in its slow linear phase, where over-relaxation gains most. Where
 # plain iterations still converge fast (early in training), over-relaxing at 1.6 overshoots and
 # takes more iterations than plain ones. On 14 transport problems of a digits and an MNIST-shaped
-# run (scripts/overrelaxation_start.py, float64), starting at 0.7 took 347 matrix-vector
-# products in all, plain Sinkhorn 592, over-relaxing at once 364, and starting at 0.8 or 0.9
-# 395 and 497; at once took 14 iterations where plain took 8-9 early in MNIST-shaped training.
+# run (scripts/overrelaxation_start.py, float64), starting at 0.7 took 353 matrix-vector
+# products in all, plain Sinkhorn 610, over-relaxing at once 366, and starting at 0.8 or 0.9
+# 400 and 451; at once took 14 iterations where plain took 8-9 early in MNIST-shaped training.
 _SLOW = 0.7
 
 
@@ -191,9 +191,8 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
     over-relaxed as in `sinkhorn_plan`. When a scaling would leave [e^-30, e^30], the scalings
     are absorbed into the potentials and a new stage starts with a log-domain iteration. The
     loop stops at the first iterate whose row-marginal error is at most `tolerance` (as in
-    `sinkhorn_plan`), or once an
-    iteration leaves the scalings unchanged to float32 precision (later iterations would return
-    the same plan).
+    `sinkhorn_plan`), or once an iteration leaves the scalings unchanged to float32 precision
+    (later iterations would return the same plan).
 
     The iterate checked and returned is always the one closed by a plain codebook-side update
     (`v_closed`, every column exactly 1 / M); over-relaxed, the loop carries it next to the
@@ -212,6 +211,7 @@ def _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
         # current iterate is near the tolerance (`_CHECK_GATE`).
         to_u_N = kernel_NxM @ v_M
         error = _row_marginal_error(u_N * to_u_N / a, a)
+
         def closed_iterate_error():
             return _row_marginal_error(u_N * (kernel_NxM @ closed_M) / a, a)
 

@@ -27,6 +27,10 @@ from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.step import make_model
 
 
+def median(values: np.ndarray) -> str:
+    return f"{np.median(values):.4g}" if len(values) else "-"
+
+
 def diagnose(run_dir: Path, num_points: int) -> list[str]:
     cfg, step_cfg, dataset, params, step = rundir.load_trained(run_dir)
     rng = np.random.default_rng(0)
@@ -38,10 +42,6 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
         cost = np.asarray(squared_distances(inputs, codes))
         alive = np.bincount(cost.argmin(1), minlength=len(codes)) > 0
         to_point = cost.min(0)
-
-        def median(values):
-            return f"{np.median(values):.4g}" if len(values) else "-"
-
         batch_cost = squared_distances(inputs[:cfg.batch_size], codes)
         epsilon = effective_epsilon(batch_cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_epsilon_mode)
         plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, cfg.sinkhorn_iters,

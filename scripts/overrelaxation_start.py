@@ -24,31 +24,28 @@ RULES = {"plain": None, "at once": 0.0, "0.5": 0.5, "0.7": 0.7, "0.8": 0.8, "0.9
 
 
 def problems():
-    """{name: [(level inputs (B, D), codebook (K, D)) per level]} from two short hybrid runs."""
+    """{name: [(level inputs (B, D), codebook (K, D)) per level]} from two short hybrid runs: the
+    digits one of `bench_sinkhorn.training_problems`, and an MNIST-shaped one."""
     import jax
 
     import bench_sinkhorn
-    from rqvae import config, data, rundir, step
+    from rqvae import step
 
+    found = {f"digits@{name.rsplit(' ', 1)[1]}": levels for name, levels in
+             bench_sinkhorn.training_problems(64, (200, 1000, 3000)).items()}
+    cfg, images = bench_sinkhorn.mnist_shaped(0.5), jax.device_put(
+        np.asarray(bench_sinkhorn.mnist_like_images()))
     rng = np.random.default_rng(0)
-    digits = data.load(config.DataConfig())
-    hybrid = config.step_config(rundir.with_data_shape(config.load("configs/hybrid.toml"),
-                                                       digits), jax.default_backend())
-    runs = {"mnist": (bench_sinkhorn.mnist_shaped(0.5), bench_sinkhorn.mnist_like_images(),
-                      (200, 250, 300, 1000)),
-            "digits": (hybrid, digits.train, (200, 1000, 3000))}
-    found = {}
-    for name, (cfg, images, steps) in runs.items():
-        images = jax.device_put(np.asarray(images))
-        state, done = step.init_state(cfg, len(images)), 0
-        for at in steps:
-            state, _ = step.run_steps(state, images, at - done, cfg=cfg)
-            done = at
-            batch = images[rng.choice(len(images), cfg.batch_size, replace=False)]
-            _, aux = step.make_model(cfg).apply(state.params, batch)
-            found[f"{name}@{at}"] = [(np.asarray(x, np.float64), np.asarray(c, np.float64))
-                                     for x, c in zip(aux["level_inputs"], aux["codebook"])]
-    return found
+    state, done = step.init_state(cfg, len(images)), 0
+    for at in (200, 250, 300, 1000):
+        state, _ = step.run_steps(state, images, at - done, cfg=cfg)
+        done = at
+        batch = images[rng.choice(len(images), cfg.batch_size, replace=False)]
+        _, aux = step.make_model(cfg).apply(state.params, batch)
+        # Copied now: the codebook is the parameters, which the next steps donate.
+        found[f"mnist@{at}"] = (np.asarray(aux["level_inputs"]), np.asarray(aux["codebook"]))
+    return {name: [(np.asarray(x, np.float64), np.asarray(c, np.float64)) for x, c in zip(*levels)]
+            for name, levels in found.items()}
 
 
 def solve(cost, epsilon, start, max_iters=500):
