@@ -97,7 +97,7 @@ def _use_compilation_cache():
 # config's value). Every other key is reached with --set.
 TRAIN_FLAGS = {
     "lambda_wasserstein": "Weight of the Sinkhorn OT term.",
-    "sinkhorn_epsilon": "Entropic regularization of the OT term: a fraction of each level's mean cost (sinkhorn_epsilon_mode \"relative\", the default) or squared latent units (\"absolute\").",
+    "sinkhorn_epsilon": "Entropic regularization of the OT term: a fraction of each level's mean cost (sinkhorn_epsilon_mode \"relative\", the default), of its mean cost to the nearest code (\"nearest\") or squared latent units (\"absolute\").",
     "lambda_commit": "Weight of the commitment loss.",
     "lambda_codebook": "Weight of the codebook loss.",
     "learning_rate": "Adam step size.",

@@ -76,8 +76,10 @@ class TrainerConfig:
     lambda_codebook: float = 1.0  # weight of the codebook loss (moves the winning codes)
     lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
     sinkhorn_epsilon: float = 0.05  # entropic regularization: a fraction of each level's mean cost
-    #   (relative mode), or in squared latent units (absolute mode)
-    sinkhorn_epsilon_mode: str = "relative"  # "relative" (scale-free, per level) or "absolute"
+    #   (relative mode) or of its mean cost to the nearest code (nearest), or in squared latent
+    #   units (absolute mode)
+    sinkhorn_epsilon_mode: str = "relative"  # "relative" (scale-free, per level), "nearest"
+    #   (scale-free, for codebooks larger than the batch; try sinkhorn_epsilon 0.2) or "absolute"
     sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
     sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
     #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
@@ -349,8 +351,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     )
     _check(cfg.wasserstein_scale in WASSERSTEIN_SCALES,
            f"wasserstein_scale must be 'per_element' or 'whole', got '{cfg.wasserstein_scale}'")
-    _check(cfg.sinkhorn_epsilon_mode in ("relative", "absolute"),
-           f"sinkhorn_epsilon_mode must be 'relative' or 'absolute', got '{cfg.sinkhorn_epsilon_mode}'")
+    _check(cfg.sinkhorn_epsilon_mode in ("relative", "nearest", "absolute"),
+           "sinkhorn_epsilon_mode must be 'relative', 'nearest' or 'absolute', "
+           f"got '{cfg.sinkhorn_epsilon_mode}'")
     _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")
     _check(math.isfinite(cfg.sinkhorn_tolerance) and cfg.sinkhorn_tolerance >= 0,
            f"sinkhorn_tolerance must be >= 0 (0: always run sinkhorn_iters), got "

@@ -69,7 +69,7 @@ def test_presets_set_the_documented_lambdas():
         ("sinkhorn_epsilon = 0.0", "sinkhorn_epsilon must be > 0"),
         ("sinkhorn_iters = 0", "sinkhorn_iters must be >= 1"),
         ('sinkhorn_epsilon_mode = "scaled"',
-         "sinkhorn_epsilon_mode must be 'relative' or 'absolute', got 'scaled'"),
+         "sinkhorn_epsilon_mode must be 'relative', 'nearest' or 'absolute', got 'scaled'"),
         ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
         ("sinkhorn_overrelaxation = 2.0", "sinkhorn_overrelaxation must be in [1, 2)"),
         ("sinkhorn_overrelaxation = 0.5", "sinkhorn_overrelaxation must be in [1, 2)"),

@@ -2,6 +2,7 @@
 (rqvae.sinkhorn): properties, accuracy against exact and float64 references, stability, memory."""
 
 import dataclasses
+import functools
 import itertools
 
 import jax
@@ -274,29 +275,41 @@ DEFAULT_LOSS = step_config(TrainerConfig()).loss
 _solve = jax.jit(sinkhorn_plan, static_argnames=("num_iters", "solver", "overrelaxation"))
 
 
-def _default_solve(cost, solver="scaling", epsilon_mode=DEFAULT_LOSS.sinkhorn_epsilon_mode):
-    epsilon = effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, epsilon_mode)
+def _default_solve(cost, solver="scaling", epsilon_mode=DEFAULT_LOSS.sinkhorn_epsilon_mode,
+                   epsilon=DEFAULT_LOSS.sinkhorn_epsilon):
+    epsilon = effective_epsilon(cost, epsilon, epsilon_mode)
     return _solve(cost, epsilon, num_iters=DEFAULT_LOSS.sinkhorn_iters, solver=solver,
                   tolerance=DEFAULT_LOSS.sinkhorn_tolerance,
                   overrelaxation=DEFAULT_LOSS.sinkhorn_overrelaxation)
 
 
+@pytest.mark.parametrize("epsilon_mode,epsilon", [("relative", 0.05), ("nearest", 0.2)])
 @pytest.mark.parametrize("solver", ["scaling", "logdomain"])
-def test_relative_epsilon_gives_the_same_plan_at_every_latent_scale(solver):
+def test_relative_epsilon_gives_the_same_plan_at_every_latent_scale(solver, epsilon_mode, epsilon):
     points = jax.random.normal(jax.random.key(0), (48, 6))
     codes = 0.7 * jax.random.normal(jax.random.key(1), (16, 6)) + 0.2
     cost = squared_distances(points, codes)
-    plan = _default_solve(cost, solver).plan
+    solve = functools.partial(_default_solve, solver=solver, epsilon=epsilon)
+    plan = solve(cost, epsilon_mode=epsilon_mode).plan
     for factor in (10.0, 0.1):
         scaled_cost = squared_distances(factor * points, factor * codes)
-        np.testing.assert_allclose(_default_solve(scaled_cost, solver).plan, plan,
+        np.testing.assert_allclose(solve(scaled_cost, epsilon_mode=epsilon_mode).plan, plan,
                                    rtol=1e-4, atol=1e-7)
-        epsilon = effective_epsilon(scaled_cost, 0.05, "relative")
-        assert float(epsilon) == pytest.approx(
-            factor**2 * float(effective_epsilon(cost, 0.05, "relative")), rel=1e-5)
+        assert float(effective_epsilon(scaled_cost, epsilon, epsilon_mode)) == pytest.approx(
+            factor**2 * float(effective_epsilon(cost, epsilon, epsilon_mode)), rel=1e-5)
         # An absolute epsilon is what makes the plan depend on the scale.
-        absolute = _default_solve(scaled_cost, solver, epsilon_mode="absolute").plan
+        absolute = solve(scaled_cost, epsilon_mode="absolute").plan
         assert float(jnp.abs(absolute - plan).max()) > 1e-3
+
+
+def test_nearest_epsilon_is_a_fraction_of_the_mean_cost_to_the_nearest_code():
+    cost = jnp.array([[1.0, 4.0, 9.0], [0.25, 0.5, 2.0], [3.0, 2.0, 6.0], [7.0, 8.0, 0.75]])
+    nearest = (1.0 + 0.25 + 2.0 + 0.75) / 4
+    assert float(effective_epsilon(cost, 0.2, "nearest")) == pytest.approx(0.2 * nearest)
+    assert float(effective_epsilon(cost, 0.2, "relative")) == pytest.approx(
+        0.2 * float(cost.mean()))
+    with pytest.raises(ValueError, match="epsilon_mode must be one of"):
+        effective_epsilon(cost, 0.2, "median")
 
 
 def test_absolute_mode_keeps_the_original_numbers():
