@@ -90,6 +90,8 @@ class TrainerConfig:
     #   sum(plan * C) / latent_dim, on the scale of commit and codebook; "whole": sum(plan * C)
     #   of whole squared distances (the original form, latent_dim times larger)
     wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
+    wasserstein_levels: int = 0  # the OT term on the first this many levels only (the others
+    #   are not solved); 0: every level
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
     sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
@@ -123,6 +125,7 @@ class LossConfig:
     sinkhorn_overrelaxation: float
     wasserstein_scale: str
     wasserstein_level_weights: tuple[float, ...]
+    wasserstein_levels: int
     wasserstein_encoder_grad: bool
     sinkhorn_warm_start: bool
     sinkhorn_unroll: bool
@@ -368,6 +371,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
         f"got {len(weights)}",
     )
     _check(all(w >= 0 for w in weights), f"wasserstein_level_weights must be >= 0, got {weights}")
+    _check(0 <= cfg.wasserstein_levels <= cfg.model.num_levels,
+           f"wasserstein_levels must be in [0, model.num_levels = {cfg.model.num_levels}] "
+           f"(0: every level), got {cfg.wasserstein_levels}")
     _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
     _check(cfg.kmeans_init_batches >= 1,
            f"kmeans_init_batches must be >= 1, got {cfg.kmeans_init_batches}")

@@ -148,7 +148,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     solve, and sinkhorn_g (L, K), the potentials to warm-start the next solve with. `queue`:
     (the queued level inputs (L, Q, D), how many are filled), transported with the batch's
     (`with_queue`). The level inputs are held out of the gradient unless
-    `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. At
+    `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. With
+    `cfg.wasserstein_levels` n > 0 only the first n levels are solved (the others log zeros). At
     `cfg.lambda_wasserstein == 0` the term is not computed at all.
     """
     z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]
@@ -178,13 +179,23 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
                     [jax.vmap(squared_distances)(sg(queued_LxQxD), sg(codebook_LxKxD)),
                      cost_LxBxK], axis=1)
         weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
+        # The levels the term covers (`cfg.wasserstein_levels`); the others are not solved and
+        # log zeros, their warm-start potentials kept as they were.
+        solved = cfg.wasserstein_levels or num_levels
+        first = functools.partial(jax.tree.map, lambda a: None if a is None else a[:solved])
         per_level_L, marginal_error_L, g_LxK, epsilon_L = wasserstein_levels(
-            level_inputs_LxBxD, codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
-            sinkhorn_g_LxK if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll, cfg.solver,
-            cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance, cost_LxBxK,
-            cfg.sinkhorn_overrelaxation)
+            *first((level_inputs_LxBxD, codebook_LxKxD)), cfg.sinkhorn_epsilon,
+            cfg.sinkhorn_iters, first(sinkhorn_g_LxK) if cfg.sinkhorn_warm_start else None,
+            cfg.sinkhorn_unroll, cfg.solver, cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance,
+            first(cost_LxBxK), cfg.sinkhorn_overrelaxation)
         if cfg.wasserstein_scale == "per_element":
             per_level_L = per_level_L / codebook_LxKxD.shape[-1]
+        unsolved = num_levels - solved
+        per_level_L, marginal_error_L, epsilon_L = (
+            jnp.pad(a, (0, unsolved)) for a in (per_level_L, marginal_error_L, epsilon_L))
+        if unsolved:
+            g_LxK = jnp.concatenate([g_LxK, jnp.zeros((unsolved, num_codes), jnp.float32)
+                                     if sinkhorn_g_LxK is None else sinkhorn_g_LxK[solved:]])
         losses["wasserstein"] = jnp.sum(weights_L * per_level_L)
         losses["wasserstein_levels"] = per_level_L
         losses["sinkhorn_marginal_error"] = marginal_error_L
@@ -241,7 +252,7 @@ def compute_losses(
         lambda_codebook=lambda_codebook, lambda_wasserstein=lambda_wasserstein,
         sinkhorn_epsilon=sinkhorn_epsilon, sinkhorn_iters=sinkhorn_iters,
         sinkhorn_epsilon_mode=sinkhorn_epsilon_mode, sinkhorn_tolerance=sinkhorn_tolerance, sinkhorn_overrelaxation=sinkhorn_overrelaxation,
-        wasserstein_level_weights=tuple(level_weights or ()),
+        wasserstein_level_weights=tuple(level_weights or ()), wasserstein_levels=0,
         wasserstein_encoder_grad=wasserstein_encoder_grad,
         sinkhorn_warm_start=sinkhorn_init_g is not None, sinkhorn_unroll=sinkhorn_unroll,
         solver=solver)

@@ -73,6 +73,8 @@ def test_presets_set_the_documented_lambdas():
         ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
         ("sinkhorn_overrelaxation = 2.0", "sinkhorn_overrelaxation must be in [1, 2)"),
         ("sinkhorn_overrelaxation = 0.5", "sinkhorn_overrelaxation must be in [1, 2)"),
+        ("wasserstein_levels = 3", "wasserstein_levels must be in [0, model.num_levels = 2]"),
+        ("wasserstein_levels = -1", "wasserstein_levels must be in [0, model.num_levels = 2]"),
         ('wasserstein_scale = "mean"',
          "wasserstein_scale must be 'per_element' or 'whole', got 'mean'"),
         ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),

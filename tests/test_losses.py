@@ -432,6 +432,40 @@ def test_the_transport_cost_is_per_latent_dimension_by_default():
     np.testing.assert_allclose(wide[1], per_element[1], rtol=1e-4)
 
 
+def test_wasserstein_levels_solves_only_the_first_levels():
+    L, B, K, D = 3, 32, 8, 4
+    keys = jax.random.split(jax.random.key(4), 3)
+    level_inputs = jax.random.normal(keys[0], (L, B, D))
+    codebook = 0.5 * jax.random.normal(keys[1], (L, K, D))
+    x = jax.random.normal(keys[2], (B, 5))
+    previous_g = jnp.arange(L * K, dtype=jnp.float32).reshape(L, K)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def terms_and_codebook_grad(codes, levels):
+        def transport(codes):
+            aux = {"z_e": level_inputs[0], "z_q": codes[:, :B].sum(0), "codebook": codes,
+                   "level_inputs": level_inputs, "level_codes": codes[:, jnp.arange(B) % K]}
+            cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0,
+                                      wasserstein_levels=levels, sinkhorn_warm_start=True)
+            losses = loss_terms(x, x, aux, cfg, previous_g)
+            return losses["wasserstein"], losses
+        return jax.grad(transport, has_aux=True)(codes)
+
+    every_grad, every = terms_and_codebook_grad(codebook, 0)
+    first_grad, first = terms_and_codebook_grad(codebook, 2)
+    # The first two levels as when every level is solved; the third neither solved nor moved.
+    for key in ("wasserstein_levels", "sinkhorn_marginal_error", "sinkhorn_epsilon", "sinkhorn_g"):
+        np.testing.assert_allclose(first[key][:2], every[key][:2], rtol=1e-6, err_msg=key)
+    assert float(jnp.abs(every["wasserstein_levels"][2])) > 0
+    np.testing.assert_array_equal(first["wasserstein_levels"][2], 0.0)
+    np.testing.assert_array_equal(first["sinkhorn_g"][2], previous_g[2])
+    assert float(first["wasserstein"]) == pytest.approx(float(every["wasserstein_levels"][:2].sum()),
+                                                        rel=1e-6)
+    np.testing.assert_allclose(first_grad[:2], every_grad[:2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(first_grad[2], 0.0)
+    assert float(jnp.abs(every_grad[2]).max()) > 0
+
+
 @pytest.mark.parametrize("solver", ["scaling", "logdomain"])
 def test_overrelaxation_converges_faster_to_the_same_plan(solver):
     # The sharp problem, where plain Sinkhorn converges slowly.
