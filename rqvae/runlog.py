@@ -9,10 +9,12 @@ This module defines every record's keys and their meaning; writers and readers u
   - window_dead: codes no batch picked over the last run.dead_window steps
   - wasserstein_levels: the level's transport cost, unweighted: sum(plan * C) / latent_dim
     (sum(plan * C) with wasserstein_scale "whole"); "wasserstein" is their sum weighted by
-    wasserstein_level_weights; 0 with the term off
-  - sinkhorn_marginal_error: the transport plan's row-marginal error (0 with the term off)
+    wasserstein_level_weights; 0 with the term off or on a level it does not cover
+    (wasserstein_levels)
+  - sinkhorn_marginal_error: the transport plan's row-marginal error (0 likewise)
   - sinkhorn_epsilon: the entropic regularization the level's solve used, in squared latent
-    units (sinkhorn_epsilon times the level's mean cost in relative mode; 0 with the term off)
+    units (sinkhorn_epsilon times the level's mean cost in relative mode, its mean cost to the
+    nearest code in nearest mode; 0 likewise)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
   "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
   level the EVAL_PER_LEVEL keys:
