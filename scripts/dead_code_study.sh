@@ -3,10 +3,10 @@
 # (traditional, k-means init, dead-code restart, pure Wasserstein, hybrid) over several seeds,
 # prints the `rqvae report` comparison of every run and a table of mean and spread per method.
 # Variants ride along: traditional with the original codebook loss on the sum of the codes
-# (codebook_loss = "sum"); hybrid with a finer plan (sinkhorn_epsilon 0.02), with epsilon 0.2 of
-# the mean cost to the nearest code (sinkhorn_epsilon_mode = "nearest"), with that and the term on
-# level 1 only (wasserstein_levels = 1), with a transport
-# queue of four batches (ot_queue_size), with the transport gradient into the encoder as well
+# (codebook_loss = "sum"); the hybrid with its transport term on every level (hybrid-all-levels);
+# and the previous hybrid (relative epsilon 0.05 of the mean cost, every level: hybrid-relative)
+# alone, with a finer plan (sinkhorn_epsilon 0.02), with a transport queue of four batches
+# (ot_queue_size), with the transport gradient into the encoder as well
 # (wasserstein_encoder_grad), and with the original transport (absolute epsilon 0.05, a fixed 20
 # plain iterations, whole squared distances, the sum-form codebook loss).
 #
@@ -21,9 +21,8 @@
 # --large: codebooks larger than the batch, on 8x8 grayscale image patches (scripts/make_patches.py,
 # written to DIR/patches8.npz first; needs pip install -e '.[study]'): 2 levels x 1,024, 4,096 and
 # 16,384 codes and 4 levels x 1,024, latent 16, batch 256, STEPS (1500) steps, SEEDS ("0 1 2");
-# traditional, k-means init, dead-code restart, hybrid, and the hybrid with a finer plan, with the
-# nearest-code epsilon (also with the term on level 1 only), with a transport queue of four batches
-# and with the transport gradient into the encoder.
+# traditional, k-means init, dead-code restart, hybrid and the variants above but the original
+# transport.
 # LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings.
 # The hybrid solve at 16,384 codes takes seconds a step on 2 CPU cores: size it to the machine.
 set -euo pipefail
@@ -42,8 +41,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 batch=128
-methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-eps0.02
-         hybrid-nearest hybrid-nearest-first hybrid-queue hybrid-encoder-grad hybrid-original)
+methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-all-levels
+         hybrid-relative hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad
+         hybrid-original)
 if [[ $quick == 1 && $large == 1 ]]; then
   echo "error: --quick and --large are two different studies; pass one" >&2; exit 2
 elif [[ $quick == 1 ]]; then
@@ -52,8 +52,8 @@ elif [[ $large == 1 ]]; then
   read -r -a seeds <<< "${SEEDS:-0 1 2}"; steps=${STEPS:-1500}; mnist=0; batch=256
   read -r -a settings <<< "${LARGE_SETTINGS:-2x1024 2x4096 2x16384 4x1024}"
   groups=("${settings[@]/#/patches-}")
-  methods=(traditional kmeans restart hybrid hybrid-eps0.02 hybrid-nearest hybrid-nearest-first
-           hybrid-queue hybrid-encoder-grad)
+  methods=(traditional kmeans restart hybrid hybrid-all-levels hybrid-relative
+           hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad)
 else
   seeds=(0 1 2); groups=(digits-64 digits-256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
 fi
@@ -63,15 +63,20 @@ patches="$out/patches8.npz"
 variant() {  # method -> config name and extra arguments
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
-    hybrid-eps0.02) echo "hybrid --sinkhorn-epsilon 0.02" ;;
-    hybrid-nearest) echo "hybrid --sinkhorn-epsilon 0.2 --set sinkhorn_epsilon_mode=nearest" ;;
-    hybrid-nearest-first) echo "hybrid --sinkhorn-epsilon 0.2 --set sinkhorn_epsilon_mode=nearest
-      --set wasserstein_levels=1" ;;
-    hybrid-queue) echo "hybrid --set ot_queue_size=$((4 * batch))" ;;
-    hybrid-encoder-grad) echo "hybrid --set wasserstein_encoder_grad=true" ;;
+    hybrid-all-levels) echo "hybrid --set wasserstein_levels=0" ;;
+    hybrid-relative*) local previous="hybrid --set sinkhorn_epsilon_mode=relative
+      --set wasserstein_levels=0"
+      case $1 in
+        hybrid-relative) echo "$previous --sinkhorn-epsilon 0.05" ;;
+        hybrid-relative-eps0.02) echo "$previous --sinkhorn-epsilon 0.02" ;;
+        hybrid-relative-queue) echo "$previous --sinkhorn-epsilon 0.05
+          --set ot_queue_size=$((4 * batch))" ;;
+        hybrid-relative-encoder-grad) echo "$previous --sinkhorn-epsilon 0.05
+          --set wasserstein_encoder_grad=true" ;;
+      esac ;;
     hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole
-      --set sinkhorn_epsilon_mode=absolute --set sinkhorn_iters=20 --set sinkhorn_tolerance=0
-      --set sinkhorn_overrelaxation=1" ;;
+      --set sinkhorn_epsilon_mode=absolute --sinkhorn-epsilon 0.05 --set wasserstein_levels=0
+      --set sinkhorn_iters=20 --set sinkhorn_tolerance=0 --set sinkhorn_overrelaxation=1" ;;
     *) echo "$1" ;;
   esac
 }

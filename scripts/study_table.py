@@ -24,8 +24,8 @@ from pathlib import Path
 from rqvae import runlog
 
 METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "wasserstein", "hybrid",
-                "hybrid-eps0.02", "hybrid-nearest", "hybrid-nearest-first", "hybrid-queue",
-                "hybrid-encoder-grad", "hybrid-original"]
+                "hybrid-all-levels", "hybrid-relative", "hybrid-relative-eps0.02",
+                "hybrid-relative-queue", "hybrid-relative-encoder-grad", "hybrid-original"]
 
 
 def spread(values: list[float], digits: int) -> str:
