@@ -23,7 +23,8 @@
 # 16,384 codes and 4 levels x 1,024, latent 16, batch 256, STEPS (1500) steps, SEEDS ("0 1 2");
 # traditional, k-means init, dead-code restart, hybrid and the variants above but the original
 # transport.
-# LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings.
+# LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings; in
+# either study METHODS (e.g. "hybrid restart") picks methods. The tables cover every run in DIR.
 # The hybrid solve at 16,384 codes takes seconds a step on 2 CPU cores: size it to the machine.
 set -euo pipefail
 
@@ -56,6 +57,9 @@ elif [[ $large == 1 ]]; then
            hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad)
 else
   seeds=(0 1 2); groups=(digits-64 digits-256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
+fi
+if [[ -n ${METHODS:-} ]]; then  # a subset, e.g. to add seeds to some methods only
+  read -r -a methods <<< "$METHODS"
 fi
 out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
