@@ -127,6 +127,8 @@ def _print_levels(summary: dict, run: LoggedRun, console: Console) -> None:
         columns |= {"wasserstein_levels": "W\nlevel", "sinkhorn_epsilon": "eps"}
         legend += ("; W level: the level's transport cost, unweighted; eps: the effective "
                    "epsilon of its solve")
+        if not all("wasserstein_levels" in level for level in levels):
+            legend += "; -: no transport term on the level (wasserstein_levels)"
     num_codes = run.config.get("model.num_codes")
     codes = f" ({num_codes} codes each)" if num_codes is not None else ""
     rows = [[fmt(level.get(key)) for key in columns] for level in levels]

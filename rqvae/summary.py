@@ -31,10 +31,10 @@ Infinity, as Python's json writes it.
   - eval_perplexity: perplexity of the codes over the training split (only with an eval)
   - heldout_used: codes picked by any held-out image (only if the eval logged it)
   - heldout_perplexity: the same over the held-out split (only if the eval logged it)
-  - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged and the
-    Wasserstein term was on)
-  - wasserstein_levels: the level's transport cost, unweighted (only if logged and the term on)
-  - sinkhorn_epsilon: the effective epsilon of the level's solve (only if logged and the term on)
+  - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged, the
+    Wasserstein term was on and covered the level: one of the first `wasserstein_levels`)
+  - wasserstein_levels: the level's transport cost, unweighted (only likewise)
+  - sinkhorn_epsilon: the effective epsilon of the level's solve (only likewise)
 - eval: the last eval record, or null before the first
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
@@ -128,6 +128,8 @@ _SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkho
 def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
     last_eval = run.evals[-1] if run.evals else None
     with_sinkhorn = ot_on and "sinkhorn_marginal_error" in final
+    # Levels past `wasserstein_levels` had no transport term: nothing to show for it there.
+    covered = run.config.get("wasserstein_levels") or len(final.get("batch_used") or [])
     levels = []
     for i in range(len(final.get("batch_used") or [])):
         level = {"level": i + 1,
@@ -137,7 +139,7 @@ def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
                           for k, key in _EVAL_LEVEL_KEYS.items()})
             level.update({k: level_value(last_eval, k, i)
                           for k in _HELDOUT_LEVEL_KEYS if k in last_eval})
-        if with_sinkhorn:
+        if with_sinkhorn and i < covered:
             for key in _SINKHORN_LEVEL_KEYS:
                 if key in final:
                     level[key] = level_value(final, key, i)

@@ -89,6 +89,14 @@ def test_levels_take_window_counts_from_train_and_dead_codes_from_the_last_eval(
     ]
 
 
+def test_levels_the_transport_term_did_not_cover_show_no_transport_figures(tmp_path):
+    records = [train_record(*TRAIN_LOSSES[0], used=(6, 2), dead=(2, 6))]
+    cfg = tiny_cfg(lambda_wasserstein=0.5, wasserstein_levels=1)
+    level_1, level_2 = summarize(load_run(make_run(tmp_path, "run", cfg, records)))["levels"]
+    assert level_1["sinkhorn_marginal_error"] == 0.0125 and level_1["sinkhorn_epsilon"] == 0.0125
+    assert not {"sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon"} & set(level_2)
+
+
 def test_levels_without_an_eval_or_wasserstein_have_only_window_counts(tmp_path):
     records = [train_record(10, 0.9, 0.6, 0.05, 0.2, 0.0)]
     summary = summarize(load_run(make_run(tmp_path, "run", tiny_cfg(), records)))
