@@ -167,27 +167,30 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         losses["sinkhorn_epsilon"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_g"] = jnp.zeros((num_levels, num_codes), jnp.float32)
     else:
-        level_inputs_LxBxD = aux["level_inputs"]
-        if not cfg.wasserstein_encoder_grad:
-            level_inputs_LxBxD = sg(level_inputs_LxBxD)
-        cost_LxBxK = aux.get("level_distances")
-        if queue is not None:
-            level_inputs_LxBxD = with_queue(level_inputs_LxBxD, *queue)
-            if cost_LxBxK is not None:  # the queued points' distances, then the batch's
-                queued_LxQxD = level_inputs_LxBxD[:, :queue[0].shape[1]]
-                cost_LxBxK = jnp.concatenate(
-                    [jax.vmap(squared_distances)(sg(queued_LxQxD), sg(codebook_LxKxD)),
-                     cost_LxBxK], axis=1)
-        weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
         # The levels the term covers (`cfg.wasserstein_levels`); the others are not solved and
         # log zeros, their warm-start potentials kept as they were.
         solved = cfg.wasserstein_levels or num_levels
-        first = functools.partial(jax.tree.map, lambda a: None if a is None else a[:solved])
+        level_inputs_LxBxD = aux["level_inputs"][:solved]
+        if not cfg.wasserstein_encoder_grad:
+            level_inputs_LxBxD = sg(level_inputs_LxBxD)
+        solved_codebook_LxKxD = codebook_LxKxD[:solved]
+        cost_LxBxK = aux.get("level_distances")
+        if cost_LxBxK is not None:
+            cost_LxBxK = cost_LxBxK[:solved]
+        if queue is not None:
+            queue_LxQxD, filled = queue
+            level_inputs_LxBxD = with_queue(level_inputs_LxBxD, queue_LxQxD[:solved], filled)
+            if cost_LxBxK is not None:  # the queued points' distances, then the batch's
+                queued_LxQxD = level_inputs_LxBxD[:, :queue_LxQxD.shape[1]]
+                cost_LxBxK = jnp.concatenate(
+                    [jax.vmap(squared_distances)(sg(queued_LxQxD), sg(solved_codebook_LxKxD)),
+                     cost_LxBxK], axis=1)
+        weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
         per_level_L, marginal_error_L, g_LxK, epsilon_L = wasserstein_levels(
-            *first((level_inputs_LxBxD, codebook_LxKxD)), cfg.sinkhorn_epsilon,
-            cfg.sinkhorn_iters, first(sinkhorn_g_LxK) if cfg.sinkhorn_warm_start else None,
-            cfg.sinkhorn_unroll, cfg.solver, cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance,
-            first(cost_LxBxK), cfg.sinkhorn_overrelaxation)
+            level_inputs_LxBxD, solved_codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
+            sinkhorn_g_LxK[:solved] if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll,
+            cfg.solver, cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance, cost_LxBxK,
+            cfg.sinkhorn_overrelaxation)
         if cfg.wasserstein_scale == "per_element":
             per_level_L = per_level_L / codebook_LxKxD.shape[-1]
         unsolved = num_levels - solved

@@ -65,19 +65,17 @@ out=$(realpath -m "$out")  # relative to where the script was started, not the r
 cd "$(dirname "$0")/.."
 patches="$out/patches8.npz"
 variant() {  # method -> config name and extra arguments
+  # The hybrid preset before the nearest-code epsilon and wasserstein_levels (hybrid-relative*)
+  local previous="hybrid --set sinkhorn_epsilon_mode=relative --set wasserstein_levels=0"
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
     hybrid-all-levels) echo "hybrid --set wasserstein_levels=0" ;;
-    hybrid-relative*) local previous="hybrid --set sinkhorn_epsilon_mode=relative
-      --set wasserstein_levels=0"
-      case $1 in
-        hybrid-relative) echo "$previous --sinkhorn-epsilon 0.05" ;;
-        hybrid-relative-eps0.02) echo "$previous --sinkhorn-epsilon 0.02" ;;
-        hybrid-relative-queue) echo "$previous --sinkhorn-epsilon 0.05
-          --set ot_queue_size=$((4 * batch))" ;;
-        hybrid-relative-encoder-grad) echo "$previous --sinkhorn-epsilon 0.05
-          --set wasserstein_encoder_grad=true" ;;
-      esac ;;
+    hybrid-relative) echo "$previous --sinkhorn-epsilon 0.05" ;;
+    hybrid-relative-eps0.02) echo "$previous --sinkhorn-epsilon 0.02" ;;
+    hybrid-relative-queue) echo "$previous --sinkhorn-epsilon 0.05
+      --set ot_queue_size=$((4 * batch))" ;;
+    hybrid-relative-encoder-grad) echo "$previous --sinkhorn-epsilon 0.05
+      --set wasserstein_encoder_grad=true" ;;
     hybrid-original) echo "hybrid --set codebook_loss=sum --set wasserstein_scale=whole
       --set sinkhorn_epsilon_mode=absolute --sinkhorn-epsilon 0.05 --set wasserstein_levels=0
       --set sinkhorn_iters=20 --set sinkhorn_tolerance=0 --set sinkhorn_overrelaxation=1" ;;

@@ -402,19 +402,29 @@ def test_both_solvers_stop_at_the_same_iterate(num_points, num_codes):
 from rqvae.losses import loss_terms  # noqa: E402
 
 
+def _levels_problem(num_levels, seed, B=32, K=8, D=4):
+    """Random level inputs (L, B, D), codebooks (L, K, D) and images (B, 5) for `loss_terms`."""
+    keys = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(keys[0], (num_levels, B, D)),
+            0.5 * jax.random.normal(keys[1], (num_levels, K, D)), jax.random.normal(keys[2], (B, 5)))
+
+
+def _aux(level_inputs, codes):
+    """The model's aux for these level inputs, each point given code index (point mod K)."""
+    B, K = level_inputs.shape[1], codes.shape[1]
+    return {"z_e": level_inputs[0], "z_q": codes[:, :B].sum(0), "codebook": codes,
+            "level_inputs": level_inputs, "level_codes": codes[:, jnp.arange(B) % K]}
+
+
 def test_the_transport_cost_is_per_latent_dimension_by_default():
     # The default scale divides each level's sum(plan * C) by latent_dim, so a latent twice as wide
     # with the same per-dimension distances costs the same, as commit and codebook do; "whole"
     # keeps the original whole squared distances.
-    L, B, K, D = 2, 32, 8, 4
-    keys = jax.random.split(jax.random.key(3), 3)
-    level_inputs = jax.random.normal(keys[0], (L, B, D))
-    codebook = 0.5 * jax.random.normal(keys[1], (L, K, D))
-    x = jax.random.normal(keys[2], (B, 5))
+    level_inputs, codebook, x = _levels_problem(2, seed=3)
+    D = level_inputs.shape[-1]
 
     def terms(inputs, codes, scale):
-        aux = {"z_e": inputs[0], "z_q": codes[:, :B].sum(0), "codebook": codes,
-               "level_inputs": inputs, "level_codes": codes[:, jnp.arange(B) % K]}
+        aux = _aux(inputs, codes)
         cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0, wasserstein_scale=scale)
         losses = loss_terms(x, x, aux, cfg)
         return losses["wasserstein"], losses["wasserstein_levels"]
@@ -433,18 +443,14 @@ def test_the_transport_cost_is_per_latent_dimension_by_default():
 
 
 def test_wasserstein_levels_solves_only_the_first_levels():
-    L, B, K, D = 3, 32, 8, 4
-    keys = jax.random.split(jax.random.key(4), 3)
-    level_inputs = jax.random.normal(keys[0], (L, B, D))
-    codebook = 0.5 * jax.random.normal(keys[1], (L, K, D))
-    x = jax.random.normal(keys[2], (B, 5))
-    previous_g = jnp.arange(L * K, dtype=jnp.float32).reshape(L, K)
+    level_inputs, codebook, x = _levels_problem(3, seed=4)
+    previous_g = jnp.arange(codebook.shape[0] * codebook.shape[1], dtype=jnp.float32).reshape(
+        codebook.shape[:2])
 
     @functools.partial(jax.jit, static_argnums=1)
     def terms_and_codebook_grad(codes, levels):
         def transport(codes):
-            aux = {"z_e": level_inputs[0], "z_q": codes[:, :B].sum(0), "codebook": codes,
-                   "level_inputs": level_inputs, "level_codes": codes[:, jnp.arange(B) % K]}
+            aux = _aux(level_inputs, codes)
             cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0,
                                       wasserstein_levels=levels, sinkhorn_warm_start=True)
             losses = loss_terms(x, x, aux, cfg, previous_g)
