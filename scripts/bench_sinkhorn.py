@@ -5,7 +5,9 @@
 Prints five tables. OLD is the solve before relative epsilon: epsilon 0.05 in squared latent
 units, 20 plain iterations; NEW is the config default (epsilon a fraction of each level's mean
 cost, over-relaxed iterations stopped at a row-marginal error of `sinkhorn_tolerance`, at most
-`sinkhorn_iters`); PLAIN is NEW without over-relaxation (`sinkhorn_overrelaxation = 1`).
+`sinkhorn_iters`); PLAIN is NEW without over-relaxation (`sinkhorn_overrelaxation = 1`); PRESET
+is configs/hybrid.toml's solve (epsilon a fraction of each level's mean cost to its nearest code,
+on level 1 only), measured on the problems of runs of that preset.
 1. `sinkhorn_loss` against ott-jax's `Sinkhorn` at equal epsilon (0.05) and iterations (20), on
    Gaussian clouds of points x codes x dim, forward and forward+backward (gradient with respect
    to the codes; ott with the same envelope gradient, `use_danskin=True`, no implicit diff).
@@ -14,11 +16,13 @@ cost, over-relaxed iterations stopped at a row-marginal error of `sinkhorn_toler
    default solve: `hybrid`): each level's inputs and codebook at a few steps, each setting
    against the converged plan at the same epsilon (log-domain Sinkhorn in float64 until the
    row-marginal error is below 1e-9): the iterations the solve took, the row-marginal error, the
-   transport cost's error, and the codebook gradient's norm ratio, cosine and relative error.
+   transport cost's error, and the codebook gradient's norm ratio, cosine and relative error;
+   then PRESET on the level it covers of a preset run's problems at the same steps.
 3. Time of `wasserstein_levels` (2 levels) forward+backward, compiled, each setting.
 4. The train step of the MNIST-shaped model (MLP 784-512-256, latent 64, 2 levels x 512 codes,
    batch 256, Adam) with lambda_wasserstein 0.5 against 0, each setting.
-5. The row-marginal error logged in training on the digits (`hybrid`), each setting.
+5. The row-marginal error logged in training on the digits (`hybrid`), each setting, and in a
+   run of the preset (the level it covers).
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ OLD = {"sinkhorn_epsilon_mode": "absolute", "sinkhorn_epsilon": EPSILON, "sinkho
        "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole", "sinkhorn_overrelaxation": 1.0}
 # PLAIN: the default solve without over-relaxation.
 SETTINGS = {"OLD": OLD, "PLAIN": {"sinkhorn_overrelaxation": 1.0}, "NEW": {}}
+# The solve settings of configs/hybrid.toml (PRESET), measured on its own runs' problems.
+SOLVE_KEYS = ("sinkhorn_epsilon_mode", "sinkhorn_epsilon", "sinkhorn_iters", "sinkhorn_tolerance",
+              "sinkhorn_overrelaxation")
+
+
+def preset() -> config.TrainerConfig:
+    """configs/hybrid.toml as users run it: the nearest-code epsilon, the term on level 1."""
+    return config.load("configs/hybrid.toml")
+
+
+def preset_solve() -> dict:
+    """The overrides that give the default config the preset's solve."""
+    return {key: getattr(preset(), key) for key in SOLVE_KEYS}
 
 
 def hybrid(overrides: dict) -> config.TrainerConfig:
@@ -117,14 +134,15 @@ def speed_against_ott(problems, repeats):
            "cost diff"], rows)
 
 
-def training_problems(num_codes: int, checkpoints: tuple[int, ...], batches: int = 1):
+def training_problems(num_codes: int, checkpoints: tuple[int, ...], batches: int = 1,
+                      trained: config.TrainerConfig | None = None):
     """{name: (level inputs (L, B, D), codebooks (L, K, D))} of a digits run with the hybrid's
-    weights and the default solve (`hybrid`) at the given steps, each on a batch of training
-    images."""
+    weights and the default solve (`hybrid`), or of `trained` (the preset), at the given steps,
+    each on a batch of training images."""
     from rqvae import data
 
     digits = data.load(config.DataConfig())
-    cfg = hybrid({"model.num_codes": num_codes})
+    cfg = config.replace(trained or hybrid({}), {"model.num_codes": num_codes})
     cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
     images = jax.device_put(digits.train)
     state, done, problems = step.init_state(cfg, len(images)), 0, {}
@@ -177,11 +195,13 @@ def solve_setting(overrides: dict):
     return solve
 
 
-def accuracy(problems: dict):
+def accuracy(problems: dict, settings: dict = SETTINGS, levels: int = 0):
+    """Section 2 rows of each problem's first `levels` levels (0: all) under each setting."""
     rows = []
-    solves = {name: solve_setting(o) for name, o in SETTINGS.items()}
+    solves = {name: solve_setting(o) for name, o in settings.items()}
     for problem, (level_inputs, codebooks) in problems.items():
-        for level, (points, codes) in enumerate(zip(level_inputs, codebooks)):
+        covered = zip(level_inputs[:levels or None], codebooks[:levels or None])
+        for level, (points, codes) in enumerate(covered):
             points64, codes64 = points.astype(np.float64), codes.astype(np.float64)
             cost64 = np.asarray(squared_distances(points64, codes64))
             for setting, solve in solves.items():
@@ -198,10 +218,11 @@ def accuracy(problems: dict):
                              f"{np.linalg.norm(grad) / norm_ref:.3f}",
                              f"{np.sum(grad * grad_ref) / np.linalg.norm(grad) / norm_ref:.4f}",
                              f"{np.linalg.norm(grad - grad_ref) / norm_ref:.3f}"])
-    table("2. accuracy on digits hybrid training problems (batch 128, latent 16) against the "
-          "converged float64 plan at the same epsilon",
-          ["problem", "level", "solve", "epsilon", "max C/eps", "iters", "marginal err", "cost err",
-           "grad norm ratio", "grad cosine", "grad rel err"], rows)
+    return rows
+
+
+ACCURACY_HEADER = ["problem", "level", "solve", "epsilon", "max C/eps", "iters", "marginal err",
+                   "cost err", "grad norm ratio", "grad cosine", "grad rel err"]
 
 
 def solve_cost(problems: dict, shapes, repeats: int):
@@ -301,13 +322,15 @@ def convergence(steps):
     digits = data.load(config.DataConfig())
     images = jax.device_put(digits.train)
     rows = []
-    for name, overrides in SETTINGS.items():
-        cfg = hybrid(overrides)
+    runs = {name: hybrid(overrides) for name, overrides in SETTINGS.items()}
+    for name, cfg in {**runs, "PRESET (configs/hybrid.toml)": preset()}.items():
         cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
-        errors = np.array([h["sinkhorn_marginal_error"] for h in history])
-        epsilon = np.array([h["sinkhorn_epsilon"] for h in history])
-        rows.append([f"digits hybrid, steps {steps // 2}-{steps}, {name}", f"{ms:.2f}",
+        # Levels the term does not cover (wasserstein_levels) log 0 and are left out.
+        covered = cfg.loss.wasserstein_levels or cfg.model.num_levels
+        errors = np.array([h["sinkhorn_marginal_error"][:covered] for h in history])
+        epsilon = np.array([h["sinkhorn_epsilon"][:covered] for h in history])
+        rows.append([f"digits, steps {steps // 2}-{steps}, {name}", f"{ms:.2f}",
                      " / ".join(f"{e:.3f}" for e in errors.mean(0)),
                      " / ".join(f"{e:.3f}" for e in errors.max(0)),
                      " / ".join(f"{e:.3g}" for e in epsilon.mean(0))])
@@ -332,7 +355,15 @@ def main():
     training = training_problems(64, checkpoints)
     if not args.quick:
         training.update(training_problems(256, (3000,)))
-    accuracy(training)
+    rows = accuracy(training)
+    # The preset's solve on its own runs' problems, on the levels it covers.
+    preset_problems = training_problems(64, checkpoints, trained=preset())
+    if not args.quick:
+        preset_problems.update(training_problems(256, (3000,), trained=preset()))
+    rows += accuracy({f"PRESET run, {name}": p for name, p in preset_problems.items()},
+                     {"PRESET": preset_solve()}, levels=preset().wasserstein_levels)
+    table("2. accuracy on digits hybrid training problems (batch 128, latent 16) against the "
+          "converged float64 plan at the same epsilon", ACCURACY_HEADER, rows)
     solve_cost({name: p for name, p in training.items() if name.endswith(f"step {checkpoints[-1]}")},
                [(128, 64, 16), (256, 512, 64)] + ([] if args.quick else [(1024, 1024, 64)]),
                repeats)
