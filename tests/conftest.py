@@ -6,7 +6,8 @@ import tempfile
 
 import pytest
 
-# One compilation cache for the whole session, shared with the subprocesses the tests start.
+# One compilation cache per test process (each xdist worker), shared with the subprocesses its
+# tests start.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rqvae-test-xla-")
 
 from rqvae import config, data
