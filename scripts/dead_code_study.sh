@@ -10,7 +10,7 @@
 # (wasserstein_encoder_grad), and with the original transport (absolute epsilon 0.05, a fixed 20
 # plain iterations, whole squared distances, the sum-form codebook loss).
 #
-#   scripts/dead_code_study.sh [--quick | --large] [--out DIR]
+#   scripts/dead_code_study.sh [--quick | --large] [--out DIR] [--dry-run]
 #
 # Digits (embedded): 2 levels x 64 codes and x 256 codes, latent 16, STEPS steps, 3 seeds.
 # With tfds MNIST prepared (rqvae data prepare tfds:mnist) it also runs configs/mnist.toml
@@ -26,17 +26,22 @@
 # LARGE_SETTINGS (levels x codes, default "2x1024 2x4096 2x16384 4x1024") picks settings; in
 # either study METHODS (e.g. "hybrid restart") picks methods. The tables cover every run in DIR.
 # The hybrid solve at 16,384 codes takes seconds a step on 2 CPU cores: size it to the machine.
+# --dry-run prints the `rqvae train` command of every run the study would train, and trains
+# nothing.
 set -euo pipefail
 
 out=runs/study
 quick=0
 large=0
+dry=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
     --large) large=1 ;;
+    --dry-run) dry=1 ;;
     --out) out="$2"; shift ;;
-    *) echo "error: unknown argument '$1'; use [--quick | --large] [--out DIR]" >&2; exit 2 ;;
+    *) echo "error: unknown argument '$1'; use [--quick | --large] [--out DIR] [--dry-run]" >&2
+       exit 2 ;;
   esac
   shift
 done
@@ -106,6 +111,9 @@ done_runs=0
 started=$SECONDS
 train() {  # run-dir final-step config args...
   local run_dir="$1" final="$2" config="$3"; shift 3
+  if [[ $dry == 1 ]]; then
+    echo rqvae train -c "configs/$config.toml" --run-dir "$run_dir" --quiet "$@"; return
+  fi
   done_runs=$((done_runs + 1))
   local progress="[$done_runs/$total_runs, $((SECONDS - started)) s]"
   if finished "$run_dir" "$final"; then
@@ -124,7 +132,7 @@ if [[ $mnist == auto ]]; then
   [[ $mnist == 0 ]] && echo "tfds:mnist is not prepared here; skipping MNIST (see README, Data sets)"
 fi
 total_runs=$(( ${#groups[@]} * ${#methods[@]} * ${#seeds[@]} + mnist * 5 * ${#seeds[@]} ))
-if [[ $large == 1 && ! -f $patches ]]; then
+if [[ $large == 1 && ! -f $patches && $dry == 0 ]]; then
   mkdir -p "$out"
   python scripts/make_patches.py --size 8 --out "$patches"
 fi
@@ -155,6 +163,7 @@ if [[ $mnist == 1 ]]; then
   done
 fi
 
+[[ $dry == 1 ]] && exit 0
 for group in "$out"/*/; do
   echo
   echo "== $(basename "$group"): every run"
