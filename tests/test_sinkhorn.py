@@ -14,11 +14,16 @@ from scipy.special import logsumexp
 
 from rqvae.config import TrainerConfig, step_config
 from rqvae.losses import sinkhorn_loss
-from rqvae.sinkhorn import (effective_epsilon, sinkhorn_plan, sinkhorn_plan_logdomain,
-                            squared_distances)
+from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 
 SQUARE = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 FAR_CODES = jnp.array([[5.0, 5.0], [6.0, 5.0], [5.0, 6.0], [6.0, 6.0]])
+
+# Compiled once per shape and setting: called eagerly, every call would trace and compile the
+# solver's loops anew (the test of jit against eager below calls it eagerly on purpose).
+_solve = jax.jit(sinkhorn_plan, static_argnames=("num_iters", "solver", "overrelaxation"))
+_loss = jax.jit(sinkhorn_loss, static_argnames=("num_iters", "solver", "epsilon_mode"))
+_loss_and_grad = jax.jit(jax.value_and_grad(sinkhorn_loss, argnums=1), static_argnums=3)
 
 
 def exact_cost(points, codes):
@@ -28,13 +33,13 @@ def exact_cost(points, codes):
 
 
 def test_points_against_themselves_cost_almost_nothing():
-    assert float(sinkhorn_loss(SQUARE, SQUARE)) < 0.1
+    assert float(_loss(SQUARE, SQUARE)) < 0.1
 
 
 def test_far_codebook_costs_the_exact_transport_and_pulls_every_code():
     # C / epsilon is about 1200 here: the kernel exp(-C / epsilon) is exactly 0 in float32.
     points = SQUARE / 10
-    value, grad = jax.value_and_grad(sinkhorn_loss, argnums=1)(points, FAR_CODES)
+    value, grad = _loss_and_grad(points, FAR_CODES)
     assert value == pytest.approx(exact_cost(points, FAR_CODES), rel=0.01)
     assert value == pytest.approx(60.0, rel=0.01)
     assert bool(jnp.all(jnp.linalg.norm(grad, axis=1) > 1.0))
@@ -46,7 +51,7 @@ def test_far_codebook_costs_the_exact_transport_and_pulls_every_code():
 def test_plan_marginals_at_every_cost_scale(scale):
     points = jax.random.normal(jax.random.key(0), (12, 3)) * scale
     codes = jax.random.normal(jax.random.key(1), (5, 3)) * scale + scale
-    plan, error, *_ = sinkhorn_plan(squared_distances(points, codes), 0.05, 500)
+    plan, error, *_ = _solve(squared_distances(points, codes), 0.05, num_iters=500)
     assert bool(jnp.all(jnp.isfinite(plan)))
     # The last update of every iteration is the codebook side: its marginal is exact.
     np.testing.assert_allclose(plan.sum(0), np.full(5, 1 / 5), rtol=1e-5)
@@ -59,7 +64,7 @@ def test_plan_marginals_at_every_cost_scale(scale):
 def test_converged_cost_matches_the_exact_optimum():
     points = jax.random.normal(jax.random.key(0), (32, 8))
     codes = jax.random.normal(jax.random.key(1), (32, 8)) + 0.5
-    value = float(sinkhorn_loss(points, codes, epsilon=0.05, num_iters=300))
+    value = float(_loss(points, codes, epsilon=0.05, num_iters=300))
     assert value == pytest.approx(exact_cost(points, codes), rel=0.01)
 
 
@@ -77,8 +82,7 @@ def test_sinkhorn_is_the_same_under_jit():
 def test_finite_value_and_gradient_at_every_scale(cost_scale, epsilon, dtype):
     points = jax.random.normal(jax.random.key(0), (16, 8)) * jnp.sqrt(cost_scale)
     codes = jax.random.normal(jax.random.key(1), (12, 8)) * jnp.sqrt(cost_scale)
-    value, grad = jax.value_and_grad(sinkhorn_loss, argnums=1)(
-        points.astype(dtype), codes.astype(dtype), epsilon, 20)
+    value, grad = _loss_and_grad(points.astype(dtype), codes.astype(dtype), epsilon, 20)
     assert bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
     assert float(value) > 0
 
@@ -90,10 +94,10 @@ def test_finite_value_and_gradient_at_every_scale(cost_scale, epsilon, dtype):
     (jnp.zeros((6, 4)), jnp.zeros((3, 4))),  # zero cost everywhere
 ])
 def test_degenerate_problems(points, codes):
-    plan, error, g, _ = sinkhorn_plan(squared_distances(points, codes), 0.05, 20)
+    plan, error, g, _ = _solve(squared_distances(points, codes), 0.05, num_iters=20)
     assert bool(jnp.all(jnp.isfinite(plan))) and bool(jnp.isfinite(error))
     np.testing.assert_allclose(plan.sum(0), 1 / codes.shape[0], rtol=1e-5)
-    grad = jax.grad(sinkhorn_loss, argnums=1)(points, codes)
+    _, grad = _loss_and_grad(points, codes)
     assert bool(jnp.all(jnp.isfinite(grad)))
 
 
@@ -102,7 +106,8 @@ def test_stabilized_loop_follows_the_log_domain_iterates():
     codes = 0.5 * jax.random.normal(jax.random.key(1), (96, 16))
     cost = squared_distances(points, codes)
     for iters in (1, 3, 20):
-        fast, reference = sinkhorn_plan(cost, 0.05, iters), sinkhorn_plan_logdomain(cost, 0.05, iters)
+        fast = _solve(cost, 0.05, num_iters=iters)
+        reference = _solve(cost, 0.05, num_iters=iters, solver="logdomain")
         np.testing.assert_allclose(fast.plan, reference.plan, atol=1e-6)
         assert float(fast.marginal_error) == pytest.approx(float(reference.marginal_error), abs=1e-4)
 
@@ -110,7 +115,7 @@ def test_stabilized_loop_follows_the_log_domain_iterates():
 def test_64_dim_gaussian_clouds_within_2_percent_of_exact():
     points = jax.random.normal(jax.random.key(0), (256, 64))
     codes = 0.5 * jax.random.normal(jax.random.key(1), (256, 64))
-    value = float(sinkhorn_loss(points, codes, 0.05, 20))
+    value = float(_loss(points, codes, 0.05, 20))
     assert value == pytest.approx(exact_cost(points, codes), rel=0.02)
 
 
@@ -118,17 +123,15 @@ def test_warm_start_from_converged_potentials_is_converged_at_once():
     points = jax.random.normal(jax.random.key(0), (64, 8))
     codes = 0.5 * jax.random.normal(jax.random.key(1), (32, 8))
     cost = squared_distances(points, codes)
-    converged = sinkhorn_plan(cost, 0.05, 500)
-    cold, warm = sinkhorn_plan(cost, 0.05, 1), sinkhorn_plan(cost, 0.05, 1, init_g=converged.g)
+    converged = _solve(cost, 0.05, num_iters=500)
+    cold, warm = _solve(cost, 0.05, num_iters=1), _solve(cost, 0.05, num_iters=1, init_g=converged.g)
     assert float(warm.marginal_error) < 0.01 < float(cold.marginal_error)
 
 
 DEFAULT_LOSS = step_config(TrainerConfig()).loss
 
 
-# Compiled: eagerly, each operation of the solver's loops would be compiled on its own.
 # The problems below share one shape (48 x 16), so each solver compiles once per iteration count.
-_solve = jax.jit(sinkhorn_plan, static_argnames=("num_iters", "solver", "overrelaxation"))
 
 
 def _default_solve(cost, solver="scaling", epsilon_mode=DEFAULT_LOSS.sinkhorn_epsilon_mode,
