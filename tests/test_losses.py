@@ -13,6 +13,14 @@ import pytest
 from rqvae.config import TrainerConfig, step_config
 from rqvae.losses import compute_losses, loss_terms, sinkhorn_loss, vq_per_level, wasserstein_levels
 
+# Compiled: called eagerly, every call would trace and compile the Sinkhorn loops anew.
+_sinkhorn_loss = jax.jit(sinkhorn_loss, static_argnames="num_iters")
+
+
+def _compiled_losses(*args, **settings):
+    """compute_losses(*args, **settings), compiled with the settings fixed."""
+    return jax.jit(functools.partial(compute_losses, **settings))(*args)
+
 
 def _batch(levels=2, batch=6, dim=3, codes=5):
     keys = jax.random.split(jax.random.key(7), 4)
@@ -27,12 +35,12 @@ def _batch(levels=2, batch=6, dim=3, codes=5):
 
 def test_loss_keys_and_weighted_total():
     x, x_recon, z_e, z_q, codebook, z_q1 = _batch()
-    losses = compute_losses(x, x_recon, z_e, z_q, codebook, z_q1, lambda_commit=0.25,
-                            lambda_codebook=1.0, lambda_wasserstein=0.5, sinkhorn_epsilon=0.05)
+    losses = _compiled_losses(x, x_recon, z_e, z_q, codebook, z_q1, lambda_commit=0.25,
+                              lambda_codebook=1.0, lambda_wasserstein=0.5, sinkhorn_epsilon=0.05)
     assert {"total", "recon", "commit", "codebook", "wasserstein"} <= set(losses)
     assert float(losses["recon"]) == pytest.approx(float(jnp.mean((x - x_recon) ** 2)))
     assert float(losses["commit"]) == pytest.approx(float(jnp.mean((z_e - z_q) ** 2)))
-    expected_w = sinkhorn_loss(z_e, codebook[0]) + sinkhorn_loss(z_e - z_q1, codebook[1])
+    expected_w = _sinkhorn_loss(z_e, codebook[0]) + _sinkhorn_loss(z_e - z_q1, codebook[1])
     assert float(losses["wasserstein"]) == pytest.approx(float(expected_w), rel=1e-5)
     # Per level, unweighted; called the original way, epsilon is absolute.
     assert float(losses["wasserstein_levels"].sum()) == pytest.approx(float(expected_w), rel=1e-5)
@@ -60,22 +68,24 @@ def test_wasserstein_moves_only_the_codebook_unless_asked():
         return compute_losses(x, x_recon, z_e, z_q, codebook, z_q1, lambda_wasserstein=1.0,
                               wasserstein_encoder_grad=encoder_grad)["wasserstein"]
 
-    g_points, g_codes = jax.grad(wasserstein, argnums=(0, 1))(z_e, codebook, False)
+    grads = jax.jit(jax.grad(wasserstein, argnums=(0, 1)), static_argnums=2)
+    g_points, g_codes = grads(z_e, codebook, False)
     assert float(jnp.abs(g_points).max()) == 0.0 and float(jnp.abs(g_codes).max()) > 0
-    g_points, _ = jax.grad(wasserstein, argnums=(0, 1))(z_e, codebook, True)
+    g_points, _ = grads(z_e, codebook, True)
     assert float(jnp.abs(g_points).max()) > 0
 
 
 def test_general_levels_form_matches_the_two_level_keywords():
     x, x_recon, z_e, z_q, codebook, z_q1 = _batch()
-    by_keywords = compute_losses(x, x_recon, z_e, z_q, codebook, z_q1, lambda_wasserstein=1.0)
-    by_levels = compute_losses(x, x_recon, z_e, z_q, codebook, lambda_wasserstein=1.0,
-                               level_inputs=jnp.stack([z_e, z_e - z_q1]))
+    by_keywords = _compiled_losses(x, x_recon, z_e, z_q, codebook, z_q1, lambda_wasserstein=1.0)
+    by_levels = _compiled_losses(x, x_recon, z_e, z_q, codebook, lambda_wasserstein=1.0,
+                                 level_inputs=jnp.stack([z_e, z_e - z_q1]))
     assert float(by_keywords["wasserstein"]) == pytest.approx(float(by_levels["wasserstein"]))
     x, x_recon, z_e, z_q, codebook, _ = _batch(levels=3)
-    three = compute_losses(x, x_recon, z_e, z_q, codebook, lambda_wasserstein=1.0,
-                           level_inputs=jnp.stack([z_e, z_e, z_e]), level_weights=(1.0, 0.0, 2.0))
-    expected = sinkhorn_loss(z_e, codebook[0]) + 2 * sinkhorn_loss(z_e, codebook[2])
+    three = _compiled_losses(x, x_recon, z_e, z_q, codebook, lambda_wasserstein=1.0,
+                             level_inputs=jnp.stack([z_e, z_e, z_e]),
+                             level_weights=(1.0, 0.0, 2.0))
+    expected = _sinkhorn_loss(z_e, codebook[0]) + 2 * _sinkhorn_loss(z_e, codebook[2])
     assert float(three["wasserstein"]) == pytest.approx(float(expected), rel=1e-5)
 
 
