@@ -59,9 +59,9 @@ def preset() -> config.TrainerConfig:
     return config.load("configs/hybrid.toml")
 
 
-def preset_solve() -> dict:
-    """The overrides that give the default config the preset's solve."""
-    return {key: getattr(preset(), key) for key in SOLVE_KEYS}
+def solve_of(cfg: config.TrainerConfig) -> dict:
+    """The overrides that give the default config `cfg`'s solve."""
+    return {key: getattr(cfg, key) for key in SOLVE_KEYS}
 
 
 def hybrid(overrides: dict) -> config.TrainerConfig:
@@ -316,14 +316,14 @@ def training_overhead(steps, repeats):
            "marginal error (per level)"], rows)
 
 
-def convergence(steps):
+def convergence(steps, preset_cfg: config.TrainerConfig):
     from rqvae import data
 
     digits = data.load(config.DataConfig())
     images = jax.device_put(digits.train)
     rows = []
     runs = {name: hybrid(overrides) for name, overrides in SETTINGS.items()}
-    for name, cfg in {**runs, "PRESET (configs/hybrid.toml)": preset()}.items():
+    for name, cfg in {**runs, "PRESET (configs/hybrid.toml)": preset_cfg}.items():
         cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
         # Levels the term does not cover (wasserstein_levels) log 0 and are left out.
@@ -357,18 +357,19 @@ def main():
         training.update(training_problems(256, (3000,)))
     rows = accuracy(training)
     # The preset's solve on its own runs' problems, on the levels it covers.
-    preset_problems = training_problems(64, checkpoints, trained=preset())
+    preset_cfg = preset()
+    preset_problems = training_problems(64, checkpoints, trained=preset_cfg)
     if not args.quick:
-        preset_problems.update(training_problems(256, (3000,), trained=preset()))
+        preset_problems.update(training_problems(256, (3000,), trained=preset_cfg))
     rows += accuracy({f"PRESET run, {name}": p for name, p in preset_problems.items()},
-                     {"PRESET": preset_solve()}, levels=preset().wasserstein_levels)
+                     {"PRESET": solve_of(preset_cfg)}, levels=preset_cfg.wasserstein_levels)
     table("2. accuracy on digits hybrid training problems (batch 128, latent 16) against the "
           "converged float64 plan at the same epsilon", ACCURACY_HEADER, rows)
     solve_cost({name: p for name, p in training.items() if name.endswith(f"step {checkpoints[-1]}")},
                [(128, 64, 16), (256, 512, 64)] + ([] if args.quick else [(1024, 1024, 64)]),
                repeats)
     training_overhead(steps=20 if args.quick else 100, repeats=1 if args.quick else 3)
-    convergence(steps=400 if args.quick else 3000)
+    convergence(steps=400 if args.quick else 3000, preset_cfg=preset_cfg)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
     # the PyTorch comparator also needs: pip install torch vector-quantize-pytorch
 
 Prints, for the default config (digits 8x8), the hybrid preset (configs/hybrid.toml, digits) and
-the MNIST-shaped one (configs/mnist.toml on the digits upsampled to 28x28): images/s, ms/step and compile time with the Wasserstein term off and
-on, and their ratio; the steps-per-call sweep behind the `run.steps_per_call` default; and, when
+the MNIST-shaped one (configs/mnist.toml on the digits upsampled to 28x28): images/s, ms/step and
+compile time with the Wasserstein term off and on, and their ratio; the steps-per-call sweep behind the `run.steps_per_call` default; and, when
 torch is installed, the MNIST-shaped model written with vector-quantize-pytorch's `ResidualVQ`
 (scripts/torch_baseline.py) with the throughput ratio, per round as well, and the floor: the
 model's matrix products and an SGD update alone, a reference bound for this model under XLA. Timed
@@ -100,15 +100,18 @@ def interleaved_rounds(loops: dict, steps: int, repeats: int) -> dict:
     return timings
 
 
+def _preset(name: str) -> config.TrainerConfig:
+    return config.load(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.toml"))
+
+
 @functools.cache
 def configs():
     digits = data.load(config.DataConfig())
     default = rundir.with_data_shape(config.TrainerConfig(), digits)
-    mnist = config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "mnist.toml"))
+    mnist = _preset("mnist")
     mnist = dataclasses.replace(mnist, model=dataclasses.replace(mnist.model,
                                                                  image_shape=(28, 28, 1)))
-    hybrid = rundir.with_data_shape(
-        config.load(os.path.join(os.path.dirname(__file__), "..", "configs", "hybrid.toml")), digits)
+    hybrid = rundir.with_data_shape(_preset("hybrid"), digits)
     return {"default (digits 8x8)": (default, digits.train),
             "hybrid preset (digits 8x8)": (hybrid, digits.train),
             "MNIST-shaped (configs/mnist.toml)": (mnist, np.asarray(mnist_like_images()))}

@@ -111,8 +111,9 @@ done_runs=0
 started=$SECONDS
 train() {  # run-dir final-step config args...
   local run_dir="$1" final="$2" config="$3"; shift 3
-  if [[ $dry == 1 ]]; then
-    echo rqvae train -c "configs/$config.toml" --run-dir "$run_dir" --quiet "$@"; return
+  if [[ $dry == 1 ]]; then  # shell-quoted, so each line can be pasted back into a shell
+    printf 'rqvae train'; printf ' %q' -c "configs/$config.toml" --run-dir "$run_dir" --quiet "$@"
+    echo; return
   fi
   done_runs=$((done_runs + 1))
   local progress="[$done_runs/$total_runs, $((SECONDS - started)) s]"

@@ -6,7 +6,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from rqvae import cli
+from rqvae import cli, config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "dead_code_study.sh"
 
@@ -24,7 +24,7 @@ def _config(command: list[str]):
     """The config `rqvae train` would train on for this command line, as the CLI builds it."""
     assert command[:2] == ["rqvae", "train"]
     flags = {key.rpartition(".")[2].replace("_", "-"): key for key in cli.TRAIN_FLAGS}
-    config = run_dir = None
+    config_file = run_dir = None
     assignments, overrides = [], {}
     words = iter(command[2:])
     for word in words:
@@ -32,14 +32,14 @@ def _config(command: list[str]):
             continue
         value = next(words)
         if word == "-c":
-            config = Path(value)
+            config_file = Path(value)
         elif word == "--run-dir":
             run_dir = Path(value)
         elif word == "--set":
             assignments.append(value)
         else:
-            overrides.update(cli.config_lib.parse_assignments([f"{flags[word[2:]]}={value}"]))
-    return cli._train_config(config, run_dir, assignments, overrides, resume=False)
+            overrides.update(config.parse_assignments([f"{flags[word[2:]]}={value}"]))
+    return cli._train_config(config_file, run_dir, assignments, overrides, resume=False)
 
 
 def test_methods_pick_the_runs_and_each_variant_is_a_valid_config(tmp_path):
