@@ -8,6 +8,12 @@ For each run, at its newest checkpoint, on `--points` training images (all of th
 - the median squared distance from a code to its nearest level input, for live and for dead
   codes: dead codes far from the data were never reached; dead codes on it are shadowed by a
   near-duplicate code that wins the argmin;
+- duplicates: dead codes whose nearest other code is closer than a tenth of the median distance
+  from an input to its code, and the median distance from a code to its nearest other code,
+  live and dead;
+- what the duplicates' cells hold: the median standard deviation of the images (or vectors)
+  that pick the code a duplicate shadows, against all of them, and the share of near-flat ones
+  (standard deviation under 0.01 of the [0, 1] scale, i.e. under 2.6 of 255 gray levels);
 - the median squared distance from a level input to its code, and the mean cost;
 - for one training batch, the epsilon the run's solve uses and the plan's spread: the median
   over points of exp(entropy) of the point's row of the plan, the number of codes its mass is
@@ -42,6 +48,8 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
         cost = np.asarray(squared_distances(inputs, codes))
         alive = np.bincount(cost.argmin(1), minlength=len(codes)) > 0
         to_point = cost.min(0)
+        duplicate = _duplicates(np.asarray(codes), alive, np.median(cost.min(1)))
+        flat = _flat_share(images, cost.argmin(1), duplicate["shadowed"])
         batch_cost = squared_distances(inputs[:cfg.batch_size], codes)
         epsilon = effective_epsilon(batch_cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_epsilon_mode)
         plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, cfg.sinkhorn_iters,
@@ -55,7 +63,39 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
             f"input to its code {np.median(cost.min(1)):.4g}; mean cost {cost.mean():.4g}; "
             f"epsilon {float(epsilon):.4g}; plan spread {np.median(spread):.1f} codes per point "
             f"(at least {max(1.0, len(codes) / cfg.batch_size):.0f})")
+        lines.append(
+            f"      duplicates: {duplicate['count']} of {(~alive).sum()} dead codes; code to "
+            f"nearest other code: live {median(duplicate['gap'][alive])}, dead "
+            f"{median(duplicate['gap'][~alive])}; {flat}")
     return lines
+
+
+def _duplicates(codes_KxD: np.ndarray, alive_K: np.ndarray, input_to_code: float) -> dict:
+    """Each code's squared distance to its nearest other code, the dead codes within a tenth of
+    `input_to_code` of another (duplicates), and the codes those shadow: (K,) bool."""
+    gap_K, partner_K = np.empty(len(codes_KxD)), np.empty(len(codes_KxD), int)
+    for start in range(0, len(codes_KxD), 2048):  # (2048, K) at a time: 16,384 codes fit
+        block = np.array(squared_distances(codes_KxD[start:start + 2048], codes_KxD))
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+        gap_K[start:start + len(block)] = block.min(1)
+        partner_K[start:start + len(block)] = block.argmin(1)
+    duplicate_K = ~alive_K & (gap_K < input_to_code / 10)
+    shadowed_K = np.zeros(len(codes_KxD), bool)
+    shadowed_K[partner_K[duplicate_K]] = True
+    return {"gap": gap_K, "count": int(duplicate_K.sum()), "shadowed": shadowed_K}
+
+
+def _flat_share(images_NxP: np.ndarray, picked_N: np.ndarray, shadowed_K: np.ndarray) -> str:
+    """The spread of the inputs in the cells of codes that shadow a duplicate, against all."""
+    spread_N = np.asarray(images_NxP, np.float64).reshape(len(images_NxP), -1).std(1)
+    in_cells_N = shadowed_K[picked_N]
+    if not in_cells_N.any():
+        return "no input picks a code that shadows one"
+    return (f"inputs in the cells of codes that shadow one: {100 * in_cells_N.mean():.1f}%, "
+            f"input std {np.median(spread_N[in_cells_N]):.4f} (all {np.median(spread_N):.4f}), "
+            f"near-flat {100 * (spread_N[in_cells_N] < 0.01).mean():.0f}% "
+            f"(all {100 * (spread_N < 0.01).mean():.0f}%)")
+
 
 
 def main() -> None:
