@@ -8,7 +8,9 @@
 # alone, with a finer plan (sinkhorn_epsilon 0.02), with a transport queue of four batches
 # (ot_queue_size), with the transport gradient into the encoder as well
 # (wasserstein_encoder_grad), and with the original transport (absolute epsilon 0.05, a fixed 20
-# plain iterations, whole squared distances, the sum-form codebook loss).
+# plain iterations, whole squared distances, the sum-form codebook loss); and the hybrid with a
+# fifth of its transport weight (lambda_wasserstein 0.1) plus dead-code restart after 200 unpicked
+# steps (hybrid-restart).
 #
 #   scripts/dead_code_study.sh [--quick | --large] [--out DIR] [--dry-run]
 #
@@ -47,8 +49,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 batch=128
-methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-all-levels
-         hybrid-relative hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad
+methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-restart
+         hybrid-all-levels hybrid-relative hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad
          hybrid-original)
 if [[ $quick == 1 && $large == 1 ]]; then
   echo "error: --quick and --large are two different studies; pass one" >&2; exit 2
@@ -58,7 +60,7 @@ elif [[ $large == 1 ]]; then
   read -r -a seeds <<< "${SEEDS:-0 1 2}"; steps=${STEPS:-1500}; mnist=0; batch=256
   read -r -a settings <<< "${LARGE_SETTINGS:-2x1024 2x4096 2x16384 4x1024}"
   groups=("${settings[@]/#/patches-}")
-  methods=(traditional kmeans restart hybrid hybrid-all-levels hybrid-relative
+  methods=(traditional kmeans restart hybrid hybrid-restart hybrid-all-levels hybrid-relative
            hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad)
 else
   seeds=(0 1 2); groups=(digits-64 digits-256); steps=${STEPS:-3000}; mnist=${MNIST:-auto}
@@ -75,6 +77,7 @@ variant() {  # method -> config name and extra arguments
   case $1 in
     traditional-sum) echo "traditional --set codebook_loss=sum" ;;
     hybrid-all-levels) echo "hybrid --set wasserstein_levels=0" ;;
+    hybrid-restart) echo "hybrid --lambda-wasserstein 0.1 --set dead_code_threshold=200" ;;
     hybrid-relative) echo "$previous --sinkhorn-epsilon 0.05" ;;
     hybrid-relative-eps0.02) echo "$previous --sinkhorn-epsilon 0.02" ;;
     hybrid-relative-queue) echo "$previous --sinkhorn-epsilon 0.05

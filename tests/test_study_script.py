@@ -43,18 +43,20 @@ def _config(command: list[str]):
 
 
 def test_methods_pick_the_runs_and_each_variant_is_a_valid_config(tmp_path):
-    methods = "restart hybrid hybrid-relative-queue hybrid-original"
+    methods = "restart hybrid hybrid-relative-queue hybrid-original hybrid-restart"
     commands = _dry_run(tmp_path, "--quick", METHODS=methods)
     names = [Path(c[c.index("--run-dir") + 1]).name for c in commands]
     assert names == [f"{m}-s0" for m in methods.split()]
-    restart, hybrid, queue, original = map(_config, commands)
+    restart, hybrid, queue, original, hybrid_restart = map(_config, commands)
     assert restart.dead_code_threshold > 0 and restart.lambda_wasserstein == 0
     assert (hybrid.sinkhorn_epsilon_mode, hybrid.wasserstein_levels) == ("nearest", 1)
     assert (queue.sinkhorn_epsilon_mode, queue.sinkhorn_epsilon) == ("relative", 0.05)
     assert queue.ot_queue_size == 4 * queue.batch_size and queue.wasserstein_levels == 0
     assert (original.sinkhorn_epsilon_mode, original.sinkhorn_iters) == ("absolute", 20)
     assert original.codebook_loss == "sum" and original.sinkhorn_tolerance == 0
-    assert {c.steps for c in (restart, hybrid, queue, original)} == {1000}
+    assert (hybrid_restart.lambda_wasserstein, hybrid_restart.dead_code_threshold) == (0.1, 200)
+    assert hybrid_restart.wasserstein_levels == hybrid.wasserstein_levels
+    assert {c.steps for c in (restart, hybrid, queue, original, hybrid_restart)} == {1000}
 
 
 def test_the_large_study_runs_each_setting_and_seed_on_the_patches(tmp_path):
