@@ -5,8 +5,8 @@
 
 Prints, for the default config (digits 8x8), the hybrid preset (configs/hybrid.toml, digits) and
 the MNIST-shaped one (configs/mnist.toml on the digits upsampled to 28x28): images/s, ms/step and
-compile time with the Wasserstein term off and on, and their ratio; the steps-per-call sweep behind the `run.steps_per_call` default; and, when
-torch is installed, the MNIST-shaped model written with vector-quantize-pytorch's `ResidualVQ`
+compile time with the Wasserstein term off and on, and their ratio; the steps-per-call sweep
+behind the `run.steps_per_call` default; and, when torch is installed, the MNIST-shaped model written with vector-quantize-pytorch's `ResidualVQ`
 (scripts/torch_baseline.py) with the throughput ratio, per round as well, and the floor: the
 model's matrix products and an SGD update alone, a reference bound for this model under XLA. Timed
 figures are medians of interleaved repeats, so drift on a shared machine hits every variant alike.

@@ -46,10 +46,10 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
     lines = [f"{run_dir} (step {step}, {len(images)} training images)"]
     for level, (inputs, codes) in enumerate(zip(aux["level_inputs"], aux["codebook"]), 1):
         cost = np.asarray(squared_distances(inputs, codes))
-        alive = np.bincount(cost.argmin(1), minlength=len(codes)) > 0
+        picked, input_to_code = cost.argmin(1), np.median(cost.min(1))
+        alive = np.bincount(picked, minlength=len(codes)) > 0
         to_point = cost.min(0)
-        duplicate = _duplicates(np.asarray(codes), alive, np.median(cost.min(1)))
-        flat = _flat_share(images, cost.argmin(1), duplicate["shadowed"])
+        duplicate = _duplicates(np.asarray(codes), alive, input_to_code)
         batch_cost = squared_distances(inputs[:cfg.batch_size], codes)
         epsilon = effective_epsilon(batch_cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_epsilon_mode)
         plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, cfg.sinkhorn_iters,
@@ -57,16 +57,17 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
                                         overrelaxation=cfg.sinkhorn_overrelaxation).plan)
         rows = plan / plan.sum(1, keepdims=True)
         spread = np.exp(-(rows * np.log(np.maximum(rows, 1e-30))).sum(1))
-        lines.append(
-            f"  L{level}: alive {alive.sum()} / {len(codes)} ({100 * alive.mean():.1f}%); code to "
-            f"nearest input: live {median(to_point[alive])}, dead {median(to_point[~alive])}; "
-            f"input to its code {np.median(cost.min(1)):.4g}; mean cost {cost.mean():.4g}; "
-            f"epsilon {float(epsilon):.4g}; plan spread {np.median(spread):.1f} codes per point "
-            f"(at least {max(1.0, len(codes) / cfg.batch_size):.0f})")
-        lines.append(
-            f"      duplicates: {duplicate['count']} of {(~alive).sum()} dead codes; code to "
-            f"nearest other code: live {median(duplicate['gap'][alive])}, dead "
-            f"{median(duplicate['gap'][~alive])}; {flat}")
+        lines += [
+            f"  L{level}: alive {alive.sum()} / {len(codes)} ({100 * alive.mean():.1f}%); input "
+            f"to its code {input_to_code:.4g}; mean cost {cost.mean():.4g}",
+            f"    code to nearest input: live {median(to_point[alive])}, dead "
+            f"{median(to_point[~alive])}",
+            f"    plan: epsilon {float(epsilon):.4g}, spread {np.median(spread):.1f} codes per "
+            f"point (at least {max(1.0, len(codes) / cfg.batch_size):.0f})",
+            f"    duplicates: {duplicate['count']} of {(~alive).sum()} dead codes; code to nearest "
+            f"other code: live {median(duplicate['gap'][alive])}, dead "
+            f"{median(duplicate['gap'][~alive])}",
+            f"    {_flat_share(images, picked, duplicate['shadowed'])}"]
     return lines
 
 
@@ -90,12 +91,11 @@ def _flat_share(images_NxP: np.ndarray, picked_N: np.ndarray, shadowed_K: np.nda
     spread_N = np.asarray(images_NxP, np.float64).reshape(len(images_NxP), -1).std(1)
     in_cells_N = shadowed_K[picked_N]
     if not in_cells_N.any():
-        return "no input picks a code that shadows one"
-    return (f"inputs in the cells of codes that shadow one: {100 * in_cells_N.mean():.1f}%, "
-            f"input std {np.median(spread_N[in_cells_N]):.4f} (all {np.median(spread_N):.4f}), "
-            f"near-flat {100 * (spread_N[in_cells_N] < 0.01).mean():.0f}% "
+        return "shadowed cells: no input picks a code that shadows a duplicate"
+    return (f"shadowed cells: {100 * in_cells_N.mean():.1f}% of inputs, input std "
+            f"{np.median(spread_N[in_cells_N]):.4f} (all {np.median(spread_N):.4f}), near-flat "
+            f"{100 * (spread_N[in_cells_N] < 0.01).mean():.0f}% "
             f"(all {100 * (spread_N < 0.01).mean():.0f}%)")
-
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ done
 
 batch=128
 methods=(traditional traditional-sum kmeans restart wasserstein hybrid hybrid-restart
-         hybrid-all-levels hybrid-relative hybrid-relative-eps0.02 hybrid-relative-queue hybrid-relative-encoder-grad
-         hybrid-original)
+         hybrid-all-levels hybrid-relative hybrid-relative-eps0.02 hybrid-relative-queue
+         hybrid-relative-encoder-grad hybrid-original)
 if [[ $quick == 1 && $large == 1 ]]; then
   echo "error: --quick and --large are two different studies; pass one" >&2; exit 2
 elif [[ $quick == 1 ]]; then
