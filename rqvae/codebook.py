@@ -86,34 +86,42 @@ def restart_dead_codes(
     *,
     threshold: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Re-seeds every stale code (see `stale_codes`) from a random row of its level's inputs.
+    """Re-seeds stale codes (see `stale_codes`) from rows of their level's inputs, one row each.
 
     Call it after `metrics.update_last_used` has recorded this batch at `step`, with the same
     `step` and the batch's `level_inputs` (the encoder output at level 1, the residual below):
-    codes are re-seeded where this batch's data is. Within a level the rows are drawn without
-    replacement while the batch has enough of them, then repeat. A restarted code's `last_used`
-    becomes `step`, which gives it a fresh window of `threshold` steps. Every other code, and its
-    `last_used`, is returned bitwise unchanged.
+    codes are re-seeded where this batch's data is, each on a different row. With more stale
+    codes than rows, the longest unpicked go first and the others stay stale until a later step:
+    two codes seeded on one row would be duplicates, of which all but one die again. A
+    restarted code's `last_used` becomes `step`, which gives it a fresh window of `threshold`
+    steps. Every other code, and its `last_used`, is returned bitwise unchanged.
 
-    Returns the codebook, last_used and the number of codes restarted per level (L,) int32.
+    Returns the codebook, last_used and which codes were restarted, (L, K) bool.
     """
     if threshold < 1:
         raise ValueError(f"threshold must be >= 1 step, got {threshold}")
     stale_LxK = stale_codes(last_used_LxK, step, threshold)
-    batch_size = level_inputs_LxBxD.shape[1]
+    num_codes, batch_size = last_used_LxK.shape[1], level_inputs_LxBxD.shape[1]
 
-    def reseed_level(codebook_KxD, stale_K, inputs_BxD, level_key):
-        # The r-th stale code takes the r-th row of a random order of the batch.
-        order_B = jax.random.permutation(level_key, batch_size)
-        rank_K = jnp.cumsum(stale_K) - 1
-        seeds_KxD = jnp.take(inputs_BxD, order_B[rank_K % batch_size], axis=0)
-        return jnp.where(stale_K[:, None], seeds_KxD.astype(codebook_KxD.dtype), codebook_KxD)
+    def reseed_level(codebook_KxD, stale_K, last_used_K, inputs_BxD, level_key):
+        # The batch_size stale codes unpicked longest (ties by index) are restarted; the r-th
+        # of them by index takes the r-th row of a random order of the batch.
+        waited_K = jnp.where(stale_K, last_used_K, jnp.iinfo(last_used_K.dtype).max)
+        order_K = jnp.argsort(waited_K, stable=True)
+        oldest_K = jnp.zeros(num_codes, jnp.int32).at[order_K].set(jnp.arange(num_codes))
+        restart_K = stale_K & (oldest_K < batch_size)
+        rank_K = jnp.cumsum(restart_K) - 1
+        rows_B = jax.random.permutation(level_key, batch_size)
+        seeds_KxD = jnp.take(inputs_BxD, rows_B[jnp.clip(rank_K, 0, batch_size - 1)], axis=0)
+        codebook_KxD = jnp.where(restart_K[:, None], seeds_KxD.astype(codebook_KxD.dtype),
+                                 codebook_KxD)
+        return codebook_KxD, restart_K
 
     level_keys = jax.random.split(key, codebook_LxKxD.shape[0])
-    codebook_LxKxD = jax.vmap(reseed_level)(codebook_LxKxD, stale_LxK, level_inputs_LxBxD,
-                                            level_keys)
-    last_used_LxK = jnp.where(stale_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
-    return codebook_LxKxD, last_used_LxK, jnp.sum(stale_LxK, axis=-1, dtype=jnp.int32)
+    codebook_LxKxD, restart_LxK = jax.vmap(reseed_level)(
+        codebook_LxKxD, stale_LxK, last_used_LxK, level_inputs_LxBxD, level_keys)
+    last_used_LxK = jnp.where(restart_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
+    return codebook_LxKxD, last_used_LxK, restart_LxK
 
 
 def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
@@ -128,9 +136,9 @@ def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
     steps in, as for any never-picked code that gets picked late.
 
     `opt_state` is an optax state holding `ScaleByAdamState`s whose moments are shaped like the
-    model's params, `{"params": {"codebook": (L, K, D), ...}}`. `restarted_LxK` is
-    `stale_codes(last_used, step, threshold)` of the arguments given to `restart_dead_codes`
-    (which resets last_used, so it cannot be derived afterwards).
+    model's params, `{"params": {"codebook": (L, K, D), ...}}`. `restarted_LxK` is what
+    `restart_dead_codes` returns last (its last_used alone cannot tell a restarted code from one
+    picked at the same step).
     """
     is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
     if not any(is_adam(node) for node in jax.tree.leaves(opt_state, is_leaf=is_adam)):

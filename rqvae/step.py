@@ -192,13 +192,12 @@ def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxB
                         cfg: StepConfig):
     """The comparator remedy: codes unused for `dead_code_threshold` steps are re-seeded from
     this batch's level inputs, with fresh Adam moments."""
-    stale_LxK = codebook.stale_codes(last_used_LxK, step, cfg.dead_code_threshold)
     key = jax.random.fold_in(stream_key(cfg.seed, Stream.RESTART), step)
-    codebook_LxKxD, last_used_LxK, _ = codebook.restart_dead_codes(
+    codebook_LxKxD, last_used_LxK, restarted_LxK = codebook.restart_dead_codes(
         params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
         threshold=cfg.dead_code_threshold)
     return (_with_codebook(params, codebook_LxKxD),
-            codebook.reset_adam_moments(opt_state, stale_LxK), last_used_LxK)
+            codebook.reset_adam_moments(opt_state, restarted_LxK), last_used_LxK)
 
 
 def _with_codebook(params, codebook_LxKxD):

@@ -104,7 +104,7 @@ def test_restart_reseeds_exactly_the_stale_codes_from_their_level_inputs():
     codebook, inputs, (new_codebook, new_last_used, restarted) = _restart()
     stale = np.asarray(LAST_USED) <= STEP - THRESHOLD  # used at or before step 15, or never
     np.testing.assert_array_equal(stale_codes(LAST_USED, STEP, THRESHOLD), stale)
-    np.testing.assert_array_equal(restarted, stale.sum(-1))
+    np.testing.assert_array_equal(restarted, stale)
     assert new_codebook.dtype == codebook.dtype and new_last_used.dtype == jnp.int32
     for level in range(L):
         sources = np.asarray(inputs[level])
@@ -117,14 +117,24 @@ def test_restart_reseeds_exactly_the_stale_codes_from_their_level_inputs():
     np.testing.assert_array_equal(new_last_used, np.where(stale, STEP, LAST_USED))
 
 
-def test_restart_with_more_stale_codes_than_batch_rows_uses_every_row_then_repeats():
-    never = jnp.full((L, K), -1, jnp.int32)
-    _, inputs, (new_codebook, _, restarted) = _restart(last_used=never)
-    np.testing.assert_array_equal(restarted, [K, K])
+def test_restart_with_more_stale_codes_than_batch_rows_seeds_each_row_once_oldest_first():
+    # Eight stale codes, six rows: the six longest unpicked take one row each; the two picked
+    # most recently (at step 4, then 3 and 3 by index) wait, stale, for a later step.
+    last_used = jnp.array([[4, -1, 0, 1, -1, 2, 3, 3]] * L, jnp.int32)
+    codebook, inputs, (new_codebook, new_last_used, restarted) = _restart(last_used=last_used)
+    expected = np.array([[False, True, True, True, True, True, True, False]] * L)
+    np.testing.assert_array_equal(restarted, expected)
+    np.testing.assert_array_equal(new_last_used, np.where(expected, STEP, last_used))
     for level in range(L):
         rows = np.asarray(inputs[level])
-        assert all((rows == code).all(-1).any() for code in np.asarray(new_codebook[level]))
-        assert len(np.unique(np.asarray(new_codebook[level]), axis=0)) == B
+        seeds = np.asarray(new_codebook[level])[expected[level]]
+        assert sorted(int(np.flatnonzero((rows == seed).all(-1))[0]) for seed in seeds) == [
+            *range(B)]
+        np.testing.assert_array_equal(np.asarray(new_codebook[level])[~expected[level]],
+                                      codebook[level][~expected[level]])
+    # At the next step the two that waited are re-seeded, and nothing else is stale.
+    _, _, (_, _, restarted) = _restart(STEP + 1, new_last_used)
+    np.testing.assert_array_equal(restarted, ~expected)
 
 
 def test_never_picked_codes_get_threshold_steps_before_a_restart():
@@ -135,12 +145,13 @@ def test_never_picked_codes_get_threshold_steps_before_a_restart():
         codebook, _, (new_codebook, new_last_used, restarted) = _restart(step, never)
         np.testing.assert_array_equal(new_codebook, codebook)
         np.testing.assert_array_equal(new_last_used, never)
-        np.testing.assert_array_equal(restarted, [0, 0])
+        assert not restarted.any()
     counts = jnp.zeros((L, K), jnp.int32).at[0, 2].set(4)
     picked_at_end = metrics.update_last_used(never, counts, THRESHOLD - 1)
     _, _, (_, new_last_used, restarted) = _restart(THRESHOLD - 1, picked_at_end)
-    np.testing.assert_array_equal(restarted, [K - 1, K])
-    np.testing.assert_array_equal(new_last_used, jnp.full((L, K), THRESHOLD - 1))
+    np.testing.assert_array_equal(restarted.sum(-1), [B, B])  # one code per batch row
+    assert not restarted[0, 2]
+    np.testing.assert_array_equal(new_last_used[restarted], THRESHOLD - 1)
 
 
 def test_restarted_code_gets_a_fresh_window():
