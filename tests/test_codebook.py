@@ -137,6 +137,20 @@ def test_restart_with_more_stale_codes_than_batch_rows_seeds_each_row_once_oldes
     np.testing.assert_array_equal(restarted, ~expected)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_restart_takes_the_longest_unpicked_stale_codes_ties_by_index(seed):
+    rng = np.random.default_rng(seed)
+    last_used = rng.integers(-1, 12, (L, 40)).astype(np.int32)  # many ties; 24 of 40 stale
+    codebook = rng.standard_normal((L, 40, D)).astype(np.float32)
+    inputs = rng.standard_normal((L, B, D)).astype(np.float32)
+    _, _, restarted = restart_dead_codes(codebook, jnp.asarray(last_used), 20, inputs,
+                                         jax.random.key(seed), threshold=12)
+    for level in range(L):
+        stale = np.flatnonzero(last_used[level] <= 8)
+        oldest = stale[np.lexsort((stale, last_used[level][stale]))][:B]
+        np.testing.assert_array_equal(np.flatnonzero(restarted[level]), np.sort(oldest))
+
+
 def test_never_picked_codes_get_threshold_steps_before_a_restart():
     # Steps 0 .. THRESHOLD - 1 are the window; the restart comes at the last of them, unless the
     # code was picked, which update_last_used records at that step first.
