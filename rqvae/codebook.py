@@ -123,8 +123,8 @@ def restart_dead_codes(
 def _oldest(stale_K: jax.Array, last_used_K: jax.Array, count: int) -> jax.Array:
     """The `count` stale codes picked longest ago, ties by index (all of them if fewer): (K,).
 
-    A bisection on the last step picked, not a sort: XLA's sort of 16,384 keys costs about 15 ms
-    on a CPU core, 32 counts over the codes far less."""
+    A bisection on the step last picked, 32 counts over the codes, instead of a sort, which XLA
+    does slowly on CPU: at 16,384 codes it would cost a restart run a sizable share of its step."""
     waited_K = jnp.where(stale_K, last_used_K, jnp.iinfo(jnp.int32).max).astype(jnp.int32)
 
     def halve(_, bounds):  # invariant: fewer than `count` codes waited_K <= lo, count or more <= hi
