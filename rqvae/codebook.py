@@ -85,8 +85,13 @@ def restart_dead_codes(
     key: jax.Array,
     *,
     threshold: int,
+    row_weights_LxB: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Re-seeds stale codes (see `stale_codes`) from rows of their level's inputs, one row each.
+
+    Rows are taken in a uniformly random order, or with `row_weights_LxB` (>= 0) drawn without
+    replacement with probability proportional to their weight (Gumbel top-k), so that rows of
+    weight zero come last.
 
     Call it after `metrics.update_last_used` has recorded this batch at `step`, with the same
     `step` and the batch's `level_inputs` (the encoder output at level 1, the residual below):
@@ -103,11 +108,15 @@ def restart_dead_codes(
     stale_LxK = stale_codes(last_used_LxK, step, threshold)
     batch_size = level_inputs_LxBxD.shape[1]
 
-    def reseed_level(codebook_KxD, stale_K, last_used_K, inputs_BxD, level_key):
+    def reseed_level(codebook_KxD, stale_K, last_used_K, inputs_BxD, level_key, weights_B):
         # The r-th restarted code by index takes the r-th row of a random order of the batch.
         restart_K = _oldest(stale_K, last_used_K, batch_size)
         rank_K = jnp.cumsum(restart_K) - 1
-        rows_B = jax.random.permutation(level_key, batch_size)
+        if weights_B is None:
+            rows_B = jax.random.permutation(level_key, batch_size)
+        else:  # log-weights plus Gumbel noise, sorted: a weighted draw without replacement
+            log_weights_B = jnp.log(jnp.maximum(weights_B.astype(jnp.float32), 0.0))
+            rows_B = jnp.argsort(-(log_weights_B + jax.random.gumbel(level_key, (batch_size,))))
         seeds_KxD = jnp.take(inputs_BxD, rows_B[jnp.clip(rank_K, 0, batch_size - 1)], axis=0)
         codebook_KxD = jnp.where(restart_K[:, None], seeds_KxD.astype(codebook_KxD.dtype),
                                  codebook_KxD)
@@ -115,7 +124,8 @@ def restart_dead_codes(
 
     level_keys = jax.random.split(key, codebook_LxKxD.shape[0])
     codebook_LxKxD, restart_LxK = jax.vmap(reseed_level)(
-        codebook_LxKxD, stale_LxK, last_used_LxK, level_inputs_LxBxD, level_keys)
+        codebook_LxKxD, stale_LxK, last_used_LxK, level_inputs_LxBxD, level_keys,
+        row_weights_LxB)
     last_used_LxK = jnp.where(restart_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
     return codebook_LxKxD, last_used_LxK, restart_LxK
 

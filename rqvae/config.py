@@ -95,6 +95,11 @@ class TrainerConfig:
     wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
     sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
     sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
+    wasserstein_anchor_window: int = 20  # with the transport term on: a code the nearest-code
+    #   rule has not picked for this many steps is stale; only stale codes take the term's
+    #   gradient, and up to a batch of them a step are re-anchored on batch points drawn by
+    #   their transport cost (the points the plan serves worst); 0: the term moves every code
+    #   and re-anchors none (docs/results.md)
     ot_queue_size: int = 0  # level inputs of recent batches kept (detached, per level) and
     #   transported with each batch's, for codebooks larger than the batch; 0: off; a multiple
     #   of batch_size
@@ -145,6 +150,7 @@ class StepConfig:
     seed: int
     batch_size: int
     dead_code_threshold: int
+    wasserstein_anchor_window: int
     kmeans_init_batches: int
     ot_queue_size: int
     dead_window: int  # run.dead_window
@@ -271,7 +277,7 @@ def load(path: str | Path | None) -> TrainerConfig:
 # knew, so a missing one dates the run.
 BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
                       "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole",
-                      "sinkhorn_overrelaxation": 1.0}
+                      "sinkhorn_overrelaxation": 1.0, "wasserstein_anchor_window": 0}
 
 
 def load_saved(path: str | Path) -> TrainerConfig:
@@ -379,6 +385,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
            f"kmeans_init_batches must be >= 1, got {cfg.kmeans_init_batches}")
     _check(cfg.dead_code_threshold >= 0,
            f"dead_code_threshold must be >= 0 steps (0: off), got {cfg.dead_code_threshold}")
+    _check(cfg.wasserstein_anchor_window >= 0,
+           f"wasserstein_anchor_window must be >= 0 steps (0: off), got "
+           f"{cfg.wasserstein_anchor_window}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.ot_queue_size >= 0 and cfg.ot_queue_size % cfg.batch_size == 0,
            f"ot_queue_size must be 0 (off) or a multiple of batch_size ({cfg.batch_size}), got "

@@ -18,9 +18,10 @@ sg = lax.stop_gradient
 
 def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, unroll=False,
                    solver="scaling", epsilon_mode="absolute", tolerance=0.0, cost_NxM=None,
-                   overrelaxation=1.0):
-    """sum(plan * C), the row-marginal error, the codebook-side potential and the effective
-    epsilon. `cost_NxM`: the squared distances, if already computed (the model's); the unrolled
+                   overrelaxation=1.0, movable_M=None):
+    """sum(plan * C), the row-marginal error, the codebook-side potential, the effective
+    epsilon and each point's transport cost (N,), sum_j plan_ij C_ij / (1 / N), held out of the
+    gradient. `movable_M` (bool): the codes the cost's gradient reaches; None: every code. `cost_NxM`: the squared distances, if already computed (the model's); the unrolled
     solve differentiates through them, so it computes its own.
 
     By default the plan is held fixed in the backward pass: at the entropic optimum the gradient
@@ -34,13 +35,17 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
     if unroll:
         result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, unroll=True,
                                          tolerance=tolerance, overrelaxation=overrelaxation)
-        return jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g), epsilon
+        row_cost_N = sg(jnp.sum(result.plan * cost_NxM, axis=1)) * cost_NxM.shape[0]
+        return (jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g), epsilon,
+                row_cost_N)
     result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g, solver, tolerance,
                            overrelaxation)
     plan_NxM = sg(result.plan)
     # sum(P * C) expanded as sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with
     # r, s the plan's marginals: its gradient needs no further pass over the N x M plan. The value
     # itself is taken from the direct sum, which has no cancellation.
+    if movable_M is not None:
+        codebook_MxD = jnp.where(movable_M[:, None], codebook_MxD, sg(codebook_MxD))
     transported_MxD = jnp.einsum("nm,nd->md", plan_NxM, points_NxD)
     expanded = (
         jnp.sum(jnp.sum(plan_NxM, axis=1) * jnp.sum(points_NxD**2, axis=1))
@@ -48,7 +53,8 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
         - 2.0 * jnp.sum(codebook_MxD * transported_MxD)
     )
     direct = jnp.sum(plan_NxM * sg(cost_NxM))
-    return sg(direct - expanded) + expanded, result.marginal_error, result.g, epsilon
+    row_cost_N = jnp.sum(plan_NxM * sg(cost_NxM), axis=1) * cost_NxM.shape[0]
+    return sg(direct - expanded) + expanded, result.marginal_error, result.g, epsilon, row_cost_N
 
 
 def sinkhorn_loss(
@@ -84,7 +90,8 @@ def wasserstein_levels(
     tolerance: float = 0.0,
     cost_LxBxK: jax.Array | None = None,
     overrelaxation: float = 1.0,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    movable_LxK: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Per-level OT cost between what each level quantized and its codebook, in one batched solve.
 
     `epsilon_mode`, `tolerance` and `overrelaxation` are as in `effective_epsilon` and
@@ -93,13 +100,14 @@ def wasserstein_levels(
     between the inputs and the codes, if already at hand (the model's `level_distances`); held
     out of the gradient either way, except by `unroll`. Returns the cost (L,), the plan's
     row-marginal error (L,), the codebook-side potentials (L, K) for a warm start of the next
-    solve, and the effective epsilon (L,).
+    solve, the effective epsilon (L,) and each point's transport cost (L, N). `movable_LxK`: the
+    codes each level's cost moves (None: all).
     """
     solve = functools.partial(_sinkhorn_cost, epsilon=epsilon, num_iters=num_iters, unroll=unroll,
                               solver=solver, epsilon_mode=epsilon_mode, tolerance=tolerance,
                               overrelaxation=overrelaxation)
     return jax.vmap(solve)(level_inputs_LxBxD, codebook_LxKxD, init_g=init_g_LxK,
-                           cost_NxM=cost_LxBxK)
+                           cost_NxM=cost_LxBxK, movable_M=movable_LxK)
 
 
 CODEBOOK_LOSSES = ("per_level", "sum")
@@ -134,7 +142,7 @@ def with_queue(level_inputs_LxBxD, queue_LxQxD, filled) -> jax.Array:
 
 
 def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=None,
-               queue=None) -> dict[str, jax.Array]:
+               queue=None, stale_LxK=None) -> dict[str, jax.Array]:
     """All loss terms of a forward pass and their weighted total.
 
     `aux` is the model's: z_e and z_q (B, D), codebook (L, K, D), level_inputs (L, B, D), what
@@ -150,7 +158,10 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     (`with_queue`). The level inputs are held out of the gradient unless
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. With
     `cfg.wasserstein_levels` n > 0 only the first n levels are solved (the others log zeros). At
-    `cfg.lambda_wasserstein == 0` the term is not computed at all.
+    `cfg.lambda_wasserstein == 0` the term is not computed at all. `stale_LxK` (bool): the codes
+    the term's gradient reaches (`anchor_window`: codes the nearest-code rule has left); None:
+    every code. transport_row_cost (L, B): each batch point's transport cost under its level's
+    plan (ones where a level is not solved), which the re-anchoring samples rows by.
     """
     z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]
     losses = {"recon": jnp.mean((x_BxP - x_recon_BxP) ** 2)}
@@ -166,6 +177,7 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_epsilon"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_g"] = jnp.zeros((num_levels, num_codes), jnp.float32)
+        losses["transport_row_cost"] = jnp.ones(aux["level_inputs"].shape[:2], jnp.float32)
     else:
         # The levels the term covers (`cfg.wasserstein_levels`); the others are not solved and
         # log zeros, their warm-start potentials kept as they were.
@@ -186,11 +198,12 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
                     [jax.vmap(squared_distances)(sg(queued_LxQxD), sg(solved_codebook_LxKxD)),
                      cost_LxBxK], axis=1)
         weights_L = jnp.asarray(cfg.wasserstein_level_weights or (1.0,) * num_levels, jnp.float32)
-        per_level_L, marginal_error_L, g_LxK, epsilon_L = wasserstein_levels(
+        movable_LxK = None if stale_LxK is None else stale_LxK[:solved]
+        per_level_L, marginal_error_L, g_LxK, epsilon_L, row_cost_LxN = wasserstein_levels(
             level_inputs_LxBxD, solved_codebook_LxKxD, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters,
             sinkhorn_g_LxK[:solved] if cfg.sinkhorn_warm_start else None, cfg.sinkhorn_unroll,
             cfg.solver, cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance, cost_LxBxK,
-            cfg.sinkhorn_overrelaxation)
+            cfg.sinkhorn_overrelaxation, movable_LxK)
         if cfg.wasserstein_scale == "per_element":
             per_level_L = per_level_L / codebook_LxKxD.shape[-1]
         unsolved = num_levels - solved
@@ -204,6 +217,9 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         losses["sinkhorn_marginal_error"] = marginal_error_L
         losses["sinkhorn_epsilon"] = epsilon_L
         losses["sinkhorn_g"] = g_LxK
+        row_cost_LxB = row_cost_LxN[:, -aux["level_inputs"].shape[1]:]  # the batch's, not queued
+        losses["transport_row_cost"] = jnp.concatenate(
+            [row_cost_LxB, jnp.ones((unsolved, row_cost_LxB.shape[1]), jnp.float32)])
     losses["total"] = (
         losses["recon"]
         + cfg.lambda_commit * losses["commit"]

@@ -30,6 +30,7 @@ class Stream(enum.IntEnum):
     DATA = 1  # each epoch's order of the training images (then folded with the epoch)
     RESTART = 2  # which batch points re-seed dead codes (then folded with the step)
     KMEANS = 3  # k-means initial centroids
+    ANCHOR = 4  # which batch points re-anchor stale codes (then folded with the step)
 
 
 def stream_key(seed: int, stream: Stream) -> jax.Array:
@@ -80,9 +81,9 @@ def init_state(cfg: StepConfig, num_train: int) -> TrainState:
     )
 
 
-def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig, queue=None):
+def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig, queue=None, stale_LxK=None):
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
-    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK, queue)
+    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK, queue, stale_LxK)
     return losses["total"], (losses, aux)
 
 
@@ -119,8 +120,8 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
     code counts and index). The loop carries only that, and summarizes the last step once."""
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, batch_BxP, state.sinkhorn_g, cfg, _queue(state, cfg)
-    )
+        state.params, batch_BxP, state.sinkhorn_g, cfg, _queue(state, cfg),
+        _stale_before_step(state, cfg))
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
@@ -133,6 +134,10 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         if cfg.dead_code_threshold:
             params, opt_state, last_used = _restart_dead_codes(
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
+        if _anchoring(cfg):
+            params, opt_state, last_used = _reanchor_stale_codes(
+                params, opt_state, last_used, state.step, aux["level_inputs"],
+                losses["transport_row_cost"], cfg)
         queue = _enqueue(state.ot_queue, aux["level_inputs"], state.step, cfg)
         return params, opt_state, last_used, losses["sinkhorn_g"], queue
 
@@ -198,6 +203,35 @@ def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxB
         threshold=cfg.dead_code_threshold)
     return (_with_codebook(params, codebook_LxKxD),
             codebook.reset_adam_moments(opt_state, restarted_LxK), last_used_LxK)
+
+
+def _anchoring(cfg: StepConfig) -> bool:
+    return cfg.loss.lambda_wasserstein > 0 and cfg.wasserstein_anchor_window > 0
+
+
+def _stale_before_step(state: TrainState, cfg: StepConfig):
+    """The codes the transport term's gradient reaches: those the nearest-code rule has not
+    picked over the last `wasserstein_anchor_window` steps before this one (None: every code).
+    Codes the rule serves follow the codebook loss alone; a term that also pulled them toward an
+    even share of the batch would trade reconstruction for balance (docs/results.md). Without a
+    codebook loss (pure Wasserstein) the term moves every code, or the served ones would not move.
+    """
+    if not _anchoring(cfg) or cfg.loss.lambda_codebook == 0:
+        return None
+    return codebook.stale_codes(state.last_used, state.step - 1, cfg.wasserstein_anchor_window)
+
+
+def _reanchor_stale_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD,
+                          row_cost_LxB, cfg: StepConfig):
+    """The transport term's re-anchoring: codes still stale after this step are placed on
+    batch points drawn in proportion to their transport cost under the plan (the points it
+    serves worst), one point each, with fresh Adam moments."""
+    key = jax.random.fold_in(stream_key(cfg.seed, Stream.ANCHOR), step)
+    codebook_LxKxD, last_used_LxK, anchored_LxK = codebook.restart_dead_codes(
+        params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
+        threshold=cfg.wasserstein_anchor_window, row_weights_LxB=row_cost_LxB)
+    return (_with_codebook(params, codebook_LxKxD),
+            codebook.reset_adam_moments(opt_state, anchored_LxK), last_used_LxK)
 
 
 def _with_codebook(params, codebook_LxKxD):

@@ -240,7 +240,7 @@ def solve_cost(problems: dict, shapes, repeats: int):
             loss = config.step_config(config.replace(config.TrainerConfig(), overrides)).loss
 
             def total(codes, points=points, loss=loss):
-                per_level, error, _, _ = wasserstein_levels(
+                per_level, error, _, _, _ = wasserstein_levels(
                     points, codes, loss.sinkhorn_epsilon, loss.sinkhorn_iters,
                     epsilon_mode=loss.sinkhorn_epsilon_mode, tolerance=loss.sinkhorn_tolerance,
                     overrelaxation=loss.sinkhorn_overrelaxation)

@@ -57,6 +57,17 @@ def test_presets_set_the_documented_lambdas():
     assert config.load(CONFIGS / "default.toml") == TrainerConfig()
 
 
+def test_the_flag_on_any_config_is_the_hybrid_preset():
+    # Presets carry the lambdas (and restart its threshold) only: `--lambda-wasserstein 0.5` on
+    # the traditional preset or the defaults trains exactly what configs/hybrid.toml trains.
+    hybrid = config.load(CONFIGS / "hybrid.toml")
+    for base in (config.load(None), config.load(CONFIGS / "traditional.toml")):
+        assert config.dumps(config.replace(base, {"lambda_wasserstein": 0.5})) == config.dumps(hybrid)
+    for name in ("traditional", "wasserstein", "hybrid", "restart"):
+        keys = set(tomllib.loads((CONFIGS / f"{name}.toml").read_text()))
+        assert keys <= {"lambda_codebook", "lambda_wasserstein", "dead_code_threshold"}, name
+
+
 @pytest.mark.parametrize(
     "toml, message",
     [

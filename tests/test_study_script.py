@@ -1,5 +1,5 @@
-"""scripts/dead_code_study.sh --dry-run: the runs each study and METHODS choose, each a valid
-config (every variant's keys and values as the CLI reads them), and nothing trained."""
+"""scripts/transport_matrix.sh --dry-run: the runs of every cell and method, each a valid config
+(every key and value as the CLI reads them), and nothing trained."""
 
 import os
 import shlex
@@ -8,14 +8,14 @@ from pathlib import Path
 
 from rqvae import cli, config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "dead_code_study.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transport_matrix.sh"
 
 
 def _dry_run(tmp_path, *args, **env) -> list[list[str]]:
     out = tmp_path / "study"
     result = subprocess.run(["bash", str(SCRIPT), *args, "--out", str(out), "--dry-run"],
                             capture_output=True, text=True, check=True,
-                            env={**os.environ, "MNIST": "0", **env})
+                            env={**os.environ, **env})
     assert not out.exists(), "a dry run wrote into the study directory"
     return [shlex.split(line) for line in result.stdout.splitlines()]
 
@@ -42,29 +42,45 @@ def _config(command: list[str]):
     return cli._train_config(config_file, run_dir, assignments, overrides, resume=False)
 
 
-def test_methods_pick_the_runs_and_each_variant_is_a_valid_config(tmp_path):
-    methods = "restart hybrid hybrid-relative-queue hybrid-original hybrid-restart"
-    commands = _dry_run(tmp_path, "--quick", METHODS=methods)
-    names = [Path(c[c.index("--run-dir") + 1]).name for c in commands]
-    assert names == [f"{m}-s0" for m in methods.split()]
-    restart, hybrid, queue, original, hybrid_restart = map(_config, commands)
-    assert restart.dead_code_threshold > 0 and restart.lambda_wasserstein == 0
-    assert (hybrid.sinkhorn_epsilon_mode, hybrid.wasserstein_levels) == ("nearest", 1)
-    assert (queue.sinkhorn_epsilon_mode, queue.sinkhorn_epsilon) == ("relative", 0.05)
-    assert queue.ot_queue_size == 4 * queue.batch_size and queue.wasserstein_levels == 0
-    assert (original.sinkhorn_epsilon_mode, original.sinkhorn_iters) == ("absolute", 20)
-    assert original.codebook_loss == "sum" and original.sinkhorn_tolerance == 0
-    assert (hybrid_restart.lambda_wasserstein, hybrid_restart.dead_code_threshold) == (0.1, 200)
-    assert hybrid_restart.wasserstein_levels == hybrid.wasserstein_levels
-    assert {c.steps for c in (restart, hybrid, queue, original, hybrid_restart)} == {1000}
+def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(tmp_path):
+    commands = _dry_run(tmp_path)
+    runs = {tuple(Path(c[c.index("--run-dir") + 1]).parts[-2:]): _config(c) for c in commands}
+    cells = {cell for cell, _ in runs}
+    assert cells == {"digits-2x64", "digits-2x256", "patches8-2x1024", "patches8-4x1024",
+                     "patches8-2x4096", "patches16-2x512", "patches16-2x1024",
+                     "semantic-ids-3x256"}
+    for (cell, run), cfg in runs.items():
+        m = cfg.model
+        assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
+        method = run.rpartition("-s")[0]
+        hybrid = config.replace(cfg, {"lambda_wasserstein": 0.5, "dead_code_threshold": 0,
+                                      "wasserstein_anchor_window": 20, "seed": 0,
+                                      "run.run_dir": ""})
+        if method == "hybrid":  # the flag on the cell's config, nothing else set
+            assert cfg.lambda_wasserstein == 0.5 and cfg.wasserstein_anchor_window == 20
+        elif method == "restart":
+            assert (cfg.dead_code_threshold, cfg.lambda_wasserstein) == (20, 0.0)
+        elif method == "hybrid-every-code":
+            assert cfg.wasserstein_anchor_window == 0 and cfg.lambda_wasserstein == 0.5
+        else:
+            assert method == "traditional" and cfg.lambda_wasserstein == 0
+        # Every method of a cell trains the same model on the same data for as long.
+        same_cell = [c for (other, _), c in runs.items() if other == cell]
+        assert {config.dumps(config.replace(c, {"lambda_wasserstein": 0.5,
+                                                "dead_code_threshold": 0,
+                                                "wasserstein_anchor_window": 20, "seed": 0,
+                                                "run.run_dir": ""})) for c in same_cell} == {
+            config.dumps(hybrid)}
+    seeds = {run for (cell, run) in runs if cell == "digits-2x64"}
+    assert seeds == {"traditional-s0", "traditional-s1", "traditional-s2", "restart-s0",
+                     "restart-s1", "restart-s2", "hybrid-s0", "hybrid-s1", "hybrid-s2",
+                     "hybrid-every-code-s0"}
+    assert {run for (cell, run) in runs if cell == "patches8-2x4096"} == {
+        "traditional-s0", "restart-s0", "hybrid-s0", "hybrid-every-code-s0"}
 
 
-def test_the_large_study_runs_each_setting_and_seed_on_the_patches(tmp_path):
-    commands = _dry_run(tmp_path, "--large", METHODS="hybrid", SEEDS="0 1",
-                        LARGE_SETTINGS="2x4096 4x1024", STEPS="7")
-    configs = [_config(c) for c in commands]
-    assert [(c.model.num_levels, c.model.num_codes, c.seed) for c in configs] == [
-        (2, 4096, 0), (2, 4096, 1), (4, 1024, 0), (4, 1024, 1)]
-    patches = str(tmp_path / "study" / "patches8.npz")
-    assert {(c.data.dataset, c.batch_size, c.steps) for c in configs} == {
-        (f"npz:{patches}", 256, 7)}
+def test_cells_and_methods_pick_a_subset(tmp_path):
+    commands = _dry_run(tmp_path, "--quick", CELLS="semantic-ids-3x256", METHODS="hybrid")
+    (cfg,) = map(_config, commands)
+    assert (cfg.batch_size, cfg.model.latent_dim, cfg.model.num_levels) == (1024, 32, 3)
+    assert cfg.data.dataset.endswith("vectors64.npz") and cfg.steps == 1500

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Does the transport term keep every code alive at the shapes users train, and at what price?
+# Trains, in every cell of the matrix, traditional VQ, dead-code restart (configs/restart.toml)
+# and the flag `--lambda-wasserstein 0.5` on top of the cell's config with nothing else set
+# (hybrid), plus the term as it was before re-anchoring (hybrid-every-code:
+# --set wasserstein_anchor_window=0, one seed), then prints the `rqvae report` comparison of each
+# cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
+#
+#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]
+#
+# Cells (levels x codes), SEEDS ("0 1 2") where a cell runs in minutes on 2 CPU cores, seed 0
+# elsewhere:
+#   digits-2x64, digits-2x256    embedded digits, default model (latent 16), batch 128, 3000 steps
+#   patches8-2x1024, -4x1024, -2x4096    8x8 image patches, latent 16, batch 256, 1500 steps
+#   patches16-2x512, -2x1024     16x16 patches, configs/mnist.toml's model (MLP 512-256,
+#                                latent 64), batch 256, 1500 steps
+#   semantic-ids-3x256           the 8x8 patches read as 64-d vectors, latent 32, batch 1024,
+#                                1500 steps
+# The patches come from scripts/make_patches.py (pip install -e '.[study]'), written to DIR first.
+# CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
+# Runs already in DIR that reached their final step are kept, so a stopped matrix continues.
+# --dry-run prints the `rqvae train` command of every run, and trains nothing.
+set -euo pipefail
+
+out=runs/matrix
+quick=0
+dry=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --dry-run) dry=1 ;;
+    --out) out="$2"; shift ;;
+    *) echo "error: unknown argument '$1'; use [--out DIR] [--quick] [--dry-run]" >&2; exit 2 ;;
+  esac
+  shift
+done
+all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
+all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256"
+read -r -a cells <<< "${CELLS:-$all_cells}"
+read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
+read -r -a all_seeds <<< "${SEEDS:-0 1 2}"
+[[ $quick == 1 ]] && all_seeds=(0)
+out=$(realpath -m "$out")  # relative to where the script was started, not the repository
+cd "$(dirname "$0")/.."
+
+cell_args() {  # cell -> the cell's config and data arguments
+  local shape=${1##*-}
+  local shape_args="--set model.num_levels=${shape%x*} --set model.num_codes=${shape#*x}"
+  case $1 in
+    digits-*) echo "-c configs/traditional.toml --steps 3000 $shape_args" ;;
+    patches8-*) echo "-c configs/traditional.toml --dataset npz:$out/patches8.npz
+      --batch-size 256 --steps 1500 $shape_args" ;;
+    patches16-*) echo "-c configs/mnist.toml --lambda-wasserstein 0 --dataset
+      npz:$out/patches16.npz --steps 1500 $shape_args" ;;
+    semantic-ids-*) echo "-c configs/traditional.toml --dataset npz:$out/vectors64.npz
+      --batch-size 1024 --steps 1500 --set model.latent_dim=32 $shape_args" ;;
+  esac
+}
+method_args() {  # method -> what it sets on top of the cell
+  case $1 in
+    traditional) echo "" ;;
+    restart) echo "--set dead_code_threshold=20" ;;
+    hybrid) echo "--lambda-wasserstein 0.5" ;;
+    hybrid-every-code) echo "--lambda-wasserstein 0.5 --set wasserstein_anchor_window=0" ;;
+    *) echo "error: unknown method '$1'" >&2; exit 2 ;;
+  esac
+}
+seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes, else the first
+  case $1/$2 in
+    */hybrid-every-code | patches8-4x1024/* | patches8-2x4096/* | patches16-2x1024/* \
+      | semantic-ids-*/*) echo "${all_seeds[0]}" ;;
+    *) echo "${all_seeds[*]}" ;;
+  esac
+}
+
+finished() {  # run-dir final-step: the run completed at that step
+  python - "$1" "$2" <<'PY' 2>/dev/null
+import sys
+from rqvae import runlog
+end = [r for r in runlog.read(sys.argv[1]) if r["kind"] == "end"]
+sys.exit(0 if end and end[-1]["status"] == "completed" and end[-1]["step"] == int(sys.argv[2])
+         else 1)
+PY
+}
+
+if [[ $dry == 0 && ! -f $out/vectors64.npz ]]; then
+  mkdir -p "$out"
+  python scripts/make_patches.py --size 8 --out "$out/patches8.npz"
+  python scripts/make_patches.py --size 16 --count 20000 --heldout-count 2000 \
+    --out "$out/patches16.npz"
+  python - "$out" <<'PY'
+import sys
+import numpy as np
+arrays = np.load(f"{sys.argv[1]}/patches8.npz")
+np.savez(f"{sys.argv[1]}/vectors64.npz",
+         **{k: (arrays[k].reshape(len(arrays[k]), -1) / 255).astype(np.float32)
+            for k in ("train", "heldout")})
+PY
+fi
+
+started=$SECONDS
+for cell in "${cells[@]}"; do
+  for method in "${methods[@]}"; do
+    for seed in $(seeds_of "$cell" "$method"); do
+      run_dir="$out/$cell/$method-s$seed"
+      # shellcheck disable=SC2046  # the cell's and method's words are meant to split
+      args=($(cell_args "$cell") $(method_args "$method") --seed "$seed")
+      steps=$(sed -n 's/.*--steps \([0-9]*\).*/\1/p' <<< "${args[*]}")
+      args+=(--set "run.eval_every=$steps" --run-dir "$run_dir" --quiet)
+      if [[ $dry == 1 ]]; then
+        printf 'rqvae train'; printf ' %q' "${args[@]}"; echo; continue
+      fi
+      if finished "$run_dir" "$steps"; then
+        echo "[$((SECONDS - started)) s] kept $run_dir"; continue
+      fi
+      rm -rf "$run_dir"  # an unfinished run from a stopped matrix
+      echo "[$((SECONDS - started)) s] training $run_dir"
+      rqvae train "${args[@]}" >/dev/null
+    done
+  done
+done
+[[ $dry == 1 ]] && exit 0
+for cell in "${cells[@]}"; do
+  echo
+  echo "== $cell"
+  rqvae report "$out/$cell"
+done
+echo
+rqvae report "${cells[@]/#/$out/}" --json | python scripts/study_table.py
