@@ -127,6 +127,11 @@ def _print_levels(summary: dict, run: LoggedRun, console: Console) -> None:
         columns |= {"wasserstein_levels": "W\nlevel", "sinkhorn_epsilon": "eps"}
         legend += ("; W level: the level's transport cost, unweighted; eps: the effective "
                    "epsilon of its solve")
+        if any("anchor_stale" in level for level in levels):
+            columns["anchor_stale"] = "stale"
+            window = run.config.get("wasserstein_anchor_window", "wasserstein_anchor_window")
+            legend += (f"; stale: codes unpicked over the last {window} steps, which the term "
+                       f"moves and re-anchors")
         if not all("wasserstein_levels" in level for level in levels):
             legend += "; -: no transport term on the level (wasserstein_levels)"
     num_codes = run.config.get("model.num_codes")

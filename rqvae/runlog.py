@@ -15,6 +15,9 @@ This module defines every record's keys and their meaning; writers and readers u
   - sinkhorn_epsilon: the entropic regularization the level's solve used, in squared latent
     units (sinkhorn_epsilon times the level's mean cost in relative mode, its mean cost to the
     nearest code in nearest mode; 0 likewise)
+  - anchor_stale: codes no batch picked over the last wasserstein_anchor_window steps after the
+    step: those the transport term moves, waiting to be re-anchored (0 with the term or its
+    re-anchoring off)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
   "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
   level the EVAL_PER_LEVEL keys:
@@ -62,7 +65,8 @@ from rqvae.rundir import METRICS_FILE
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
 # The per-level outputs of the Sinkhorn solves, among the TRAIN_PER_LEVEL keys.
 SINKHORN_PER_LEVEL = ("wasserstein_levels", "sinkhorn_marginal_error", "sinkhorn_epsilon")
-TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *SINKHORN_PER_LEVEL)
+TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *SINKHORN_PER_LEVEL,
+                   "anchor_stale")
 EVAL_SCALARS = ("heldout_recon", "heldout_psnr")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")

@@ -188,6 +188,7 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
         batch_perplexity=metrics.perplexity(counts_LxK),
         window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.dead_window),
         **{k: outcome[k] for k in SINKHORN_PER_LEVEL},
+        anchor_stale=_stale_after_step(new_state, outcome["step"], cfg),
         failed_step=new_state.failed_step,
     )
     return result
@@ -219,6 +220,14 @@ def _stale_before_step(state: TrainState, cfg: StepConfig):
     if not _anchoring(cfg) or cfg.loss.lambda_codebook == 0:
         return None
     return codebook.stale_codes(state.last_used, state.step - 1, cfg.wasserstein_anchor_window)
+
+
+def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
+    """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
+    if not _anchoring(cfg):
+        return jnp.zeros(cfg.model.num_levels, jnp.int32)
+    stale_LxK = codebook.stale_codes(new_state.last_used, step, cfg.wasserstein_anchor_window)
+    return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
 
 
 def _reanchor_stale_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD,

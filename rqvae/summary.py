@@ -35,6 +35,8 @@ Infinity, as Python's json writes it.
     Wasserstein term was on and covered the level: one of the first `wasserstein_levels`)
   - wasserstein_levels: the level's transport cost, unweighted (only likewise)
   - sinkhorn_epsilon: the effective epsilon of the level's solve (only likewise)
+  - anchor_stale: codes unpicked over the last wasserstein_anchor_window steps, which the
+    transport term moves and re-anchors (only likewise, and if logged)
 - eval: the last eval record, or null before the first
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
@@ -122,7 +124,8 @@ _EVAL_LEVEL_KEYS = {"eval_used": "train_used", "eval_dead": "train_dead",
                     "eval_perplexity": "train_perplexity"}
 _HELDOUT_LEVEL_KEYS = ("heldout_used", "heldout_perplexity")  # named alike in both
 # Named alike in both; the last two are logged since relative epsilon came in.
-_SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon")
+_SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon",
+                        "anchor_stale")
 
 
 def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:

@@ -25,7 +25,7 @@ def train_record(step, total, recon, commit, codebook, wasserstein, *, used=(5, 
             "commit": commit, "codebook": codebook, "wasserstein": wasserstein,
             "batch_used": list(used), "batch_perplexity": [4.25, 2.75], "window_dead": list(dead),
             "sinkhorn_marginal_error": [0.0125, 0.0375], "wasserstein_levels": [0.25, 0.125],
-            "sinkhorn_epsilon": [0.0125, 0.00625]}
+            "sinkhorn_epsilon": [0.0125, 0.00625], "anchor_stale": [3, 0]}
 
 
 def eval_record(step, heldout_recon, *, dead=(1, 3)):

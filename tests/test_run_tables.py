@@ -35,11 +35,13 @@ def test_one_run_shows_its_config_losses_health_and_history(tmp_path):
     assert "best: the lowest held-out recon, 0.3625 at step 40" in " ".join(losses.split())
     levels = section(text, "codebook health per level (8 codes each)", "trends over")
     # level, batch used, batch ppl, window dead, train dead, train ppl, heldout ppl, sinkhorn
-    # error, W level, effective epsilon
+    # error, W level, effective epsilon, stale codes
     assert re.findall(r"[\d.]+", rows_of(levels, "2")[0]) == ["2", "3", "2.75", "4", "3", "4.125",
                                                              "3.875", "0.0375", "0.125",
-                                                             "0.00625"]
+                                                             "0.00625", "0"]
+    assert re.findall(r"[\d.]+", rows_of(levels, "1")[0])[-1] == "3"
     assert "codes unused over the last 10 steps" in " ".join(levels.split())
+    assert "stale: codes unpicked over the last 20 steps" in " ".join(levels.split())
     history = section(text, "losses over the run", "codebook health over the run")
     assert [re.findall(r"[\d.]+", row)[0] for row in rows_of(history, r"\d\d")] == [
         "10", "20", "30", "40"]

@@ -81,11 +81,11 @@ def test_levels_take_window_counts_from_train_and_dead_codes_from_the_last_eval(
         {"level": 1, "used": 6, "perplexity": 4.25, "dead": 2, "eval_used": 8, "eval_dead": 0,
          "eval_perplexity": 6.5, "heldout_used": 7, "heldout_perplexity": 6.25,
          "sinkhorn_marginal_error": 0.0125, "wasserstein_levels": 0.25,
-         "sinkhorn_epsilon": 0.0125},
+         "sinkhorn_epsilon": 0.0125, "anchor_stale": 3},
         {"level": 2, "used": 2, "perplexity": 2.75, "dead": 6, "eval_used": 3, "eval_dead": 5,
          "eval_perplexity": 4.125, "heldout_used": 5, "heldout_perplexity": 3.875,
          "sinkhorn_marginal_error": 0.0375, "wasserstein_levels": 0.125,
-         "sinkhorn_epsilon": 0.00625},
+         "sinkhorn_epsilon": 0.00625, "anchor_stale": 0},
     ]
 
 
