@@ -159,7 +159,7 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. With
     `cfg.wasserstein_levels` n > 0 only the first n levels are solved (the others log zeros). At
     `cfg.lambda_wasserstein == 0` the term is not computed at all. `stale_LxK` (bool): the codes
-    the term's gradient reaches (`anchor_window`: codes the nearest-code rule has left); None:
+    the term's gradient reaches (`wasserstein_anchor_window`: codes the nearest-code rule has left); None:
     every code. transport_row_cost (L, B): each batch point's transport cost under its level's
     plan (ones where a level is not solved), which the re-anchoring samples rows by.
     """
@@ -177,7 +177,7 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_epsilon"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_g"] = jnp.zeros((num_levels, num_codes), jnp.float32)
-        losses["transport_row_cost"] = jnp.ones(aux["level_inputs"].shape[:2], jnp.float32)
+        losses["transport_row_cost"] = jnp.ones((num_levels, z_e.shape[0]), jnp.float32)
     else:
         # The levels the term covers (`cfg.wasserstein_levels`); the others are not solved and
         # log zeros, their warm-start potentials kept as they were.

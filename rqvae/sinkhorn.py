@@ -423,8 +423,8 @@ def effective_epsilon(cost_NxM: jax.Array, epsilon: float, epsilon_mode: str) ->
       mean cost is many times the distance from a point to its code (12 times at level 1 of a
       2 x 1,024-code patch run, where each point's plan spread over 212 codes), and a plan that
       broad pulls neighbouring codes onto the same average, where all but one die. At 0.2 it kept
-      98% of level 1's codes alive there, where "relative" at 0.05 kept 75% (README, Results;
-      scripts/dead_code_study.sh); configs/hybrid.toml uses it. C / epsilon then reaches the
+      98% of level 1's codes alive there, where "relative" at 0.05 kept 75%, with the term then
+      moving every code (docs/results.md, earlier measurements). C / epsilon then reaches the
       thousands, which takes more iterations; not the default of the solve, since on the digits
       at 64 codes its plans cost more for a slightly higher held-out MSE.
     """

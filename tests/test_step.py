@@ -131,7 +131,11 @@ def test_the_cpu_loop_updates_parameters_in_place(tiny_cfg, digits):
     copied = {tuple(int(n) for n in dims.split(",") if n)
               for dims in re.findall(r"= f32\[([\d,]*)\]\{[\d,]*\} copy\(", hlo)}
     param_shapes = {tuple(leaf.shape) for leaf in jax.tree.leaves(state.params)}
-    assert not copied & param_shapes
+    # The codebook, which the transport term's re-anchoring rewrites after the Adam update, is
+    # copied once a step (L x K x D floats, small beside the step's L x B x K solves); no other
+    # parameter is.
+    codebook_shape = tuple(state.params["params"]["codebook"].shape)
+    assert copied & param_shapes <= {codebook_shape}
 
 
 def test_batches_follow_a_per_epoch_permutation(tiny_cfg):
