@@ -105,6 +105,21 @@ def test_a_resumed_run_with_a_transport_queue_is_bitwise_the_uninterrupted_one(t
     jax.tree.map(np.testing.assert_array_equal, resumed, full)
 
 
+def test_a_resumed_run_that_reanchors_codes_is_bitwise_the_uninterrupted_one(tiny_toml,
+                                                                            tmp_path):
+    # 64 codes from batches of 16 and a window of 5 steps: codes are re-anchored at every step
+    # from step 4 on, on both sides of the resume at step 6.
+    anchoring = ["--set", "model.num_codes=64", "--set", "wasserstein_anchor_window=5"]
+    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "full", "--steps", 12,
+                 *anchoring).exit_code == 0
+    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "run", "--steps", 6,
+                 *anchoring).exit_code == 0
+    result = rqvae("train", "--resume", "--run-dir", tmp_path / "run", "--steps", 12)
+    assert result.exit_code == 0, result.output
+    resumed, full = _params_at(tmp_path / "run", 12), _params_at(tmp_path / "full", 12)
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+
+
 def test_resume_drops_records_written_after_the_last_checkpoint(full_run, tmp_path):
     full_dir, _ = full_run
     run_dir = tmp_path / "run"
