@@ -21,8 +21,9 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
                    overrelaxation=1.0, movable_M=None):
     """sum(plan * C), the row-marginal error, the codebook-side potential, the effective
     epsilon and each point's transport cost (N,), sum_j plan_ij C_ij / (1 / N), held out of the
-    gradient. `movable_M` (bool): the codes the cost's gradient reaches; None: every code. `cost_NxM`: the squared distances, if already computed (the model's); the unrolled
-    solve differentiates through them, so it computes its own.
+    gradient. `movable_M` (bool): the codes the cost's gradient reaches; None: every code.
+    `cost_NxM`: the squared distances, if already computed (the model's); the unrolled solve
+    differentiates through them, so it computes its own.
 
     By default the plan is held fixed in the backward pass: at the entropic optimum the gradient
     of the OT cost is that of sum(plan * C) with the plan constant (Danskin's envelope theorem),
@@ -159,8 +160,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     `cfg.wasserstein_encoder_grad`, so by default the OT term moves only the codebook. With
     `cfg.wasserstein_levels` n > 0 only the first n levels are solved (the others log zeros). At
     `cfg.lambda_wasserstein == 0` the term is not computed at all. `stale_LxK` (bool): the codes
-    the term's gradient reaches (`wasserstein_anchor_window`: codes the nearest-code rule has left); None:
-    every code. transport_row_cost (L, B): each batch point's transport cost under its level's
+    the term's gradient reaches (`wasserstein_anchor_window`: codes the nearest-code rule has
+    left); None: every code. transport_row_cost (L, B): each batch point's transport cost under its level's
     plan (ones where a level is not solved), which the re-anchoring samples rows by.
     """
     z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]

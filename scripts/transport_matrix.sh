@@ -6,7 +6,7 @@
 # --set wasserstein_anchor_window=0, one seed), then prints the `rqvae report` comparison of each
 # cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
 #
-#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]
+#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 16 min on 2 CPU cores
 #
 # Cells (levels x codes), SEEDS ("0 1 2") where a cell runs in minutes on 2 CPU cores, seed 0
 # elsewhere:

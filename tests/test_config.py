@@ -62,7 +62,8 @@ def test_the_flag_on_any_config_is_the_hybrid_preset():
     # the traditional preset or the defaults trains exactly what configs/hybrid.toml trains.
     hybrid = config.load(CONFIGS / "hybrid.toml")
     for base in (config.load(None), config.load(CONFIGS / "traditional.toml")):
-        assert config.dumps(config.replace(base, {"lambda_wasserstein": 0.5})) == config.dumps(hybrid)
+        flagged = config.replace(base, {"lambda_wasserstein": 0.5})
+        assert config.dumps(flagged) == config.dumps(hybrid)
     for name in ("traditional", "wasserstein", "hybrid", "restart"):
         keys = set(tomllib.loads((CONFIGS / f"{name}.toml").read_text()))
         assert keys <= {"lambda_codebook", "lambda_wasserstein", "dead_code_threshold"}, name
