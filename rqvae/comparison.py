@@ -35,6 +35,7 @@ SHORT_HEADERS = {
     "sinkhorn_warm_start": "warm",
     "sinkhorn_unroll": "unroll",
     "dead_code_threshold": "reseed",
+    "wasserstein_anchor_window": "anchor",
     "kmeans_init": "kmeans",
     "batch_size": "batch",
     "model.num_levels": "levels",

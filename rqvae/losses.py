@@ -36,9 +36,9 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
     if unroll:
         result = sinkhorn_plan_logdomain(cost_NxM, epsilon, num_iters, unroll=True,
                                          tolerance=tolerance, overrelaxation=overrelaxation)
-        row_cost_N = sg(jnp.sum(result.plan * cost_NxM, axis=1)) * cost_NxM.shape[0]
-        return (jnp.sum(result.plan * cost_NxM), result.marginal_error, sg(result.g), epsilon,
-                row_cost_N)
+        per_point_N = jnp.sum(result.plan * cost_NxM, axis=1)
+        return (jnp.sum(per_point_N), result.marginal_error, sg(result.g), epsilon,
+                sg(per_point_N) * cost_NxM.shape[0])
     result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, init_g, solver, tolerance,
                            overrelaxation)
     plan_NxM = sg(result.plan)
@@ -53,9 +53,10 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, init_g=None, un
         + jnp.sum(jnp.sum(plan_NxM, axis=0) * jnp.sum(codebook_MxD**2, axis=1))
         - 2.0 * jnp.sum(codebook_MxD * transported_MxD)
     )
-    direct = jnp.sum(plan_NxM * sg(cost_NxM))
-    row_cost_N = jnp.sum(plan_NxM * sg(cost_NxM), axis=1) * cost_NxM.shape[0]
-    return sg(direct - expanded) + expanded, result.marginal_error, result.g, epsilon, row_cost_N
+    per_point_N = jnp.sum(plan_NxM * sg(cost_NxM), axis=1)
+    direct = jnp.sum(per_point_N)
+    return (sg(direct - expanded) + expanded, result.marginal_error, result.g, epsilon,
+            per_point_N * cost_NxM.shape[0])
 
 
 def sinkhorn_loss(
@@ -161,8 +162,9 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
     `cfg.wasserstein_levels` n > 0 only the first n levels are solved (the others log zeros). At
     `cfg.lambda_wasserstein == 0` the term is not computed at all. `stale_LxK` (bool): the codes
     the term's gradient reaches (`wasserstein_anchor_window`: codes the nearest-code rule has
-    left); None: every code. transport_row_cost (L, B): each batch point's transport cost under its level's
-    plan (ones where a level is not solved), which the re-anchoring samples rows by.
+    left); None: every code. With the term on, transport_row_cost (L, B): each batch point's
+    transport cost under its level's plan (ones where a level is not solved), which the
+    re-anchoring draws rows by.
     """
     z_e, z_q, codebook_LxKxD = aux["z_e"], aux["z_q"], aux["codebook"]
     losses = {"recon": jnp.mean((x_BxP - x_recon_BxP) ** 2)}
@@ -178,7 +180,6 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, cfg: LossConfig, sinkhorn_g_LxK=No
         losses["sinkhorn_marginal_error"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_epsilon"] = jnp.zeros((num_levels,), jnp.float32)
         losses["sinkhorn_g"] = jnp.zeros((num_levels, num_codes), jnp.float32)
-        losses["transport_row_cost"] = jnp.ones((num_levels, z_e.shape[0]), jnp.float32)
     else:
         # The levels the term covers (`cfg.wasserstein_levels`); the others are not solved and
         # log zeros, their warm-start potentials kept as they were.

@@ -131,13 +131,15 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
-        if cfg.dead_code_threshold:
-            params, opt_state, last_used = _restart_dead_codes(
-                params, opt_state, last_used, state.step, aux["level_inputs"], cfg)
-        if _anchoring(cfg):
-            params, opt_state, last_used = _reanchor_stale_codes(
-                params, opt_state, last_used, state.step, aux["level_inputs"],
-                losses["transport_row_cost"], cfg)
+        if cfg.dead_code_threshold:  # the comparator remedy
+            params, opt_state, last_used = _reseed_codes(
+                params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
+                stream=Stream.RESTART, threshold=cfg.dead_code_threshold)
+        if _anchoring(cfg):  # the transport term's: rows drawn by their transport cost
+            params, opt_state, last_used = _reseed_codes(
+                params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
+                stream=Stream.ANCHOR, threshold=cfg.wasserstein_anchor_window,
+                row_weights_LxB=losses["transport_row_cost"])
         queue = _enqueue(state.ot_queue, aux["level_inputs"], state.step, cfg)
         return params, opt_state, last_used, losses["sinkhorn_g"], queue
 
@@ -194,16 +196,17 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
     return result
 
 
-def _restart_dead_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD,
-                        cfg: StepConfig):
-    """The comparator remedy: codes unused for `dead_code_threshold` steps are re-seeded from
-    this batch's level inputs, with fresh Adam moments."""
-    key = jax.random.fold_in(stream_key(cfg.seed, Stream.RESTART), step)
-    codebook_LxKxD, last_used_LxK, restarted_LxK = codebook.restart_dead_codes(
+def _reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cfg: StepConfig,
+                  *, stream: Stream, threshold: int, row_weights_LxB=None):
+    """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
+    each (drawn by `row_weights_LxB` if given), with fresh Adam moments: dead-code restart, and
+    the transport term's re-anchoring on the points its plan serves worst."""
+    key = jax.random.fold_in(stream_key(cfg.seed, stream), step)
+    codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
         params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
-        threshold=cfg.dead_code_threshold)
+        threshold=threshold, row_weights_LxB=row_weights_LxB)
     return (_with_codebook(params, codebook_LxKxD),
-            codebook.reset_adam_moments(opt_state, restarted_LxK), last_used_LxK)
+            codebook.reset_adam_moments(opt_state, reseeded_LxK), last_used_LxK)
 
 
 def _anchoring(cfg: StepConfig) -> bool:
@@ -228,19 +231,6 @@ def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
         return jnp.zeros(cfg.model.num_levels, jnp.int32)
     stale_LxK = codebook.stale_codes(new_state.last_used, step, cfg.wasserstein_anchor_window)
     return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
-
-
-def _reanchor_stale_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD,
-                          row_cost_LxB, cfg: StepConfig):
-    """The transport term's re-anchoring: codes still stale after this step are placed on
-    batch points drawn in proportion to their transport cost under the plan (the points it
-    serves worst), one point each, with fresh Adam moments."""
-    key = jax.random.fold_in(stream_key(cfg.seed, Stream.ANCHOR), step)
-    codebook_LxKxD, last_used_LxK, anchored_LxK = codebook.restart_dead_codes(
-        params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
-        threshold=cfg.wasserstein_anchor_window, row_weights_LxB=row_cost_LxB)
-    return (_with_codebook(params, codebook_LxKxD),
-            codebook.reset_adam_moments(opt_state, anchored_LxK), last_used_LxK)
 
 
 def _with_codebook(params, codebook_LxKxD):

@@ -123,7 +123,8 @@ _TRAIN_LEVEL_KEYS = {"used": "batch_used", "perplexity": "batch_perplexity",
 _EVAL_LEVEL_KEYS = {"eval_used": "train_used", "eval_dead": "train_dead",
                     "eval_perplexity": "train_perplexity"}
 _HELDOUT_LEVEL_KEYS = ("heldout_used", "heldout_perplexity")  # named alike in both
-# Named alike in both; the last two are logged since relative epsilon came in.
+# Named alike in both; the epsilon and the cost are logged since relative epsilon came in,
+# anchor_stale since re-anchoring.
 _SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon",
                         "anchor_stale")
 

@@ -40,6 +40,16 @@ read -r -a cells <<< "${CELLS:-$all_cells}"
 read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"
 [[ $quick == 1 ]] && all_seeds=(0)
+for method in "${methods[@]}"; do
+  case $method in traditional | restart | hybrid | hybrid-every-code) ;;
+    *) echo "error: unknown method '$method' in METHODS; use traditional, restart, hybrid or" \
+         "hybrid-every-code" >&2; exit 2 ;;
+  esac
+done
+for cell in "${cells[@]}"; do
+  [[ " $all_cells " == *" $cell "* ]] || {
+    echo "error: unknown cell '$cell' in CELLS; use some of: $all_cells" >&2; exit 2; }
+done
 out=$(realpath -m "$out")  # relative to where the script was started, not the repository
 cd "$(dirname "$0")/.."
 
@@ -47,14 +57,17 @@ cell_args() {  # cell -> the cell's config and data arguments
   local shape=${1##*-}
   local shape_args="--set model.num_levels=${shape%x*} --set model.num_codes=${shape#*x}"
   case $1 in
-    digits-*) echo "-c configs/traditional.toml --steps 3000 $shape_args" ;;
+    digits-*) echo "-c configs/traditional.toml $shape_args" ;;
     patches8-*) echo "-c configs/traditional.toml --dataset npz:$out/patches8.npz
-      --batch-size 256 --steps 1500 $shape_args" ;;
+      --batch-size 256 $shape_args" ;;
     patches16-*) echo "-c configs/mnist.toml --lambda-wasserstein 0 --dataset
-      npz:$out/patches16.npz --steps 1500 $shape_args" ;;
+      npz:$out/patches16.npz $shape_args" ;;
     semantic-ids-*) echo "-c configs/traditional.toml --dataset npz:$out/vectors64.npz
-      --batch-size 1024 --steps 1500 --set model.latent_dim=32 $shape_args" ;;
+      --batch-size 1024 --set model.latent_dim=32 $shape_args" ;;
   esac
+}
+cell_steps() {  # cell -> its steps: the digits are small, so they train longer
+  case $1 in digits-*) echo 3000 ;; *) echo 1500 ;; esac
 }
 method_args() {  # method -> what it sets on top of the cell
   case $1 in
@@ -62,7 +75,6 @@ method_args() {  # method -> what it sets on top of the cell
     restart) echo "--set dead_code_threshold=20" ;;
     hybrid) echo "--lambda-wasserstein 0.5" ;;
     hybrid-every-code) echo "--lambda-wasserstein 0.5 --set wasserstein_anchor_window=0" ;;
-    *) echo "error: unknown method '$1'" >&2; exit 2 ;;
   esac
 }
 seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes, else the first
@@ -105,8 +117,8 @@ for cell in "${cells[@]}"; do
       run_dir="$out/$cell/$method-s$seed"
       # shellcheck disable=SC2046  # the cell's and method's words are meant to split
       args=($(cell_args "$cell") $(method_args "$method") --seed "$seed")
-      steps=$(sed -n 's/.*--steps \([0-9]*\).*/\1/p' <<< "${args[*]}")
-      args+=(--set "run.eval_every=$steps" --run-dir "$run_dir" --quiet)
+      steps=$(cell_steps "$cell")
+      args+=(--steps "$steps" --set "run.eval_every=$steps" --run-dir "$run_dir" --quiet)
       if [[ $dry == 1 ]]; then
         printf 'rqvae train'; printf ' %q' "${args[@]}"; echo; continue
       fi

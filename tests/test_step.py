@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from rqvae import config, evaluate, step
+from rqvae.codebook import restart_dead_codes
 from rqvae.config import step_config
+from rqvae.losses import wasserstein_levels
 from rqvae.runlog import LOSS_TERMS
 
 # One step of the tiny config on the first 16 training digits. Update these only for an intended
@@ -297,9 +299,6 @@ def test_the_transport_gradient_reaches_only_stale_codes_and_never_the_encoder(t
 
 @pytest.mark.parametrize("scale", [10.0, 0.1])
 def test_reanchoring_picks_the_same_points_when_latents_and_codes_are_scaled(scale):
-    from rqvae.codebook import restart_dead_codes
-    from rqvae.losses import wasserstein_levels
-
     rng = np.random.default_rng(0)
     inputs = jnp.asarray(rng.standard_normal((2, 32, 4)) * [[[1.0, 3.0, 0.5, 2.0]]], jnp.float32)
     codes = jnp.asarray(rng.standard_normal((2, 48, 4)), jnp.float32)
@@ -320,8 +319,6 @@ def test_reanchoring_picks_the_same_points_when_latents_and_codes_are_scaled(sca
 
 
 def test_reanchoring_draws_rows_by_weight_and_never_a_row_of_weight_zero():
-    from rqvae.codebook import restart_dead_codes
-
     batch, codes = 16, 6
     inputs = jnp.arange(batch, dtype=jnp.float32)[None, :, None] * jnp.ones((1, 1, 2))
     weights = jnp.where(jnp.arange(batch) < 8, 0.0, 1.0)[None]  # only rows 8..15 may be drawn
