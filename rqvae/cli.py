@@ -8,7 +8,6 @@ JAX is imported only inside the commands that need it and rich only where a comm
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
 import json
@@ -21,9 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from rqvae import config as config_lib
-from rqvae.config import ConfigError
-from rqvae.rundir import UserError
+from rqvae.trainer import config as config_lib
+from rqvae.trainer.config import ConfigError
+from rqvae.trainer.rundir import UserError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,7 +57,7 @@ def _root(
 
 def _console() -> Console:
     """COLUMNS wide if set, else the terminal's width, else 80 (a log file or pipe)."""
-    from rqvae.report import make_console
+    from rqvae.reports.report import make_console
 
     return make_console()
 
@@ -92,43 +91,46 @@ def _use_compilation_cache():
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_home / "rqvae" / "xla"))
 
 
-# The named flags of `rqvae train`: config key -> help. A flag is the key's last part
-# (--lambda-wasserstein, --dataset); its type is the config field's, its default None (the
-# config's value). Every other key is reached with --set.
+# The named flags of `rqvae train`: config key -> (flag, help). The flag's type is the config
+# field's, its default None (the config's value). Every other key is reached with --set.
 TRAIN_FLAGS = {
-    "lambda_wasserstein": "Weight of the Sinkhorn OT term.",
-    "sinkhorn_epsilon": "Entropic regularization of the OT term: a fraction of each level's mean cost (sinkhorn_epsilon_mode \"relative\", the default), of its mean cost to the nearest code (\"nearest\") or squared latent units (\"absolute\").",
-    "lambda_commit": "Weight of the commitment loss.",
-    "lambda_codebook": "Weight of the codebook loss.",
-    "learning_rate": "Adam step size.",
-    "steps": "Optimizer steps in the run.",
-    "batch_size": "Images per step.",
-    "seed": "Seed of parameters and batches.",
-    "data.dataset": "'digits', 'tfds:<name>' or 'npz:<path>'.",
+    "loss.lambda_wasserstein": ("--lambda-wasserstein", "Weight of the transport term."),
+    "transport.epsilon": ("--sinkhorn-epsilon", "Entropic regularization of the transport term: "
+                          "a fraction of each level's mean cost."),
+    "loss.lambda_commit": ("--lambda-commit", "Weight of the commitment loss."),
+    "loss.lambda_codebook": ("--lambda-codebook", "Weight of the codebook loss."),
+    "optimizer.learning_rate": ("--learning-rate", "Adam step size."),
+    "steps": ("--steps", "Optimizer steps in the run."),
+    "batch_size": ("--batch-size", "Images per step."),
+    "seed": ("--seed", "Seed of parameters and batches."),
+    "data.dataset": ("--dataset", "'digits', 'tfds:<name>' or 'npz:<path>'."),
 }
 
 
-def _flag_parameter(key: str, help_text: str) -> inspect.Parameter:
-    leaf = key.rpartition(".")[2]
-    kind = typing.get_type_hints(config_lib.section_of(key))[leaf]
-    option = typer.Option(f"--{leaf.replace('_', '-')}", help=help_text,
+def _parameter_name(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _flag_parameter(key: str, flag: str, help_text: str) -> inspect.Parameter:
+    kind = typing.get_type_hints(config_lib.section_of(key))[key.rpartition(".")[2]]
+    option = typer.Option(flag, help=help_text,
                           metavar=kind.__name__.upper() if kind is not str else "TEXT")
-    return inspect.Parameter(leaf, inspect.Parameter.KEYWORD_ONLY, default=None,
+    return inspect.Parameter(_parameter_name(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[kind], option])
 
 
-def _with_config_flags(flags: dict[str, str]):
+def _with_config_flags(flags: dict[str, tuple[str, str]]):
     """Adds a named option per entry of `flags` to a command, and passes their values to it as
     `overrides` ({config key: value}, only the flags given)."""
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
-        added = [_flag_parameter(key, text) for key, text in flags.items()]
+        added = [_flag_parameter(key, flag, text) for key, (flag, text) in flags.items()]
         kept = [p for p in signature.parameters.values() if p.name != "overrides"]
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            values = {key: kwargs.pop(key.rpartition(".")[2]) for key in flags}
+            values = {key: kwargs.pop(_parameter_name(flag)) for key, (flag, _) in flags.items()}
             return command(overrides={k: v for k, v in values.items() if v is not None},
                            **kwargs)
 
@@ -144,7 +146,7 @@ def _with_config_flags(flags: dict[str, str]):
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="TOML config file (see configs/).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run directory; default runs/<config>-<time>.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config key, repeatable: --set model.num_codes=256 --set kmeans_init=true.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config key, repeatable: --set model.num_codes=256 --set remedies.kmeans_init=true.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the resolved config, and a line per logged step also on a terminal.")] = False,
@@ -159,7 +161,7 @@ def train(
       rqvae train                                       # embedded digits, about 20 s on CPU
       rqvae train -c configs/hybrid.toml                # codebook + Wasserstein losses
       rqvae train --lambda-wasserstein 0.5 --steps 2000
-      rqvae train -c configs/hybrid.toml --set model.num_codes=256 --set dead_code_threshold=20
+      rqvae train -c configs/restart.toml --set model.num_codes=256
       srun rqvae train -c configs/mnist.toml --set run.distributed=true   # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
     """
@@ -170,10 +172,10 @@ def train(
     with _user_errors():
         cfg = _train_config(config, run_dir, set_ or [], overrides, resume)
         _use_compilation_cache()
-        from rqvae import devices, rundir
-        from rqvae import train as train_lib  # JAX loads here, after the cheap checks
+        from rqvae.trainer import devices, launch
+        from rqvae.trainer import loop as train_lib  # JAX loads here, after the cheap checks
 
-        run = rundir.open_run(cfg, name=config.stem if config is not None else "default",
+        run = launch.open_run(cfg, name=config.stem if config is not None else "default",
                               resume=resume)
     quiet = quiet or not devices.is_primary()  # in a multi-host run, process 0 alone prints
     console = _console()
@@ -181,7 +183,7 @@ def train(
         _print_start(run, console, devices, resume)
     if verbose:
         console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
-    from rqvae.progress import Display, print_summary
+    from rqvae.trainer.progress import Display, print_summary
 
     try:
         summary = train_lib.fit(run, display=Display(run.cfg.batch_size, console, quiet, verbose))
@@ -201,7 +203,7 @@ def _train_config(config: Path | None, run_dir: Path | None, assignments: list[s
                   overrides: dict, resume: bool) -> config_lib.TrainerConfig:
     """The config a run trains on: the defaults, or the file (on a resume without one, the run's
     own config.toml), then --set, then the named flags."""
-    from rqvae import rundir
+    from rqvae.trainer import rundir
 
     base = config
     if resume and base is None:
@@ -256,7 +258,7 @@ def report(
       rqvae report runs/x --last 5                      # the last 5 logged steps
       rqvae report runs/ --csv > all_runs.csv           # every run under runs/
     """
-    from rqvae import report as report_lib
+    from rqvae.reports import report as report_lib
 
     with _user_errors():
         report_lib.main(run_dirs, as_json=json_output, console=_console(), last=last,
@@ -278,11 +280,11 @@ def evaluate(
       rqvae eval runs/x --step 4000 --json
     """
     _use_compilation_cache()
-    from rqvae import rundir
-    from rqvae.evaluate import evaluate as evaluate_params
+    from rqvae.trainer import launch
+    from rqvae.trainer.evaluate import evaluate as evaluate_params
 
     with _user_errors():
-        _, step_cfg, dataset, params, step = rundir.load_trained(run_dir, step)
+        _, step_cfg, dataset, params, step = launch.load_trained(run_dir, step)
     result = {"run": str(run_dir), "step": step, **evaluate_params(params, dataset, step_cfg)}
     if json_output:
         print(json.dumps(result, indent=2))
@@ -339,11 +341,11 @@ def encode(
     import numpy as np
     from rich.console import Console
 
-    from rqvae import rundir
-    from rqvae.evaluate import encode as encode_images
+    from rqvae.trainer import launch, rundir
+    from rqvae.trainer.evaluate import encode as encode_images
 
     with _user_errors():
-        _, step_cfg, dataset, params, step = rundir.load_trained(run_dir, step)
+        _, step_cfg, dataset, params, step = launch.load_trained(run_dir, step)
     codes = encode_images(params, getattr(dataset, split), step_cfg)
     try:
         rundir.write_atomically(out, lambda file: np.save(file, codes))
@@ -370,8 +372,8 @@ def plot(
       rqvae plot runs/hybrid-20261123-101500 --out plots/
       rqvae plot runs/traditional-* runs/hybrid-* --out plots/compare --log
     """
-    from rqvae import plot as plot_lib
-    from rqvae import rundir
+    from rqvae.reports import plot as plot_lib
+    from rqvae.trainer import rundir
 
     with _user_errors():
         for run_dir in run_dirs:
@@ -408,7 +410,7 @@ def data_prepare(
     \b
       rqvae data prepare tfds:mnist && rqvae train -c configs/mnist.toml
     """
-    from rqvae import data
+    from rqvae.trainer import data
 
     with _user_errors():
         where = data.prepare(dataset, data_dir)

@@ -5,7 +5,7 @@
     python scripts/bench_scale.py --architectures conv --batches 4096 --codes 16384 --torch
 
 Each row trains the default model (configs/default.toml's layers, latent 16, 2 levels) on random
-32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through `rqvae.step.run_steps`
+32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through `rqvae.trainer.step.run_steps`
 with the step config of this platform, and prints ms/step and images/s (medians of interleaved
 rounds, the Wasserstein term off and on taking turns), W on/off (the ms/step ratio), GFLOP per step
 (XLA's cost analysis of one compiled train step) and the achieved TFLOP/s against the device's
@@ -33,9 +33,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from bench_train import Loop, interleaved
-from rqvae import config, step
+
+from rqvae.trainer import config, step
 
 # Dense peak TFLOP/s per compute dtype. GPUs: the tensor-core figure, TF32 for float32 (XLA's
 # default precision for float32 products there). CPU: a nominal figure per core, two AVX-512 FMA
@@ -74,8 +74,8 @@ def trainer_config(architecture: str, batch: int, codes: int, dtype: str, lam: f
                    image_shape: tuple[int, ...]) -> config.TrainerConfig:
     model = config.ModelConfig(image_shape=image_shape, architecture=architecture,
                                num_codes=codes, compute_dtype=dtype)
-    return config.validate(config.TrainerConfig(batch_size=batch, lambda_wasserstein=lam,
-                                                model=model))
+    return config.validate(config.TrainerConfig(
+        batch_size=batch, loss=config.LossWeights(lambda_wasserstein=lam), model=model))
 
 
 def step_gflop(loop: Loop) -> float:

@@ -2,13 +2,11 @@
 
     pip install -e '.[bench]' && python scripts/bench_sinkhorn.py [--quick]
 
-Prints five tables. OLD is the solve before relative epsilon: epsilon 0.05 in squared latent
-units, 20 plain iterations; NEW is the config default (epsilon a fraction of each level's mean
-cost, over-relaxed iterations stopped at a row-marginal error of `sinkhorn_tolerance`, at most
-`sinkhorn_iters`); PLAIN is NEW without over-relaxation (`sinkhorn_overrelaxation = 1`); PRESET
-is configs/hybrid.toml's solve, measured on the problems of runs of that preset (since the preset
-carries the lambdas only, the default solve; the figures in docs/results.md's earlier
-measurements were taken when it set the nearest-code epsilon on level 1 only).
+Prints five tables. OLD is the solve of the first release: epsilon 0.05 in squared latent units,
+20 plain iterations (`sinkhorn_loss`; no longer a training setting, so tables 4 and 5 leave it
+out); NEW is the default `[transport]` (epsilon a fraction of each level's mean cost, over-relaxed
+iterations stopped at a row-marginal error of `transport.tolerance`, at most `transport.iters`);
+PLAIN is NEW without over-relaxation (`transport.overrelaxation = 1`).
 1. `sinkhorn_loss` against ott-jax's `Sinkhorn` at equal epsilon (0.05) and iterations (20), on
    Gaussian clouds of points x codes x dim, forward and forward+backward (gradient with respect
    to the codes; ott with the same envelope gradient, `use_danskin=True`, no implicit diff).
@@ -18,12 +16,10 @@ measurements were taken when it set the nearest-code epsilon on level 1 only).
    against the converged plan at the same epsilon (log-domain Sinkhorn in float64 until the
    row-marginal error is below 1e-9): the iterations the solve took, the row-marginal error, the
    transport cost's error, and the codebook gradient's norm ratio, cosine and relative error;
-   then PRESET on the level it covers of a preset run's problems at the same steps.
 3. Time of `wasserstein_levels` (2 levels) forward+backward, compiled, each setting.
 4. The train step of the MNIST-shaped model (MLP 784-512-256, latent 64, 2 levels x 512 codes,
    batch 256, Adam) with lambda_wasserstein 0.5 against 0, each setting.
-5. The row-marginal error logged in training on the digits (`hybrid`), each setting, and in a
-   run of the preset (the level it covers).
+5. The row-marginal error logged in training on the digits (`hybrid`), PLAIN and NEW.
 """
 
 from __future__ import annotations
@@ -40,36 +36,25 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
-from rqvae import config, rundir, step
-from rqvae.losses import sinkhorn_loss, wasserstein_levels
-from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.quantizer.losses import sinkhorn_loss, wasserstein_levels
+from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.quantizer.settings import Transport
+from rqvae.trainer import config, launch, step
 
 EPSILON, ITERS = 0.05, 20
-# The solve before relative epsilon and the tolerance, as config overrides.
-OLD = {"sinkhorn_epsilon_mode": "absolute", "sinkhorn_epsilon": EPSILON, "sinkhorn_iters": ITERS,
-       "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole", "sinkhorn_overrelaxation": 1.0}
-# PLAIN: the default solve without over-relaxation.
-SETTINGS = {"OLD": OLD, "PLAIN": {"sinkhorn_overrelaxation": 1.0}, "NEW": {}}
-# The solve settings of configs/hybrid.toml (PRESET), measured on its own runs' problems.
-SOLVE_KEYS = ("sinkhorn_epsilon_mode", "sinkhorn_epsilon", "sinkhorn_iters", "sinkhorn_tolerance",
-              "sinkhorn_overrelaxation")
+# Each solve: its epsilon mode and its Transport settings.
+SOLVES = {"OLD": ("absolute", Transport(epsilon=EPSILON, iters=ITERS, tolerance=0.0,
+                                        overrelaxation=1.0)),
+          "PLAIN": ("relative", Transport(overrelaxation=1.0)),
+          "NEW": ("relative", Transport())}
+TRAINED = ("PLAIN", "NEW")  # the solves a run can train with
 
 
-def preset() -> config.TrainerConfig:
-    """configs/hybrid.toml as users run it."""
-    return config.load("configs/hybrid.toml")
-
-
-def solve_of(cfg: config.TrainerConfig) -> dict:
-    """The overrides that give the default config `cfg`'s solve."""
-    return {key: getattr(cfg, key) for key in SOLVE_KEYS}
-
-
-def hybrid(overrides: dict) -> config.TrainerConfig:
+def hybrid(transport: Transport = Transport()) -> config.TrainerConfig:
     """The default config with the hybrid's weights (lambda_codebook 1, lambda_wasserstein 0.5)
-    and `overrides`: the default solve (relative epsilon, every level), which this script
-    measures."""
-    return config.replace(config.load(None), {"lambda_wasserstein": 0.5, **overrides})
+    and `transport`, which this script measures."""
+    cfg = config.replace(config.load(None), {"loss.lambda_wasserstein": 0.5})
+    return dataclasses.replace(cfg, transport=transport)
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -135,16 +120,15 @@ def speed_against_ott(problems, repeats):
            "cost diff"], rows)
 
 
-def training_problems(num_codes: int, checkpoints: tuple[int, ...], batches: int = 1,
-                      trained: config.TrainerConfig | None = None):
+def training_problems(num_codes: int, checkpoints: tuple[int, ...], batches: int = 1):
     """{name: (level inputs (L, B, D), codebooks (L, K, D))} of a digits run with the hybrid's
-    weights and the default solve (`hybrid`), or of `trained` (the preset), at the given steps,
-    each on a batch of training images."""
-    from rqvae import data
+    weights and the default solve (`hybrid`) at the given steps, each on a batch of training
+    images."""
+    from rqvae.trainer import data
 
     digits = data.load(config.DataConfig())
-    cfg = config.replace(trained or hybrid({}), {"model.num_codes": num_codes})
-    cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
+    cfg = config.replace(hybrid(), {"model.num_codes": num_codes})
+    cfg = config.step_config(launch.with_data_shape(cfg, digits), jax.default_backend())
     images = jax.device_put(digits.train)
     state, done, problems = step.init_state(cfg, len(images)), 0, {}
     rng = np.random.default_rng(0)
@@ -181,28 +165,26 @@ def codebook_gradient(plan, points, codes):
     return 2 * (plan.sum(0)[:, None] * codes - plan.T @ points)
 
 
-def solve_setting(overrides: dict):
+def solve_setting(mode: str, t: Transport):
     """A compiled solve of one level as the step does it under a setting: (plan, epsilon)."""
-    loss = config.step_config(config.replace(config.TrainerConfig(), overrides)).loss
 
     @jax.jit
     def solve(points, codes):
         cost = squared_distances(points, codes)
-        epsilon = effective_epsilon(cost, loss.sinkhorn_epsilon, loss.sinkhorn_epsilon_mode)
-        result = sinkhorn_plan(cost, epsilon, loss.sinkhorn_iters, tolerance=loss.sinkhorn_tolerance,
-                               overrelaxation=loss.sinkhorn_overrelaxation)
+        epsilon = effective_epsilon(cost, t.epsilon, mode)
+        result = sinkhorn_plan(cost, epsilon, t.iters, tolerance=t.tolerance,
+                               overrelaxation=t.overrelaxation)
         return result.plan, result.marginal_error, epsilon, result.iterations
 
     return solve
 
 
-def accuracy(problems: dict, settings: dict = SETTINGS, levels: int = 0):
-    """Section 2 rows of each problem's first `levels` levels (0: all) under each setting."""
+def accuracy(problems: dict):
+    """Section 2 rows of each problem's levels under each solve."""
     rows = []
-    solves = {name: solve_setting(o) for name, o in settings.items()}
+    solves = {name: solve_setting(*setting) for name, setting in SOLVES.items()}
     for problem, (level_inputs, codebooks) in problems.items():
-        covered = zip(level_inputs[:levels or None], codebooks[:levels or None])
-        for level, (points, codes) in enumerate(covered):
+        for level, (points, codes) in enumerate(zip(level_inputs, codebooks)):
             points64, codes64 = points.astype(np.float64), codes.astype(np.float64)
             cost64 = np.asarray(squared_distances(points64, codes64))
             for setting, solve in solves.items():
@@ -237,14 +219,12 @@ def solve_cost(problems: dict, shapes, repeats: int):
     for name, (points, codes) in cases.items():
         row = [name]
         times = {}
-        for setting, overrides in SETTINGS.items():
-            loss = config.step_config(config.replace(config.TrainerConfig(), overrides)).loss
+        for setting, (mode, t) in SOLVES.items():
 
-            def total(codes, points=points, loss=loss):
-                per_level, error, _, _, _ = wasserstein_levels(
-                    points, codes, loss.sinkhorn_epsilon, loss.sinkhorn_iters,
-                    epsilon_mode=loss.sinkhorn_epsilon_mode, tolerance=loss.sinkhorn_tolerance,
-                    overrelaxation=loss.sinkhorn_overrelaxation)
+            def total(codes, points=points, mode=mode, t=t):
+                per_level, error, _, _ = wasserstein_levels(
+                    points, codes, t.epsilon, t.iters, epsilon_mode=mode, tolerance=t.tolerance,
+                    overrelaxation=t.overrelaxation)
                 return jnp.sum(per_level), error
 
             fn = jax.jit(jax.value_and_grad(total, has_aux=True))
@@ -253,13 +233,14 @@ def solve_cost(problems: dict, shapes, repeats: int):
             row += [f"{times[setting]:.2f}", " / ".join(f"{e:.3f}" for e in np.asarray(error))]
         rows.append(row + [f"{times['NEW'] / times['OLD']:.2f}", f"{times['NEW'] / times['PLAIN']:.2f}"])
     table("3. wasserstein_levels forward+backward, 2 levels (ms, median; marginal error per level)",
-          ["problem", *[f"{name} {column}" for name in SETTINGS for column in ("ms", "error")],
+          ["problem", *[f"{name} {column}" for name in SOLVES for column in ("ms", "error")],
            "NEW/OLD", "NEW/PLAIN"], rows)
 
 
-def mnist_shaped(lambda_wasserstein, overrides=None):
+def mnist_shaped(lambda_wasserstein, transport: Transport = Transport()):
     cfg = config.replace(config.load("configs/mnist.toml"),
-                         {"lambda_wasserstein": lambda_wasserstein, **(overrides or {})})
+                         {"loss.lambda_wasserstein": lambda_wasserstein})
+    cfg = dataclasses.replace(cfg, transport=transport)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_shape=(28, 28, 1)))
     return config.step_config(cfg, jax.default_backend())
 
@@ -270,7 +251,7 @@ def mnist_like_images():
     (MNIST itself needs a download; random pixels would collapse the latents and make every
     transport problem trivially easy.)
     """
-    from rqvae import data
+    from rqvae.trainer import data
 
     digits = data.load(config.DataConfig())
     images = jnp.asarray(digits.train).reshape(-1, 8, 8)
@@ -296,7 +277,7 @@ def train_steps(cfg, images, steps, warmup=200):
 def training_overhead(steps, repeats):
     images = mnist_like_images()
     variants = {("off", None): mnist_shaped(0.0)}
-    variants.update({("on", name): mnist_shaped(0.5, o) for name, o in SETTINGS.items()})
+    variants.update({("on", name): mnist_shaped(0.5, SOLVES[name][1]) for name in TRAINED})
     timings = {key: [] for key in variants}
     errors = {}
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
@@ -307,7 +288,7 @@ def training_overhead(steps, repeats):
                 errors[key[1]] = np.mean([h["sinkhorn_marginal_error"] for h in history], axis=0)
     off = statistics.median(timings[("off", None)])
     rows = []
-    for name in SETTINGS:
+    for name in TRAINED:
         on = statistics.median(timings[("on", name)])
         rows.append([name, f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}",
                      " / ".join(f"{e:.3f}" for e in errors[name])])
@@ -317,20 +298,18 @@ def training_overhead(steps, repeats):
            "marginal error (per level)"], rows)
 
 
-def convergence(steps, preset_cfg: config.TrainerConfig):
-    from rqvae import data
+def convergence(steps):
+    from rqvae.trainer import data
 
     digits = data.load(config.DataConfig())
     images = jax.device_put(digits.train)
     rows = []
-    runs = {name: hybrid(overrides) for name, overrides in SETTINGS.items()}
-    for name, cfg in {**runs, "PRESET (configs/hybrid.toml)": preset_cfg}.items():
-        cfg = config.step_config(rundir.with_data_shape(cfg, digits), jax.default_backend())
+    for name in TRAINED:
+        cfg = launch.with_data_shape(hybrid(SOLVES[name][1]), digits)
+        cfg = config.step_config(cfg, jax.default_backend())
         ms, history = train_steps(cfg, images, steps // 2, warmup=steps // 2)
-        # Levels the term does not cover (wasserstein_levels) log 0 and are left out.
-        covered = cfg.loss.wasserstein_levels or cfg.model.num_levels
-        errors = np.array([h["sinkhorn_marginal_error"][:covered] for h in history])
-        epsilon = np.array([h["sinkhorn_epsilon"][:covered] for h in history])
+        errors = np.array([h["sinkhorn_marginal_error"] for h in history])
+        epsilon = np.array([h["solve_epsilon"] for h in history])
         rows.append([f"digits, steps {steps // 2}-{steps}, {name}", f"{ms:.2f}",
                      " / ".join(f"{e:.3f}" for e in errors.mean(0)),
                      " / ".join(f"{e:.3f}" for e in errors.max(0)),
@@ -357,20 +336,13 @@ def main():
     if not args.quick:
         training.update(training_problems(256, (3000,)))
     rows = accuracy(training)
-    # The preset's solve on its own runs' problems, on the levels it covers.
-    preset_cfg = preset()
-    preset_problems = training_problems(64, checkpoints, trained=preset_cfg)
-    if not args.quick:
-        preset_problems.update(training_problems(256, (3000,), trained=preset_cfg))
-    rows += accuracy({f"PRESET run, {name}": p for name, p in preset_problems.items()},
-                     {"PRESET": solve_of(preset_cfg)}, levels=preset_cfg.wasserstein_levels)
     table("2. accuracy on digits hybrid training problems (batch 128, latent 16) against the "
           "converged float64 plan at the same epsilon", ACCURACY_HEADER, rows)
     solve_cost({name: p for name, p in training.items() if name.endswith(f"step {checkpoints[-1]}")},
                [(128, 64, 16), (256, 512, 64)] + ([] if args.quick else [(1024, 1024, 64)]),
                repeats)
     training_overhead(steps=20 if args.quick else 100, repeats=1 if args.quick else 3)
-    convergence(steps=400 if args.quick else 3000, preset_cfg=preset_cfg)
+    convergence(steps=400 if args.quick else 3000)
 
 
 if __name__ == "__main__":

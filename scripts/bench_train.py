@@ -25,9 +25,9 @@ import time
 
 import jax
 import numpy as np
-
 from bench_sinkhorn import mnist_like_images, table
-from rqvae import config, data, rundir, step
+
+from rqvae.trainer import config, data, launch, step
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -107,11 +107,11 @@ def _preset(name: str) -> config.TrainerConfig:
 @functools.cache
 def configs():
     digits = data.load(config.DataConfig())
-    default = rundir.with_data_shape(config.TrainerConfig(), digits)
+    default = launch.with_data_shape(config.TrainerConfig(), digits)
     mnist = _preset("mnist")
     mnist = dataclasses.replace(mnist, model=dataclasses.replace(mnist.model,
                                                                  image_shape=(28, 28, 1)))
-    hybrid = rundir.with_data_shape(_preset("hybrid"), digits)
+    hybrid = launch.with_data_shape(_preset("hybrid"), digits)
     return {"default (digits 8x8)": (default, digits.train),
             "hybrid preset (digits 8x8)": (hybrid, digits.train),
             "MNIST-shaped (configs/mnist.toml)": (mnist, np.asarray(mnist_like_images()))}
@@ -120,7 +120,7 @@ def configs():
 def throughput(steps: int, repeats: int) -> None:
     rows = []
     for name, (cfg, images) in configs().items():
-        variants = {lam: dataclasses.replace(cfg, lambda_wasserstein=lam) for lam in (0.0, 0.5)}
+        variants = {lam: config.replace(cfg, {"loss.lambda_wasserstein": lam}) for lam in (0.0, 0.5)}
         loops = {lam: Loop(c, images, c.run.steps_per_call) for lam, c in variants.items()}
         ms = interleaved(loops, steps, repeats)
         for lam, loop in loops.items():
@@ -203,7 +203,7 @@ def against_pytorch(steps: int, repeats: int):
         print("3. PyTorch comparator skipped: pip install torch vector-quantize-pytorch\n")
         return
     cfg, images = configs()["MNIST-shaped (configs/mnist.toml)"]
-    traditional = dataclasses.replace(cfg, lambda_wasserstein=0.0)
+    traditional = config.replace(cfg, {"loss.lambda_wasserstein": 0.0})
     torch_model = TorchModel(cfg.batch_size)
     floor = MatmulFloor(cfg, images, cfg.run.steps_per_call)
     loops = {"torch": torch_model,

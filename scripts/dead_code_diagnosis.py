@@ -28,9 +28,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from rqvae import rundir
-from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
-from rqvae.step import make_model
+from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.trainer import launch
+from rqvae.trainer.step import make_model
 
 
 def median(values: np.ndarray) -> str:
@@ -38,7 +38,7 @@ def median(values: np.ndarray) -> str:
 
 
 def diagnose(run_dir: Path, num_points: int) -> list[str]:
-    cfg, step_cfg, dataset, params, step = rundir.load_trained(run_dir)
+    cfg, step_cfg, dataset, params, step = launch.load_trained(run_dir)
     rng = np.random.default_rng(0)
     images = dataset.train[rng.choice(len(dataset.train), min(num_points, len(dataset.train)),
                                       replace=False)]
@@ -51,10 +51,10 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
         to_point = cost.min(0)
         duplicate = _duplicates(np.asarray(codes), alive, input_to_code)
         batch_cost = squared_distances(inputs[:cfg.batch_size], codes)
-        epsilon = effective_epsilon(batch_cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_epsilon_mode)
-        plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, cfg.sinkhorn_iters,
-                                        tolerance=cfg.sinkhorn_tolerance,
-                                        overrelaxation=cfg.sinkhorn_overrelaxation).plan)
+        t = cfg.transport
+        epsilon = effective_epsilon(batch_cost, t.epsilon, "relative")
+        plan = np.asarray(sinkhorn_plan(batch_cost, epsilon, t.iters, tolerance=t.tolerance,
+                                        overrelaxation=t.overrelaxation).plan)
         rows = plan / plan.sum(1, keepdims=True)
         spread = np.exp(-(rows * np.log(np.maximum(rows, 1e-30))).sum(1))
         lines += [

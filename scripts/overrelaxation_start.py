@@ -6,7 +6,7 @@ Takes the transport problems of an MNIST-shaped hybrid run (`configs/mnist.toml`
 upsampled to 28x28, as in `scripts/bench_sinkhorn.py`) at steps 200, 250, 300 and 1000 and of a
 digits run with the hybrid's weights and the default solve (`bench_sinkhorn.hybrid`) at steps
 200, 1000 and 3000: each level's inputs for one batch and its codebook, epsilon 0.05 of the mean
-cost. On each it runs, in float64 numpy, the scaling iterations of `rqvae.sinkhorn` (a log-domain
+cost. On each it runs, in float64 numpy, the scaling iterations of `rqvae.quantizer.sinkhorn` (a log-domain
 first iteration, then u = a / (K v), v = b / (u K)) to the default tolerance (0.005), plain or over-relaxed at 1.6 from the iteration
 whose error exceeds a fraction of the smallest error seen (the start rule, `_SLOW`), with the
 closed iterate checked once the current one is within twice the tolerance (`_CHECK_GATE`).
@@ -26,10 +26,10 @@ RULES = {"plain": None, "at once": 0.0, "0.5": 0.5, "0.7": 0.7, "0.8": 0.8, "0.9
 def problems():
     """{name: [(level inputs (B, D), codebook (K, D)) per level]} from two short hybrid runs: the
     digits one of `bench_sinkhorn.training_problems`, and an MNIST-shaped one."""
+    import bench_sinkhorn
     import jax
 
-    import bench_sinkhorn
-    from rqvae import step
+    from rqvae.trainer import step
 
     found = {f"digits@{name.rsplit(' ', 1)[1]}": levels for name, levels in
              bench_sinkhorn.training_problems(64, (200, 1000, 3000)).items()}

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rqvae import config, rundir, runlog
+from rqvae.trainer import config, rundir, runlog
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = ("traditional", "wasserstein", "hybrid", "kmeans", "restart")

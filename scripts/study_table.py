@@ -21,7 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from rqvae import runlog
+from rqvae.trainer import runlog
 
 METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "wasserstein", "hybrid",
                 "hybrid-every-code",

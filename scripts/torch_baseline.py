@@ -43,7 +43,7 @@ from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rqvae.config import ModelConfig  # noqa: E402  (imports neither JAX nor Flax)
+from rqvae.trainer.config import ModelConfig  # noqa: E402  (imports neither JAX nor Flax)
 
 IMAGE_SIDE = 28
 MNIST_MODEL = ModelConfig(image_shape=(IMAGE_SIDE, IMAGE_SIDE, 1), encoder_hidden=(512, 256),

@@ -3,7 +3,7 @@
 # Trains, in every cell of the matrix, traditional VQ, dead-code restart (configs/restart.toml)
 # and the flag `--lambda-wasserstein 0.5` on top of the cell's config with nothing else set
 # (hybrid), plus the term as it was before re-anchoring (hybrid-every-code:
-# --set wasserstein_anchor_window=0, one seed), then prints the `rqvae report` comparison of each
+# --set transport.anchor_window=0, one seed), then prints the `rqvae report` comparison of each
 # cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
 #
 #   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 16 min on 2 CPU cores
@@ -72,9 +72,9 @@ cell_steps() {  # cell -> its steps: the digits are small, so they train longer
 method_args() {  # method -> what it sets on top of the cell
   case $1 in
     traditional) echo "" ;;
-    restart) echo "--set dead_code_threshold=20" ;;
+    restart) echo "--set remedies.dead_code_threshold=20" ;;
     hybrid) echo "--lambda-wasserstein 0.5" ;;
-    hybrid-every-code) echo "--lambda-wasserstein 0.5 --set wasserstein_anchor_window=0" ;;
+    hybrid-every-code) echo "--lambda-wasserstein 0.5 --set transport.anchor_window=0" ;;
   esac
 }
 seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes, else the first
@@ -88,7 +88,7 @@ seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes,
 finished() {  # run-dir final-step: the run completed at that step
   python - "$1" "$2" <<'PY' 2>/dev/null
 import sys
-from rqvae import runlog
+from rqvae.trainer import runlog
 end = [r for r in runlog.read(sys.argv[1]) if r["kind"] == "end"]
 sys.exit(0 if end and end[-1]["status"] == "completed" and end[-1]["step"] == int(sys.argv[2])
          else 1)

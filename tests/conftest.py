@@ -1,6 +1,5 @@
 """Shared tiny configs: every test that trains uses one of these, so each compiles once."""
 
-import dataclasses
 import os
 import tempfile
 
@@ -10,11 +9,13 @@ import pytest
 # tests start.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rqvae-test-xla-")
 
-from rqvae import config, data
+from rqvae.trainer import config, data
 
 TINY_TOML = """\
 steps = 30
 batch_size = 16
+
+[loss]
 lambda_wasserstein = 0.5
 
 [model]

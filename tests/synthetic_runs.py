@@ -1,14 +1,16 @@
 """Synthetic run directories, as `rqvae train` writes them, and reading what the report prints:
 shared by the tests of `rqvae report` and its modules. No JAX."""
 
+import dataclasses
 import io
 import json
 import re
 
 from rich.console import Console
 
-from rqvae import config, report, rundir
-from rqvae.config import ModelConfig, RunConfig, TrainerConfig
+from rqvae.reports import report
+from rqvae.trainer import config, rundir
+from rqvae.trainer.config import ModelConfig, RunConfig, TrainerConfig
 
 # Losses that are not monotone, so the lowest value of a term is not the final one.
 TRAIN_LOSSES = [
@@ -24,8 +26,8 @@ def train_record(step, total, recon, commit, codebook, wasserstein, *, used=(5, 
     return {"kind": "train", "step": step, "time": step / 100, "total": total, "recon": recon,
             "commit": commit, "codebook": codebook, "wasserstein": wasserstein,
             "batch_used": list(used), "batch_perplexity": [4.25, 2.75], "window_dead": list(dead),
-            "sinkhorn_marginal_error": [0.0125, 0.0375], "wasserstein_levels": [0.25, 0.125],
-            "sinkhorn_epsilon": [0.0125, 0.00625], "anchor_stale": [3, 0]}
+            "sinkhorn_marginal_error": [0.0125, 0.0375], "transport_cost": [0.25, 0.125],
+            "solve_epsilon": [0.0125, 0.00625], "anchor_stale": [3, 0]}
 
 
 def eval_record(step, heldout_recon, *, dead=(1, 3)):
@@ -58,8 +60,12 @@ def make_run(root, name, cfg=None, records=None):
 
 
 def tiny_cfg(run_dir="", **changes):
-    return TrainerConfig(**{"steps": 40, "model": ModelConfig(num_codes=8),
-                            "run": RunConfig(run_dir=str(run_dir), dead_window=10), **changes})
+    """A small config; `changes` by key (flat names of earlier versions included: config.MOVED),
+    or whole sections (model=ModelConfig(...))."""
+    sections = {k: v for k, v in changes.items() if dataclasses.is_dataclass(v)}
+    base = TrainerConfig(**{"steps": 40, "model": ModelConfig(num_codes=8),
+                            "run": RunConfig(run_dir=str(run_dir), dead_window=10), **sections})
+    return config.replace(base, {k: v for k, v in changes.items() if k not in sections})
 
 
 def rendered(runs, styles=False, points=8, width=200):

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rqvae import checkpoint, data, runlog
 from rqvae.cli import app
-from rqvae.config import load, step_config
-from rqvae.step import init_state
+from rqvae.trainer import checkpoint, data, runlog
+from rqvae.trainer.config import load, step_config
+from rqvae.trainer.step import init_state
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def full_run(tmp_path_factory):
 def test_train_writes_config_log_and_checkpoints(full_run):
     run_dir, output = full_run
     assert "rqvae report" in output and "final losses" in output
-    assert load(run_dir / "config.toml").lambda_wasserstein == 0.5
+    assert load(run_dir / "config.toml").loss.lambda_wasserstein == 0.5
     assert _keys(run_dir) == [("train", 10), ("eval", 15), ("train", 20), ("train", 30),
                               ("eval", 30), ("end", 30)]
     assert runlog.read(run_dir)[-1]["status"] == "completed"
@@ -91,25 +91,25 @@ def test_resume_continues_bitwise_and_logs_every_step_once(full_run, tiny_toml, 
             full[key]["total" if key[0] == "train" else "heldout_recon"]
 
 
-def test_a_resumed_run_with_a_transport_queue_is_bitwise_the_uninterrupted_one(tiny_toml,
-                                                                               tmp_path):
-    queue = ["--set", "ot_queue_size=32"]
-    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "full", "--steps", 10,
-                 *queue).exit_code == 0
-    assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "run", "--steps", 5,
-                 *queue).exit_code == 0
-    result = rqvae("train", "--resume", "--run-dir", tmp_path / "run", "--steps", 10)
+def test_a_run_with_a_retired_setting_evaluates_but_does_not_resume(full_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_run[0], run_dir)
+    config_path = run_dir / "config.toml"
+    config_path.write_text('codebook_loss = "sum"\n' + config_path.read_text())
+    before = _snapshot(run_dir)
+    result = rqvae("train", "--resume", "--run-dir", run_dir, "--steps", 45)
+    assert result.exit_code == 2
+    assert "trained with codebook_loss = 'sum', which this version no longer has" in result.output
+    assert _snapshot(run_dir) == before
+    result = rqvae("eval", run_dir)
     assert result.exit_code == 0, result.output
-    resumed, full = _params_at(tmp_path / "run", 10), _params_at(tmp_path / "full", 10)
-    assert full.ot_queue.shape == (2, 32, 4) and np.abs(full.ot_queue).max() > 0
-    jax.tree.map(np.testing.assert_array_equal, resumed, full)
 
 
 def test_a_resumed_run_that_reanchors_codes_is_bitwise_the_uninterrupted_one(tiny_toml,
                                                                             tmp_path):
     # 64 codes from batches of 16 and a window of 5 steps: codes are re-anchored at every step
     # from step 4 on, on both sides of the resume at step 6.
-    anchoring = ["--set", "model.num_codes=64", "--set", "wasserstein_anchor_window=5"]
+    anchoring = ["--set", "model.num_codes=64", "--set", "transport.anchor_window=5"]
     assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "full", "--steps", 12,
                  *anchoring).exit_code == 0
     assert rqvae("train", "-c", tiny_toml, "--run-dir", tmp_path / "run", "--steps", 6,
@@ -146,14 +146,14 @@ def test_a_resume_records_what_it_changed_and_one_without_a_checkpoint_starts_ov
                    "--steps", 15)
     assert result.exit_code == 0, result.output
     assert "no complete checkpoint yet: starting again from step 0" in result.output
-    assert "changed on resume: lambda_wasserstein 0.5 -> 0.25" in result.output
-    assert load(fresh / "config.toml").lambda_wasserstein == 0.25
+    assert "changed on resume: loss.lambda_wasserstein 0.5 -> 0.25" in result.output
+    assert load(fresh / "config.toml").loss.lambda_wasserstein == 0.25
     resumes = [json.loads(line) for line in (fresh / "resumes.jsonl").read_text().splitlines()]
     assert [(r["step"], r["changed"]) for r in resumes] == [
-        (0, {"lambda_wasserstein": [0.5, 0.25]})]
+        (0, {"loss.lambda_wasserstein": [0.5, 0.25]})]
     records = runlog.read(fresh)
     assert records[0] == {"kind": "resume", "step": 0, "time": records[0]["time"],
-                          "changed": {"lambda_wasserstein": [0.5, 0.25]}}
+                          "changed": {"loss.lambda_wasserstein": [0.5, 0.25]}}
     assert _keys(fresh)[1:] == [("train", 10), ("train", 15), ("eval", 15), ("end", 15)]
 
 
@@ -162,14 +162,15 @@ def _snapshot(path):
 
 
 BAD_INPUTS = [
-    (["--lambda-wasserstein", -1], "lambda_wasserstein must be >= 0"),
-    (["--sinkhorn-epsilon", 0], "sinkhorn_epsilon must be > 0"),
+    (["--lambda-wasserstein", -1], "loss.lambda_wasserstein must be a finite number >= 0"),
+    (["--lambda-wasserstein", "inf"], "loss.lambda_wasserstein must be a finite number >= 0"),
+    (["--sinkhorn-epsilon", 0], "transport.epsilon must be a finite number > 0"),
     (["--batch-size", 100000], "batch_size 100000 is larger than the training split"),
     (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
     (["-c", "{tmp}/missing.toml"], "not found"),
-    (["-c", "{tmp}/typo.toml"], "did you mean 'lambda_wasserstein'"),
+    (["-c", "{tmp}/typo.toml"], "did you mean 'loss.lambda_wasserstein'"),
     (["-c", "{tmp}/broken.toml"], "line 1"),
-    (["-c", "{tmp}/iters.toml"], "sinkhorn_iters must be >= 1, got 0"),
+    (["-c", "{tmp}/iters.toml"], "transport.iters must be >= 1, got 0"),
     (["-c", "{tmp}/levels.toml"], "model.num_levels must be >= 1, got 0"),
     (["-c", "{tmp}/codes.toml"], "model.num_codes must be >= 1, got 0"),
     (["-c", "{tmp}/type.toml"], "steps must be int, got str '100'"),
@@ -182,7 +183,7 @@ BAD_INPUTS = [
     (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
     (["--resume", "--run-dir", "{run}"], "already reached step 30; pass --steps larger than 30"),
     (["--set", "num_codes"], "--set takes KEY=VALUE"),
-    (["--set", "ot_queue_size=20"], "ot_queue_size must be 0 (off) or a multiple of batch_size (128)"),
+    (["--set", "ot_queue_size=20"], "ot_queue_size = 20 is no longer a setting"),
     (["--set", "num_codes=4"], "unknown config key 'num_codes'; did you mean 'model.num_codes'?"),
     (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
 ]
@@ -198,7 +199,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, mo
     (tmp_path / "wide.toml").write_text(
         (run_dir / "config.toml").read_text().replace("num_codes = 8", "num_codes = 16"))
     (tmp_path / "empty").mkdir()
-    (tmp_path / "iters.toml").write_text("sinkhorn_iters = 0\n")
+    (tmp_path / "iters.toml").write_text("[transport]\niters = 0\n")
     (tmp_path / "levels.toml").write_text("[model]\nnum_levels = 0\n")
     (tmp_path / "codes.toml").write_text("[model]\nnum_codes = 0\n")
     (tmp_path / "type.toml").write_text('steps = "100"\n')
@@ -362,7 +363,9 @@ def test_report_imports_no_jax(full_run):
 
 
 def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monkeypatch):
-    from rqvae import cli, config, report
+    from rqvae import cli
+    from rqvae.reports import report
+    from rqvae.trainer import config
 
     seen = {}
     monkeypatch.setattr(report, "main", lambda run_dirs, **options: seen.update(
@@ -381,10 +384,11 @@ def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monke
                    "--run-dir", tmp_path / "r", "--set", "model.num_codes=16")
     assert result.exit_code == 2 and "stopped before training" in result.output
     assert {key: (seen[key], type(seen[key])) for key in (
-        "lambda_wasserstein", "sinkhorn_epsilon", "learning_rate", "steps", "data.dataset",
-        "run.run_dir", "model.num_codes")} == {
-        "lambda_wasserstein": (0.5, float), "sinkhorn_epsilon": (0.001, float),
-        "learning_rate": (0.5, float), "steps": (7, int), "data.dataset": ("npz:x.npz", str),
+        "loss.lambda_wasserstein", "transport.epsilon", "optimizer.learning_rate", "steps",
+        "data.dataset", "run.run_dir", "model.num_codes")} == {
+        "loss.lambda_wasserstein": (0.5, float), "transport.epsilon": (0.001, float),
+        "optimizer.learning_rate": (0.5, float), "steps": (7, int),
+        "data.dataset": ("npz:x.npz", str),
         "run.run_dir": (str(tmp_path / "r"), str), "model.num_codes": (16, int)}
     assert "seed" not in seen  # flags left out override nothing
     result = rqvae("train", "--steps", "many")
@@ -416,8 +420,8 @@ def test_two_runs_started_together_get_their_own_directories(tiny_toml, tmp_path
 
 
 def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_run, tmp_path):
-    from rqvae import rundir
-    from rqvae.runs import load_run
+    from rqvae.reports.runs import load_run
+    from rqvae.trainer import rundir
 
     run_dir = tmp_path / "held"
     shutil.copytree(full_run[0], run_dir)
@@ -460,8 +464,7 @@ def test_report_fits_the_columns_and_cuts_no_value(full_run, tmp_path, columns):
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
     config = (other / "config.toml").read_text()
-    (other / "config.toml").write_text(config.replace("sinkhorn_epsilon = 0.05",
-                                                      "sinkhorn_epsilon = 0.01"))
+    (other / "config.toml").write_text(config.replace("epsilon = 0.05", "epsilon = 0.01"))
     for args in ([run_dir], [run_dir, other]):
         process = _cli("report", *args, env={"COLUMNS": str(columns)})
         stdout, stderr = process.communicate(timeout=120)
@@ -469,4 +472,4 @@ def test_report_fits_the_columns_and_cuts_no_value(full_run, tmp_path, columns):
         lines = stdout.splitlines()
         assert max(map(len, lines)) <= columns and "…" not in stdout
         assert all(line == line.rstrip() for line in lines)
-    assert "sinkhorn_epsilon" in stdout or "eps" in stdout  # the key on which the two differ
+    assert "transport.epsilon" in stdout or "eps" in stdout  # the key on which the two differ

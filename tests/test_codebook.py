@@ -4,9 +4,14 @@ import numpy as np
 import optax
 import pytest
 
-from rqvae import metrics
-from rqvae.codebook import kmeans_codebooks, reset_adam_moments, restart_dead_codes, stale_codes
-from rqvae.model import quantize
+from rqvae.quantizer import metrics
+from rqvae.quantizer.codebook import (
+    kmeans_codebooks,
+    reset_adam_moments,
+    restart_dead_codes,
+    stale_codes,
+)
+from rqvae.quantizer.residual import quantize
 
 # Four tight, well-separated clusters in 2-D, 32 points each, and a Gaussian blob in 4-D. The tests
 # reuse their shapes (and always fit two levels), so each k-means variant compiles once.

@@ -2,11 +2,20 @@
 
 import re
 
-from rqvae import rundir
-from rqvae.config import DataConfig
-from rqvae.runs import load_run
-from synthetic_runs import (eval_record, make_run, rendered, rows_of, section, subdir, tiny_cfg,
-                            train_record)
+from synthetic_runs import (
+    eval_record,
+    make_run,
+    rendered,
+    rows_of,
+    section,
+    subdir,
+    tiny_cfg,
+    train_record,
+)
+
+from rqvae.reports.runs import load_run
+from rqvae.trainer import rundir
+from rqvae.trainer.config import DataConfig
 
 BOLD_GREEN = "\x1b[1;32m"
 
@@ -37,16 +46,16 @@ def test_several_runs_give_one_comparison_with_the_best_in_bold_green(tmp_path):
 
 
 def test_the_comparison_shows_the_settings_that_differ(tmp_path):
-    second = tiny_cfg(sinkhorn_epsilon=0.1, wasserstein_encoder_grad=True, seed=3)
+    second = tiny_cfg(**{"transport.epsilon": 0.1, "transport.encoder_grad": True, "seed": 3})
     text = rendered(two_runs(tmp_path, second))
     settings = section(text, "settings that differ between the runs", "2 runs side by side")
-    assert re.search(r"┃ run\s*┃\s*w_W ┃\s*eps ┃\s*W_enc ┃\s*seed ┃", settings)
-    assert re.findall(r"[\w.]+", rows_of(settings, "hybrid")[0])[1:] == ["0.5", "0.05", "false",
-                                                                         "0"]
-    assert re.findall(r"[\w.]+", rows_of(settings, "traditional")[0])[1:] == ["0", "0.1", "true",
-                                                                              "3"]
+    assert re.search(r"┃ run\s*┃\s*seed ┃\s*w_W ┃\s*eps ┃\s*W_enc ┃", settings)
+    assert re.findall(r"[\w.]+", rows_of(settings, "hybrid")[0])[1:] == ["0", "0.5", "0.05",
+                                                                         "false"]
+    assert re.findall(r"[\w.]+", rows_of(settings, "traditional")[0])[1:] == ["3", "0", "0.1",
+                                                                              "true"]
     legend = " ".join(settings.split())
-    assert ("w_W: lambda_wasserstein; eps: sinkhorn_epsilon; W_enc: wasserstein_encoder_grad"
+    assert ("w_W: loss.lambda_wasserstein; eps: transport.epsilon; W_enc: transport.encoder_grad"
             in legend)
     assert "lambda_codebook" not in settings and "steps" not in settings  # equal in both
 

@@ -5,20 +5,34 @@ from pathlib import Path
 
 import pytest
 
-from rqvae import config
-from rqvae.config import ConfigError, TrainerConfig
+from rqvae.trainer import config
+from rqvae.trainer.config import ConfigError, TrainerConfig
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def test_defaults_are_the_documented_ones():
     cfg = TrainerConfig()
-    assert (cfg.learning_rate, cfg.lambda_commit, cfg.lambda_codebook) == (1e-3, 0.25, 1.0)
-    assert (cfg.lambda_wasserstein, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters) == (0.0, 0.05, 200)
-    assert (cfg.sinkhorn_epsilon_mode, cfg.sinkhorn_tolerance) == ("relative", 0.005)
-    assert cfg.wasserstein_scale == "per_element" and cfg.sinkhorn_overrelaxation == 1.6
+    assert (cfg.optimizer.learning_rate, cfg.loss.lambda_commit) == (1e-3, 0.25)
+    assert (cfg.loss.lambda_codebook, cfg.loss.lambda_wasserstein) == (1.0, 0.0)
+    t = cfg.transport
+    assert (t.epsilon, t.iters, t.tolerance, t.overrelaxation) == (0.05, 200, 0.005, 1.6)
+    assert (t.anchor_window, t.encoder_grad) == (20, False)
     assert (cfg.model.num_levels, cfg.model.num_codes, cfg.model.latent_dim) == (2, 64, 16)
     assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
+
+
+def test_default_toml_is_the_tree_and_holds_each_setting_once():
+    text = (CONFIGS / "default.toml").read_text()
+    assert config.load(CONFIGS / "default.toml") == TrainerConfig()
+    # Every leaf of the tree is in the file once, and the file holds nothing else.
+    tree_keys = set(config.flatten(config.to_dict(TrainerConfig())))
+    file_keys = list(config.flatten(tomllib.loads(text)))
+    assert len(file_keys) == len(set(file_keys))
+    assert set(file_keys) == tree_keys - {"model.image_shape", "model.data_kind"}
+    # A key name appears in one section only, so a flat name is never ambiguous.
+    leaves = [key.rsplit(".", 1)[-1] for key in tree_keys]
+    assert len(leaves) == len(set(leaves))
 
 
 def test_config_is_frozen_and_hashable():
@@ -51,8 +65,9 @@ def test_every_preset_loads_and_says_how_to_run_it(path):
 
 
 def test_presets_set_the_documented_lambdas():
-    lambdas = {name: (c.lambda_codebook, c.lambda_wasserstein) for name in
-               ("traditional", "wasserstein", "hybrid") for c in [config.load(CONFIGS / f"{name}.toml")]}
+    lambdas = {name: (c.loss.lambda_codebook, c.loss.lambda_wasserstein) for name in
+               ("traditional", "wasserstein", "hybrid")
+               for c in [config.load(CONFIGS / f"{name}.toml")]}
     assert lambdas == {"traditional": (1.0, 0.0), "wasserstein": (0.0, 1.0), "hybrid": (1.0, 0.5)}
     assert config.load(CONFIGS / "default.toml") == TrainerConfig()
 
@@ -62,33 +77,38 @@ def test_the_flag_on_any_config_is_the_hybrid_preset():
     # the traditional preset or the defaults trains exactly what configs/hybrid.toml trains.
     hybrid = config.load(CONFIGS / "hybrid.toml")
     for base in (config.load(None), config.load(CONFIGS / "traditional.toml")):
-        flagged = config.replace(base, {"lambda_wasserstein": 0.5})
+        flagged = config.replace(base, {"loss.lambda_wasserstein": 0.5})
         assert config.dumps(flagged) == config.dumps(hybrid)
     for name in ("traditional", "wasserstein", "hybrid", "restart"):
-        keys = set(tomllib.loads((CONFIGS / f"{name}.toml").read_text()))
-        assert keys <= {"lambda_codebook", "lambda_wasserstein", "dead_code_threshold"}, name
+        keys = set(config.flatten(tomllib.loads((CONFIGS / f"{name}.toml").read_text())))
+        assert keys <= {"loss.lambda_codebook", "loss.lambda_wasserstein",
+                        "remedies.dead_code_threshold"}, name
 
 
 @pytest.mark.parametrize(
     "toml, message",
     [
-        ("lambda_wasserstien = 1.0", "did you mean 'lambda_wasserstein'"),
+        ("[loss]\nlambda_wasserstien = 1.0", "did you mean 'loss.lambda_wasserstein'"),
+        ("lambda_wasserstien = 1.0", "did you mean 'loss.lambda_wasserstein'"),
         ("[model]\nnum_code = 3", "unknown config key 'model.num_code'; did you mean 'model.num_codes'"),
         ('steps = "10"', "steps must be int"),
-        ("lambda_commit = true", "lambda_commit must be float"),
+        ("[loss]\nlambda_commit = true", "loss.lambda_commit must be float"),
         ("[model]\nencoder_hidden = 3", "model.encoder_hidden must be a list"),
-        ("lambda_codebook = -1.0", "lambda_codebook must be >= 0"),
-        ("sinkhorn_epsilon = 0.0", "sinkhorn_epsilon must be > 0"),
-        ("sinkhorn_iters = 0", "sinkhorn_iters must be >= 1"),
-        ('sinkhorn_epsilon_mode = "scaled"',
-         "sinkhorn_epsilon_mode must be 'relative', 'nearest' or 'absolute', got 'scaled'"),
-        ("sinkhorn_tolerance = -0.1", "sinkhorn_tolerance must be >= 0"),
-        ("sinkhorn_overrelaxation = 2.0", "sinkhorn_overrelaxation must be in [1, 2)"),
-        ("sinkhorn_overrelaxation = 0.5", "sinkhorn_overrelaxation must be in [1, 2)"),
-        ("wasserstein_levels = 3", "wasserstein_levels must be in [0, model.num_levels = 2]"),
-        ("wasserstein_levels = -1", "wasserstein_levels must be in [0, model.num_levels = 2]"),
-        ('wasserstein_scale = "mean"',
-         "wasserstein_scale must be 'per_element' or 'whole', got 'mean'"),
+        ("[loss]\nlambda_codebook = -1.0", "loss.lambda_codebook must be a finite number >= 0"),
+        ("[loss]\nlambda_wasserstein = inf", "loss.lambda_wasserstein must be a finite number"),
+        ("[transport]\nepsilon = 0.0", "transport.epsilon must be a finite number > 0"),
+        ("[transport]\niters = 0", "transport.iters must be >= 1"),
+        ("[transport]\ntolerance = -0.1", "transport.tolerance must be >= 0"),
+        ("[transport]\noverrelaxation = 2.0", "transport.overrelaxation must be in [1, 2)"),
+        ("[transport]\noverrelaxation = 0.5", "transport.overrelaxation must be in [1, 2)"),
+        ("[transport]\nanchor_window = -1", "transport.anchor_window must be >= 0"),
+        ("sinkhorn_iters = 0", "transport.iters must be >= 1"),  # a flat name of before
+        ("sinkhorn_iters = 3\n[transport]\niters = 4", "sinkhorn_iters and transport.iters set "
+         "the same value; keep transport.iters"),
+        ('sinkhorn_epsilon_mode = "absolute"', 'sinkhorn_epsilon_mode = "absolute" is no longer a '
+         'setting (the code always does what "relative" did'),
+        ("ot_queue_size = 512", "ot_queue_size = 512 is no longer a setting"),
+        ("[model]\ncodebook_init_scale = 0.5", "model.codebook_init_scale = 0.5 is no longer"),
         ("[model]\nnum_levels = 0", "model.num_levels must be >= 1"),
         ("[model]\nnum_codes = 0", "model.num_codes must be >= 1"),
         ("model = 3", "model must be a table"),
@@ -115,16 +135,21 @@ def test_missing_file(tmp_path):
 
 def test_shape_differences_lists_only_shape_keys():
     a = TrainerConfig()
-    b = config.replace(a, {"model.num_codes": 32, "lambda_wasserstein": 1.0})
+    b = config.replace(a, {"model.num_codes": 32, "loss.lambda_wasserstein": 1.0})
     assert config.shape_differences(a, b) == ["model.num_codes: 64 -> 32"]
 
 
 def test_set_assignments_read_toml_values_and_name_bad_keys():
     overrides = config.parse_assignments(["model.num_codes=256", "model.encoder_hidden=[64, 32]",
-                                          "kmeans_init=true", "data.dataset=tfds:mnist"])
+                                          "remedies.kmeans_init=true", "data.dataset=tfds:mnist",
+                                          "sinkhorn_iters=30"])
     cfg = config.replace(config.TrainerConfig(), overrides)
     assert (cfg.model.num_codes, cfg.model.encoder_hidden) == (256, (64, 32))
-    assert cfg.kmeans_init is True and cfg.data.dataset == "tfds:mnist"
+    assert cfg.remedies.kmeans_init is True and cfg.data.dataset == "tfds:mnist"
+    assert cfg.transport.iters == 30  # a flat name of before still reaches its key
+    assert config.replace(cfg, {"ot_queue_size": 0}) == cfg  # a retired key at today's value
+    with pytest.raises(config.ConfigError, match="ot_queue_size = 64 is no longer a setting"):
+        config.replace(cfg, {"ot_queue_size": 64})
     with pytest.raises(config.ConfigError, match="KEY=VALUE"):
         config.parse_assignments(["num_codes"])
     with pytest.raises(config.ConfigError, match="did you mean 'model.num_codes'"):
@@ -138,36 +163,45 @@ def test_set_assignments_read_toml_values_and_name_bad_keys():
         config.replace(config.TrainerConfig(), config.parse_assignments(["seed.x=1"]))
 
 
-def test_every_setting_is_read_by_the_step_or_by_the_loop_alone():
-    # A new TrainerConfig field must be placed: in StepConfig or LossConfig (same name), so the
-    # compiled step sees it, or in LOOP_ONLY. Nothing reaches the step by accident or is lost.
-    step_fields = {f.name for f in dataclasses.fields(config.StepConfig)}
-    loss_fields = {f.name for f in dataclasses.fields(config.LossConfig)}
-    for f in dataclasses.fields(config.TrainerConfig):
-        placed = [f.name in step_fields, f.name in loss_fields, f.name in config.LOOP_ONLY]
-        assert sum(placed) == 1, f.name
-    cfg = config.replace(config.TrainerConfig(), {"lambda_wasserstein": 0.5, "seed": 3,
+def test_the_step_receives_its_sections_as_they_are():
+    cfg = config.replace(config.TrainerConfig(), {"loss.lambda_wasserstein": 0.5, "seed": 3,
                                                   "run.dead_window": 7, "steps": 99})
     step = config.step_config(cfg)
-    assert step.loss.lambda_wasserstein == 0.5 and step.seed == 3 and step.dead_window == 7
+    assert (step.loss, step.transport, step.remedies) == (cfg.loss, cfg.transport, cfg.remedies)
+    assert (step.model, step.optimizer) == (cfg.model, cfg.optimizer)
+    assert step.seed == 3 and step.dead_window == 7
+    # What only the loop reads does not change the step, so it does not recompile.
     assert step == config.step_config(config.replace(cfg, {"steps": 5, "run.log_every": 3}))
+    # Every section of the tree is either the step's or the loop's.
+    step_fields = {f.name for f in dataclasses.fields(config.StepConfig)}
+    loop_only = {"steps", "data", "run"}
+    for f in dataclasses.fields(config.TrainerConfig):
+        assert (f.name in step_fields) != (f.name in loop_only), f.name
+
+
+def test_a_config_saved_by_the_flat_format_loads_as_the_same_run():
+    # tests/fixtures/flat_config.toml: a hybrid run's config.toml as the flat format wrote it.
+    path = Path(__file__).parent / "fixtures" / "flat_config.toml"
+    saved = config.load_saved(path)
+    assert (saved.loss.lambda_wasserstein, saved.loss.lambda_codebook) == (0.5, 1.0)
+    assert saved.transport == config.Transport()  # its solve is today's default
+    assert (saved.steps, saved.batch_size, saved.model.num_codes) == (1500, 256, 512)
+    assert config.retired_values(path) == {}  # resumable: every retired key at today's value
+    # Written back, the tree format reads as the same config.
+    assert config.from_dict(tomllib.loads(config.dumps(saved))) == saved
 
 
 def test_a_run_saved_before_a_key_existed_keeps_the_value_it_trained_with(tmp_path):
-    # A run's config.toml lists every key it knew; one without wasserstein_scale (and the other
-    # later keys) was trained with the original losses, and resumes and reports as such.
-    from rqvae.config import BEFORE_KEY_EXISTED, dumps, load, load_saved
+    # A flat config.toml lacking a key of BEFORE_KEY_EXISTED dates the run: it trained with the
+    # original losses (now retired), so it loads for report and eval, and resume is refused.
+    from rqvae.trainer.config import BEFORE_KEY_EXISTED, load_saved, retired_values
 
-    text = dumps(TrainerConfig(lambda_wasserstein=0.5))
-    old = "\n".join(line for line in text.splitlines()
+    flat = (Path(__file__).parent / "fixtures" / "flat_config.toml").read_text()
+    old = "\n".join(line for line in flat.splitlines()
                     if line.split(" = ")[0] not in BEFORE_KEY_EXISTED)
     (tmp_path / "config.toml").write_text(old)
     saved = load_saved(tmp_path / "config.toml")
-    assert (saved.wasserstein_scale, saved.codebook_loss) == ("whole", "sum")
-    assert (saved.sinkhorn_epsilon_mode, saved.sinkhorn_tolerance) == ("absolute", 0.0)
-    assert saved.sinkhorn_overrelaxation == 1.0
-    assert saved.lambda_wasserstein == 0.5
-    assert load(tmp_path / "config.toml").wasserstein_scale == "per_element"  # a user's file
-    # A run saved with every key loads as saved.
-    (tmp_path / "config.toml").write_text(text)
-    assert load_saved(tmp_path / "config.toml") == load(tmp_path / "config.toml")
+    assert (saved.transport.tolerance, saved.transport.overrelaxation) == (0.0, 1.0)
+    assert saved.transport.anchor_window == 0 and saved.loss.lambda_wasserstein == 0.5
+    assert retired_values(tmp_path / "config.toml") == {
+        "codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute", "wasserstein_scale": "whole"}

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rqvae import data
-from rqvae.config import ConfigError, DataConfig
-from rqvae.rundir import UserError
+from rqvae.trainer import data
+from rqvae.trainer.config import ConfigError, DataConfig
+from rqvae.trainer.rundir import UserError
 
 
 def test_digits_are_split_deterministically_and_scaled(digits):
@@ -47,8 +47,8 @@ def test_unknown_dataset_lists_valid_forms():
 TFDS_SCRIPT = """
 import sys
 import tensorflow_datasets as tfds
-from rqvae import data
-from rqvae.config import DataConfig
+from rqvae.trainer import data
+from rqvae.trainer.config import DataConfig
 with tfds.testing.mock_data(num_examples=12):
     mnist = data.load(DataConfig(dataset="tfds:mnist"))
     cifar = data.load(DataConfig(dataset="tfds:cifar10"))
@@ -274,6 +274,7 @@ def test_prepare_names_what_is_missing():
 SHORT_TOML = """
 steps = 6
 batch_size = 8
+[loss]
 lambda_wasserstein = 0.5
 [model]
 architecture = "{architecture}"
@@ -300,8 +301,8 @@ def test_each_source_trains_through_the_cli(tmp_path, dataset, architecture, ima
     import tensorflow_datasets as tfds
     from typer.testing import CliRunner
 
-    from rqvae import runlog
     from rqvae.cli import app
+    from rqvae.trainer import runlog
 
     config = tmp_path / "short.toml"
     config.write_text(SHORT_TOML.format(architecture=architecture))

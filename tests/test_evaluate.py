@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from rqvae import evaluate, step
-from rqvae.config import step_config
+from rqvae.trainer import evaluate, step
+from rqvae.trainer.config import step_config
 
 
 def test_evaluate_counts_dead_codes_over_the_training_split(tiny_cfg, digits):

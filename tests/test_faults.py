@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rqvae import checkpoint, data, rundir, runlog
 from rqvae.cli import app
-from rqvae.config import load, step_config
-from rqvae.step import init_state
+from rqvae.trainer import checkpoint, data, rundir, runlog
+from rqvae.trainer.config import load, step_config
+from rqvae.trainer.step import init_state
 from tests.conftest import TINY_TOML
 
 # A run long enough to be killed mid-way, with a checkpoint every 5 steps.

@@ -1,8 +1,7 @@
-"""The loss terms (rqvae.losses): their keys and weights, the original `compute_losses` call,
-which parameters each term moves, the per-level codebook loss, the envelope and unrolled
-gradients of the transport term, its per-element scale and the levels it covers."""
+"""The loss terms (rqvae.quantizer.losses): their keys and weights, the original `compute_losses`
+call, which parameters each term moves, the per-level codebook loss, the envelope gradient of the
+transport term and its per-element scale."""
 
-import dataclasses
 import functools
 
 import jax
@@ -10,8 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae.config import TrainerConfig, step_config
-from rqvae.losses import compute_losses, loss_terms, sinkhorn_loss, vq_per_level, wasserstein_levels
+from rqvae.quantizer.losses import (
+    compute_losses,
+    loss_terms,
+    sinkhorn_loss,
+    vq_per_level,
+    wasserstein_levels,
+)
+from rqvae.quantizer.settings import LossWeights, Transport
 
 # Compiled: called eagerly, every call would trace and compile the Sinkhorn loops anew.
 _sinkhorn_loss = jax.jit(sinkhorn_loss, static_argnames="num_iters")
@@ -44,7 +49,6 @@ def test_loss_keys_and_weighted_total():
     assert float(losses["wasserstein"]) == pytest.approx(float(expected_w), rel=1e-5)
     # Per level, unweighted; called the original way, epsilon is absolute.
     assert float(losses["wasserstein_levels"].sum()) == pytest.approx(float(expected_w), rel=1e-5)
-    np.testing.assert_allclose(losses["sinkhorn_epsilon"], [0.05, 0.05])
     total = (losses["recon"] + 0.25 * losses["commit"] + losses["codebook"]
              + 0.5 * losses["wasserstein"])
     assert float(losses["total"]) == pytest.approx(float(total), rel=1e-6)
@@ -95,7 +99,7 @@ def test_per_level_codebook_loss_pulls_each_level_toward_its_own_residual():
     key = jax.random.key(7)
     z_e = jax.random.normal(key, (6, 3))
     codebook = jax.random.normal(jax.random.fold_in(key, 1), (2, 4, 3))
-    from rqvae.model import quantize
+    from rqvae.quantizer.residual import quantize
 
     def codebook_term(codebook_LxKxD):
         _, aux = quantize(z_e, codebook_LxKxD)
@@ -131,37 +135,14 @@ def test_envelope_gradient_memory_does_not_grow_with_iterations():
     points = jax.random.normal(jax.random.key(0), (128, 16))
     codes = jax.random.normal(jax.random.key(1), (96, 16))
 
-    def grad_fn(iters, unroll):
-        loss = lambda c: wasserstein_levels(points[None], c[None], 0.05, iters, unroll=unroll)[0][0]
-        return jax.grad(loss)
+    def grad_fn(iters):
+        return jax.grad(lambda c: wasserstein_levels(points[None], c[None], 0.05, iters)[0][0])
 
     matrix = 128 * 96 * 4
-    envelope = [_temp_bytes(grad_fn(n, False), codes) for n in (10, 100)]
+    envelope = [_temp_bytes(grad_fn(n), codes) for n in (10, 100)]
     assert envelope[1] == envelope[0] and envelope[0] < 12 * matrix
-    unrolled = [_temp_bytes(grad_fn(n, True), codes) for n in (10, 100)]
-    assert unrolled[1] > unrolled[0] + 50 * matrix  # one stored matrix per iteration, or more
 
 
-def test_unrolled_gradient_is_the_derivative_of_the_unrolled_cost():
-    points = jax.random.normal(jax.random.key(0), (32, 4))
-    codes = jax.random.normal(jax.random.key(1), (16, 4))
-    direction = jax.random.normal(jax.random.key(2), codes.shape)
-
-    def loss(c, unroll=True):
-        return wasserstein_levels(points[None], c[None], 0.5, 20, unroll=unroll)[0][0]
-
-    # Compiled: eagerly, each of the solver's operations would be compiled on its own.
-    grad, value = jax.jit(jax.grad(loss), static_argnums=1), jax.jit(loss)
-    unrolled = grad(codes, True)
-    h = 1e-2
-    finite_difference = (value(codes + h * direction) - value(codes - h * direction)) / (2 * h)
-    assert float(jnp.sum(unrolled * direction)) == pytest.approx(float(finite_difference), rel=2e-2)
-    # The envelope gradient holds the plan fixed, so it differs at this large epsilon.
-    envelope = grad(codes, False)
-    assert float(jnp.abs(envelope - unrolled).max()) > 1e-3
-
-
-DEFAULT_LOSS = step_config(TrainerConfig()).loss
 
 
 def _levels_problem(num_levels, seed, B=32, K=8, D=4):
@@ -178,57 +159,26 @@ def _aux(level_inputs, codes):
             "level_inputs": level_inputs, "level_codes": codes[:, jnp.arange(B) % K]}
 
 
-def test_the_transport_cost_is_per_latent_dimension_by_default():
-    # The default scale divides each level's sum(plan * C) by latent_dim, so a latent twice as wide
-    # with the same per-dimension distances costs the same, as commit and codebook do; "whole"
-    # keeps the original whole squared distances.
+def test_the_transport_cost_is_per_latent_dimension():
+    # Each level's sum(plan * C) is divided by latent_dim, so a latent twice as wide with the same
+    # per-dimension distances costs the same, as commit and codebook do.
     level_inputs, codebook, x = _levels_problem(2, seed=3)
     D = level_inputs.shape[-1]
 
-    def terms(inputs, codes, scale):
-        aux = _aux(inputs, codes)
-        cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0, wasserstein_scale=scale)
-        losses = loss_terms(x, x, aux, cfg)
-        return losses["wasserstein"], losses["wasserstein_levels"]
+    def terms(inputs, codes):
+        losses = loss_terms(x, x, _aux(inputs, codes), LossWeights(lambda_wasserstein=1.0),
+                            Transport())
+        return losses["wasserstein"], losses["transport_cost"]
 
-    @jax.jit  # one compilation for the three
-    def all_terms(inputs, codes):
+    @jax.jit  # one compilation for both
+    def both(inputs, codes):
         # Every dimension repeated twice: whole squared distances double, per element they stay.
-        wide = terms(jnp.repeat(inputs, 2, -1), jnp.repeat(codes, 2, -1), "per_element")
-        return terms(inputs, codes, "whole"), terms(inputs, codes, "per_element"), wide
+        return terms(inputs, codes), terms(jnp.repeat(inputs, 2, -1), jnp.repeat(codes, 2, -1))
 
-    assert DEFAULT_LOSS.wasserstein_scale == "per_element"
-    whole, per_element, wide = all_terms(level_inputs, codebook)
-    np.testing.assert_allclose(per_element[1], whole[1] / D, rtol=1e-6)
-    assert float(per_element[0]) == pytest.approx(float(whole[0]) / D, rel=1e-6)
-    np.testing.assert_allclose(wide[1], per_element[1], rtol=1e-4)
-
-
-def test_wasserstein_levels_solves_only_the_first_levels():
-    level_inputs, codebook, x = _levels_problem(3, seed=4)
-    previous_g = jnp.arange(codebook.shape[0] * codebook.shape[1], dtype=jnp.float32).reshape(
-        codebook.shape[:2])
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def terms_and_codebook_grad(codes, levels):
-        def transport(codes):
-            aux = _aux(level_inputs, codes)
-            cfg = dataclasses.replace(DEFAULT_LOSS, lambda_wasserstein=1.0,
-                                      wasserstein_levels=levels, sinkhorn_warm_start=True)
-            losses = loss_terms(x, x, aux, cfg, previous_g)
-            return losses["wasserstein"], losses
-        return jax.grad(transport, has_aux=True)(codes)
-
-    every_grad, every = terms_and_codebook_grad(codebook, 0)
-    first_grad, first = terms_and_codebook_grad(codebook, 2)
-    # The first two levels as when every level is solved; the third neither solved nor moved.
-    for key in ("wasserstein_levels", "sinkhorn_marginal_error", "sinkhorn_epsilon", "sinkhorn_g"):
-        np.testing.assert_allclose(first[key][:2], every[key][:2], rtol=1e-6, err_msg=key)
-    assert float(jnp.abs(every["wasserstein_levels"][2])) > 0
-    np.testing.assert_array_equal(first["wasserstein_levels"][2], 0.0)
-    np.testing.assert_array_equal(first["sinkhorn_g"][2], previous_g[2])
-    assert float(first["wasserstein"]) == pytest.approx(float(every["wasserstein_levels"][:2].sum()),
-                                                        rel=1e-6)
-    np.testing.assert_allclose(first_grad[:2], every_grad[:2], rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(first_grad[2], 0.0)
-    assert float(jnp.abs(every_grad[2]).max()) > 0
+    (total, per_level), (_, wide) = both(level_inputs, codebook)
+    whole = wasserstein_levels(level_inputs, codebook, Transport().epsilon, Transport().iters,
+                               epsilon_mode="relative", tolerance=Transport().tolerance,
+                               overrelaxation=Transport().overrelaxation)[0]
+    np.testing.assert_allclose(per_level, whole / D, rtol=1e-5)
+    assert float(total) == pytest.approx(float(whole.sum()) / D, rel=1e-5)
+    np.testing.assert_allclose(wide, per_level, rtol=1e-4)

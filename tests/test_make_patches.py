@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from rqvae import data  # noqa: E402
-from rqvae.config import DataConfig  # noqa: E402
+from rqvae.trainer import data  # noqa: E402
+from rqvae.trainer.config import DataConfig  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_patches.py"
 

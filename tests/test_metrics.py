@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from rqvae import metrics
+from rqvae.quantizer import metrics
 
 
 def test_counts_used_and_perplexity():

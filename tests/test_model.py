@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae.config import ModelConfig
-from rqvae.model import RQVAE, StridedConv, StridedConvTranspose, quantize
+from rqvae.quantizer.residual import quantize
+from rqvae.trainer.config import ModelConfig
+from rqvae.trainer.model import RQVAE, StridedConv, StridedConvTranspose
 
 CFG = ModelConfig(image_shape=(8, 8, 1), encoder_hidden=(32,), latent_dim=4, num_levels=3,
                   num_codes=8)

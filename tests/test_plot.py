@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from rqvae import config, plot
-from rqvae.rundir import UserError
+from rqvae.reports import plot
+from rqvae.trainer import config
+from rqvae.trainer.rundir import UserError
 
 STEPS = range(50, 1001, 50)
 EVAL_STEPS = (500, 1000)
@@ -17,7 +18,7 @@ EVAL_STEPS = (500, 1000)
 def _write_run(run_dir, lambda_wasserstein=0.0):
     """A run directory as `rqvae train` leaves it, minus checkpoints."""
     run_dir.mkdir(parents=True)
-    cfg = config.TrainerConfig(lambda_wasserstein=lambda_wasserstein)
+    cfg = config.replace(config.TrainerConfig(), {"loss.lambda_wasserstein": lambda_wasserstein})
     (run_dir / "config.toml").write_text(config.dumps(cfg))
     records = []
     for step in STEPS:

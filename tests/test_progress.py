@@ -6,8 +6,8 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from rqvae import progress
-from rqvae.progress import Display, RecentRate, status_line
+from rqvae.trainer import progress
+from rqvae.trainer.progress import Display, RecentRate, status_line
 
 TRAIN = {"kind": "train", "step": 1200, "time": 12.0, "total": 0.53481234, "recon": 0.019123456,
          "commit": 0.0031234, "codebook": 0.012345, "wasserstein": 0.0,

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 from rich.console import Console
+from synthetic_runs import decreasing_run, eval_record, make_run, rendered, tiny_cfg, train_record
 
-from rqvae import report, rundir
-from rqvae.config import ConfigError
-from rqvae.runs import NoRecords, find_runs, load_run
-from rqvae.summary import summarize
-from synthetic_runs import (decreasing_run, eval_record, make_run, rendered, tiny_cfg,
-                            train_record)
+from rqvae.reports import report
+from rqvae.reports.runs import NoRecords, find_runs, load_run
+from rqvae.reports.summary import summarize
+from rqvae.trainer import rundir
+from rqvae.trainer.config import ConfigError
 
 
 def test_piped_output_is_80_columns_without_trailing_spaces(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_last_or_every_with_several_runs_is_refused_for_tables_not_for_json(tmp_
 
 
 def test_importing_the_report_loads_neither_jax_flax_nor_numpy():
-    code = ("import rqvae.report, sys; bad = {'jax', 'flax', 'numpy'} & set(sys.modules); "
+    code = ("import rqvae.reports.report, sys; bad = {'jax', 'flax', 'numpy'} & set(sys.modules); "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -7,14 +7,21 @@ import re
 import pytest
 from rich.cells import cell_len
 from rich.console import Console
+from synthetic_runs import (
+    decreasing_run,
+    make_run,
+    plain,
+    rendered,
+    rows_of,
+    section,
+    tiny_cfg,
+    train_record,
+)
 
-from rqvae import report
-from rqvae.run_tables import MIN_TREND_POINTS, SPARKS, log_scaled, sparkline
-from rqvae.runlog import LOSS_TERMS
-from rqvae.runs import load_run
-from synthetic_runs import (decreasing_run, make_run, plain, rendered, rows_of, section,
-                            tiny_cfg, train_record)
-
+from rqvae.reports import report
+from rqvae.reports.run_tables import MIN_TREND_POINTS, SPARKS, log_scaled, sparkline
+from rqvae.reports.runs import load_run
+from rqvae.trainer.runlog import LOSS_TERMS
 
 # -- one run's tables -------------------------------------------------------------------------
 
@@ -23,7 +30,7 @@ def test_one_run_shows_its_config_losses_health_and_history(tmp_path):
     run = load_run(make_run(tmp_path, "hybrid-run", tiny_cfg(lambda_wasserstein=0.5)))
     text = rendered([run])
     assert text.startswith("run hybrid-run: step 40 of 40, completed\n")
-    assert re.search(r"lambda_wasserstein\s*│\s*0\.5", text)
+    assert re.search(r"loss\.lambda_wasserstein\s*│\s*0\.5", text)
     losses = section(text, "\nlosses\n", "codebook health per level")
     assert re.search(r"┃\s*total\s*┃\s*recon\s*┃\s*commit\s*┃\s*codebook\s*┃\s*W\s*┃\s*heldout\s*┃",
                      losses)
@@ -35,7 +42,7 @@ def test_one_run_shows_its_config_losses_health_and_history(tmp_path):
     assert "best: the lowest held-out recon, 0.3625 at step 40" in " ".join(losses.split())
     levels = section(text, "codebook health per level (8 codes each)", "trends over")
     # level, batch used, batch ppl, window dead, train dead, train ppl, heldout ppl, sinkhorn
-    # error, W level, effective epsilon, stale codes
+    # error, transport cost, solve epsilon, stale codes
     assert re.findall(r"[\d.]+", rows_of(levels, "2")[0]) == ["2", "3", "2.75", "4", "3", "4.125",
                                                              "3.875", "0.0375", "0.125",
                                                              "0.00625", "0"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rqvae import runlog
+from rqvae.trainer import runlog
 
 
 def _record(step, kind="train", **extra):

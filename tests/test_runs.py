@@ -4,14 +4,20 @@ import json
 import random
 
 import pytest
+from synthetic_runs import (
+    TRAIN_LOSSES,
+    end_record,
+    make_run,
+    rendered,
+    rows_of,
+    tiny_cfg,
+    train_record,
+)
 
-from rqvae import config, rundir, runlog
-from rqvae.config import ConfigError
-from rqvae.runs import NoRecords, finite_extremes, load_run
-from rqvae.summary import summarize
-from synthetic_runs import (TRAIN_LOSSES, end_record, make_run, rendered, rows_of, tiny_cfg,
-                            train_record)
-
+from rqvae.reports.runs import NoRecords, finite_extremes, load_run
+from rqvae.reports.summary import summarize
+from rqvae.trainer import config, rundir, runlog
+from rqvae.trainer.config import ConfigError
 
 # -- load_run ---------------------------------------------------------------------------------
 

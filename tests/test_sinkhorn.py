@@ -1,4 +1,4 @@
-"""The Sinkhorn solvers (rqvae.sinkhorn) and `sinkhorn_loss`: plan properties, accuracy against
+"""The Sinkhorn solvers (rqvae.quantizer.sinkhorn) and `sinkhorn_loss`: plan properties, accuracy against
 exact and float64 references, stability at every scale, relative epsilon, where the solvers stop,
 and over-relaxation."""
 
@@ -12,9 +12,9 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
-from rqvae.config import TrainerConfig, step_config
-from rqvae.losses import sinkhorn_loss
-from rqvae.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.quantizer.losses import sinkhorn_loss
+from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
+from rqvae.quantizer.settings import Transport
 
 SQUARE = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 FAR_CODES = jnp.array([[5.0, 5.0], [6.0, 5.0], [5.0, 6.0], [6.0, 6.0]])
@@ -128,21 +128,20 @@ def test_warm_start_from_converged_potentials_is_converged_at_once():
     assert float(warm.marginal_error) < 0.01 < float(cold.marginal_error)
 
 
-DEFAULT_LOSS = step_config(TrainerConfig()).loss
+DEFAULT = Transport()
 
 
 # The problems below share one shape (48 x 16), so each solver compiles once per iteration count.
 
 
-def _default_solve(cost, solver="scaling", epsilon_mode=DEFAULT_LOSS.sinkhorn_epsilon_mode,
-                   epsilon=DEFAULT_LOSS.sinkhorn_epsilon):
+def _default_solve(cost, solver="scaling", epsilon_mode="relative", epsilon=DEFAULT.epsilon):
     epsilon = effective_epsilon(cost, epsilon, epsilon_mode)
-    return _solve(cost, epsilon, num_iters=DEFAULT_LOSS.sinkhorn_iters, solver=solver,
-                  tolerance=DEFAULT_LOSS.sinkhorn_tolerance,
-                  overrelaxation=DEFAULT_LOSS.sinkhorn_overrelaxation)
+    return _solve(cost, epsilon, num_iters=DEFAULT.iters, solver=solver,
+                  tolerance=DEFAULT.tolerance,
+                  overrelaxation=DEFAULT.overrelaxation)
 
 
-@pytest.mark.parametrize("epsilon_mode,epsilon", [("relative", 0.05), ("nearest", 0.2)])
+@pytest.mark.parametrize("epsilon_mode,epsilon", [("relative", 0.05)])
 @pytest.mark.parametrize("solver", ["scaling", "logdomain"])
 def test_relative_epsilon_gives_the_same_plan_at_every_latent_scale(solver, epsilon_mode, epsilon):
     points = jax.random.normal(jax.random.key(0), (48, 6))
@@ -159,16 +158,6 @@ def test_relative_epsilon_gives_the_same_plan_at_every_latent_scale(solver, epsi
         # An absolute epsilon is what makes the plan depend on the scale.
         absolute = solve(scaled_cost, epsilon_mode="absolute").plan
         assert float(jnp.abs(absolute - plan).max()) > 1e-3
-
-
-def test_nearest_epsilon_is_a_fraction_of_the_mean_cost_to_the_nearest_code():
-    cost = jnp.array([[1.0, 4.0, 9.0], [0.25, 0.5, 2.0], [3.0, 2.0, 6.0], [7.0, 8.0, 0.75]])
-    nearest = (1.0 + 0.25 + 2.0 + 0.75) / 4
-    assert float(effective_epsilon(cost, 0.2, "nearest")) == pytest.approx(0.2 * nearest)
-    assert float(effective_epsilon(cost, 0.2, "relative")) == pytest.approx(
-        0.2 * float(cost.mean()))
-    with pytest.raises(ValueError, match="epsilon_mode must be one of"):
-        effective_epsilon(cost, 0.2, "median")
 
 
 def test_absolute_mode_keeps_the_original_numbers():
@@ -210,7 +199,7 @@ def _sharp_problem():
     points = jax.random.normal(jax.random.key(10), (48, 1))
     codes = 0.5 * jax.random.normal(jax.random.key(11), (16, 1)) + 0.5
     cost = squared_distances(points, codes)
-    return points, codes, cost, effective_epsilon(cost, DEFAULT_LOSS.sinkhorn_epsilon, "relative")
+    return points, codes, cost, effective_epsilon(cost, DEFAULT.epsilon, "relative")
 
 
 @pytest.mark.parametrize("solver", ["scaling", "logdomain"])
@@ -225,7 +214,7 @@ def test_default_solve_is_accurate_where_20_iterations_are_not(solver):
         return float(result.marginal_error), cosine, np.linalg.norm(grad - reference) / np.linalg.norm(reference)
 
     error, cosine, relative = accuracy(_default_solve(cost, solver))
-    assert error <= DEFAULT_LOSS.sinkhorn_tolerance <= 0.05
+    assert error <= DEFAULT.tolerance <= 0.05
     assert cosine >= 0.99 and relative <= 0.1
     # The old budget, 20 iterations, on the same problem: the test can fail.
     error, _, relative = accuracy(_solve(cost, epsilon, num_iters=20, solver=solver))
@@ -238,7 +227,7 @@ def test_both_solvers_stop_at_the_same_iterate(num_points, num_codes):
     points = jax.random.normal(jax.random.key(0), (num_points, 16))
     codes = 0.5 * jax.random.normal(jax.random.key(1), (num_codes, 16))
     cost = squared_distances(points, codes)
-    num_iters, epsilon = DEFAULT_LOSS.sinkhorn_iters, jnp.float32(0.5)
+    num_iters, epsilon = DEFAULT.iters, jnp.float32(0.5)
     for tolerance, overrelaxation in itertools.product((0.05, 0.01), (1.0, 1.6)):
         fast = _solve(cost, epsilon, num_iters=num_iters, tolerance=tolerance,
                       overrelaxation=overrelaxation)
@@ -262,16 +251,16 @@ def test_overrelaxation_converges_faster_to_the_same_plan(solver):
     _, _, cost, epsilon = _sharp_problem()
     reference = _float64_plan(cost, float(epsilon))
     errors = {}
-    for overrelaxation in (1.0, DEFAULT_LOSS.sinkhorn_overrelaxation, 1.95):
+    for overrelaxation in (1.0, DEFAULT.overrelaxation, 1.95):
         result = _solve(cost, epsilon, num_iters=20, solver=solver, tolerance=0.0,
                         overrelaxation=overrelaxation)
         errors[overrelaxation] = float(result.marginal_error)
         # Given the iterations, every weight reaches the same plan.
-        converged = _solve(cost, epsilon, num_iters=DEFAULT_LOSS.sinkhorn_iters, solver=solver,
+        converged = _solve(cost, epsilon, num_iters=DEFAULT.iters, solver=solver,
                            tolerance=0.0, overrelaxation=overrelaxation)
         np.testing.assert_allclose(converged.plan, reference, atol=1e-5)
     # After 20 iterations, the default weight is an order of magnitude closer than plain Sinkhorn.
-    assert errors[DEFAULT_LOSS.sinkhorn_overrelaxation] < 0.1 * errors[1.0]
+    assert errors[DEFAULT.overrelaxation] < 0.1 * errors[1.0]
     assert np.isfinite(errors[1.95])
 
 
@@ -284,8 +273,8 @@ def test_overrelaxation_waits_while_plain_iterations_converge_fast(solver):
     points = jax.random.normal(jax.random.key(0), (48, 4))
     codes = 0.5 * jax.random.normal(jax.random.key(1), (16, 4))
     cost, epsilon = squared_distances(points, codes), jnp.float32(1.0)
-    plain, relaxed = (_solve(cost, epsilon, num_iters=DEFAULT_LOSS.sinkhorn_iters, solver=solver,
+    plain, relaxed = (_solve(cost, epsilon, num_iters=DEFAULT.iters, solver=solver,
                              tolerance=1e-4, overrelaxation=weight)
-                      for weight in (1.0, DEFAULT_LOSS.sinkhorn_overrelaxation))
+                      for weight in (1.0, DEFAULT.overrelaxation))
     assert int(plain.iterations) == int(relaxed.iterations) == 11
     np.testing.assert_array_equal(relaxed.plan, plain.plan)

@@ -6,7 +6,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from rqvae import cli, config
+from rqvae import cli
+from rqvae.trainer import config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transport_matrix.sh"
 
@@ -23,7 +24,7 @@ def _dry_run(tmp_path, *args, **env) -> list[list[str]]:
 def _config(command: list[str]):
     """The config `rqvae train` would train on for this command line, as the CLI builds it."""
     assert command[:2] == ["rqvae", "train"]
-    flags = {key.rpartition(".")[2].replace("_", "-"): key for key in cli.TRAIN_FLAGS}
+    flags = {flag: key for key, (flag, _) in cli.TRAIN_FLAGS.items()}
     config_file = run_dir = None
     assignments, overrides = [], {}
     words = iter(command[2:])
@@ -38,7 +39,7 @@ def _config(command: list[str]):
         elif word == "--set":
             assignments.append(value)
         else:
-            overrides.update(config.parse_assignments([f"{flags[word[2:]]}={value}"]))
+            overrides.update(config.parse_assignments([f"{flags[word]}={value}"]))
     return cli._train_config(config_file, run_dir, assignments, overrides, resume=False)
 
 
@@ -53,24 +54,21 @@ def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(t
         m = cfg.model
         assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
         method = run.rpartition("-s")[0]
-        hybrid = config.replace(cfg, {"lambda_wasserstein": 0.5, "dead_code_threshold": 0,
-                                      "wasserstein_anchor_window": 20, "seed": 0,
-                                      "run.run_dir": ""})
+        as_hybrid = {"loss.lambda_wasserstein": 0.5, "remedies.dead_code_threshold": 0,
+                     "transport.anchor_window": 20, "seed": 0, "run.run_dir": ""}
+        weight, window = cfg.loss.lambda_wasserstein, cfg.transport.anchor_window
         if method == "hybrid":  # the flag on the cell's config, nothing else set
-            assert cfg.lambda_wasserstein == 0.5 and cfg.wasserstein_anchor_window == 20
+            assert weight == 0.5 and window == 20
         elif method == "restart":
-            assert (cfg.dead_code_threshold, cfg.lambda_wasserstein) == (20, 0.0)
+            assert (cfg.remedies.dead_code_threshold, weight) == (20, 0.0)
         elif method == "hybrid-every-code":
-            assert cfg.wasserstein_anchor_window == 0 and cfg.lambda_wasserstein == 0.5
+            assert window == 0 and weight == 0.5
         else:
-            assert method == "traditional" and cfg.lambda_wasserstein == 0
+            assert method == "traditional" and weight == 0
         # Every method of a cell trains the same model on the same data for as long.
         same_cell = [c for (other, _), c in runs.items() if other == cell]
-        assert {config.dumps(config.replace(c, {"lambda_wasserstein": 0.5,
-                                                "dead_code_threshold": 0,
-                                                "wasserstein_anchor_window": 20, "seed": 0,
-                                                "run.run_dir": ""})) for c in same_cell} == {
-            config.dumps(hybrid)}
+        assert {config.dumps(config.replace(c, as_hybrid)) for c in same_cell} == {
+            config.dumps(config.replace(cfg, as_hybrid))}
     seeds = {run for (cell, run) in runs if cell == "digits-2x64"}
     assert seeds == {"traditional-s0", "traditional-s1", "traditional-s2", "restart-s0",
                      "restart-s1", "restart-s2", "hybrid-s0", "hybrid-s1", "hybrid-s2",

@@ -5,12 +5,12 @@ import re
 
 import pytest
 from rich.cells import cell_len
-
-from rqvae.config import DataConfig, ModelConfig
-from rqvae.runs import load_run
-from rqvae.summary import summarize
-from rqvae.tables import fmt
 from synthetic_runs import end_record, eval_record, make_run, plain, tiny_cfg, train_record
+
+from rqvae.reports.runs import load_run
+from rqvae.reports.summary import summarize
+from rqvae.reports.tables import fmt
+from rqvae.trainer.config import DataConfig, ModelConfig
 
 
 def awkward_run(root, name, seed):
@@ -39,8 +39,8 @@ def comparison_numbers(run):
     numbers = {fmt(summary["final"][term]) for term in ("total", "recon")}
     numbers |= {fmt(summary["eval"]["heldout_recon"]), str(summary["steps_logged"])}
     numbers |= {fmt(level["eval_dead"]) for level in summary["levels"]}
-    return numbers | {fmt(run.config[key]) for key in ("lambda_wasserstein",
-                                                                "sinkhorn_epsilon")}
+    return numbers | {fmt(run.config[key]) for key in ("loss.lambda_wasserstein",
+                                                        "transport.epsilon")}
 
 
 def shown_numbers(summary):

@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rqvae import config, rundir, runlog, train
-from rqvae.runlog import LOSS_TERMS
-
+from rqvae.trainer import config, launch, runlog
+from rqvae.trainer import loop as train
+from rqvae.trainer.runlog import LOSS_TERMS
 
 # -- the compiled loop and devices --------------------------------------------------------------
 
@@ -31,9 +31,9 @@ jax.monitoring.register_event_duration_secs_listener(_count_lowering)
 def _fit(cfg, resume=False):
     from rich.console import Console
 
-    from rqvae.progress import Display
+    from rqvae.trainer.progress import Display
 
-    run = rundir.open_run(cfg, name="t", resume=resume)
+    run = launch.open_run(cfg, name="t", resume=resume)
     display = Display(cfg.batch_size, Console(quiet=True), quiet=True)
     try:
         return train.fit(run, display=display)
@@ -69,7 +69,12 @@ def test_a_run_compiles_its_train_loop_once(tiny_cfg, tmp_path):
 
 MULTI_DEVICE_SCRIPT = """
 import json, sys
-from rqvae import config, data, devices, rundir, step
+from rqvae.trainer import config
+from rqvae.trainer import data
+from rqvae.trainer import devices
+from rqvae.trainer import rundir
+from rqvae.trainer import launch
+from rqvae.trainer import step
 from tests.test_train import _fit
 try:
     devices.make_mesh(config.replace(config.load(sys.argv[1]), {"batch_size": 10}))
@@ -81,7 +86,7 @@ for path in sys.argv[1:]:
     _fit(cfg)
     mesh = devices.make_mesh(cfg)  # the program fit ran, looked up again: was it partitioned?
     train_images = data.load(cfg.data).train
-    step_cfg = config.step_config(rundir.with_data_shape(cfg, data.load(cfg.data)))
+    step_cfg = config.step_config(launch.with_data_shape(cfg, data.load(cfg.data)))
     compiled = step.run_steps.lower(
         devices.replicate(step.init_state(step_cfg, len(train_images)), mesh),
         devices.replicate(train_images, mesh), 1, cfg=step_cfg,

@@ -1,8 +1,8 @@
 """`rqvae report`: a run's losses and codebook health, read from its directory alone.
 
-Loads the runs (`rqvae.runs`) and prints them as tables (`rqvae.run_tables` for one run,
-`rqvae.comparison` for several, each fitted to the console by `rqvae.tables`), as JSON
-(`rqvae.summary`, which lists its keys) or as CSV (`write_csv`, here). Imports neither JAX, Flax
+Loads the runs (`rqvae.reports.runs`) and prints them as tables (`rqvae.reports.run_tables` for one run,
+`rqvae.reports.comparison` for several, each fitted to the console by `rqvae.reports.tables`), as JSON
+(`rqvae.reports.summary`, which lists its keys) or as CSV (`write_csv`, here). Imports neither JAX, Flax
 nor numpy, so it answers at once, also while a run is still writing and on a 100k-step log
 (`scripts/bench_report.py`). `make_console` gives the console the CLI prints to.
 """
@@ -19,12 +19,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rqvae import runlog
-from rqvae.comparison import render_comparison
-from rqvae.config import ConfigError
-from rqvae.run_tables import render_run
-from rqvae.runs import LoggedRun, find_runs, level_value, load_runs
-from rqvae.summary import HISTORY_POINTS, summarize
+from rqvae.reports.comparison import render_comparison
+from rqvae.reports.run_tables import render_run
+from rqvae.reports.runs import LoggedRun, find_runs, level_value, load_runs
+from rqvae.reports.summary import HISTORY_POINTS, summarize
+from rqvae.trainer import runlog
+from rqvae.trainer.config import ConfigError
 
 PIPED_WIDTH = 80  # columns of output to a file or pipe without COLUMNS
 

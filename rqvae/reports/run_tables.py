@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from rqvae.runlog import LOSS_TERMS, finite_numbers, is_finite
-from rqvae.runs import LoggedRun, finite_extremes
-from rqvae.summary import evenly_spaced, summarize, wasserstein_on
-from rqvae.tables import Col, cell_width, fmt, print_table, table_width
+from rqvae.reports.runs import LoggedRun, finite_extremes
+from rqvae.reports.summary import evenly_spaced, summarize, wasserstein_on
+from rqvae.reports.tables import Col, cell_width, fmt, print_table, table_width
+from rqvae.quantizer.settings import LOSS_TERMS
+from rqvae.trainer.runlog import finite_numbers, is_finite
 
 # Loss terms as column headers: "wasserstein" would be the widest column of every loss table.
 TERM_HEADERS = {"wasserstein": "W"}
@@ -123,17 +124,15 @@ def _print_levels(summary: dict, run: LoggedRun, console: Console) -> None:
     if any("sinkhorn_marginal_error" in level for level in levels):
         columns["sinkhorn_marginal_error"] = "sinkhorn\nerror"
         legend += "; sinkhorn error: the transport plan's row-marginal error"
-    if any("wasserstein_levels" in level for level in levels):
-        columns |= {"wasserstein_levels": "W\nlevel", "sinkhorn_epsilon": "eps"}
-        legend += ("; W level: the level's transport cost, unweighted; eps: the effective "
-                   "epsilon of its solve")
+    if any("transport_cost" in level for level in levels):
+        columns |= {"transport_cost": "transport\ncost", "solve_epsilon": "solve\neps"}
+        legend += ("; transport cost: the level's, per latent dimension; solve eps: the epsilon "
+                   "its solve used, in squared latent units")
         if any("anchor_stale" in level for level in levels):
             columns["anchor_stale"] = "stale"
-            window = run.config.get("wasserstein_anchor_window", "wasserstein_anchor_window")
+            window = run.config.get("transport.anchor_window", "transport.anchor_window")
             legend += (f"; stale: codes unpicked over the last {window} steps, which the term "
                        f"moves and re-anchors")
-        if not all("wasserstein_levels" in level for level in levels):
-            legend += "; -: no transport term on the level (wasserstein_levels)"
     num_codes = run.config.get("model.num_codes")
     codes = f" ({num_codes} codes each)" if num_codes is not None else ""
     rows = [[fmt(level.get(key)) for key in columns] for level in levels]

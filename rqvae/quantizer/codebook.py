@@ -3,7 +3,7 @@ residual codebook and restarting codes unused for a while from the current batch
 
 Both follow vector-quantize-pytorch (`kmeans_init`, `threshold_ema_dead_code`), so that runs with
 them are fair comparators to the Wasserstein loss. Distances are nearest-code by squared distance,
-as in `rqvae.model.quantize`.
+as in `rqvae.trainer.model.quantize`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from rqvae.model import nearest_code, quantize
+from rqvae.quantizer.residual import nearest_code, quantize
 
 # -- k-means initialisation -------------------------------------------------------------------
 

@@ -8,35 +8,27 @@ import json
 from rich.console import Console
 from rich.text import Text
 
-from rqvae.runlog import is_finite
-from rqvae.runs import LoggedRun
-from rqvae.summary import NEVER_SHOWN, summarize
-from rqvae.tables import Col, fmt, print_table
+from rqvae.reports.runs import LoggedRun
+from rqvae.reports.summary import NEVER_SHOWN, summarize
+from rqvae.reports.tables import Col, fmt, print_table
+from rqvae.trainer.runlog import is_finite
 
 # Column headers of settings in the comparison: short and ASCII (a Greek lambda is one cell on
 # some terminals and two on others); a legend under the table names the key of each. A key not
 # listed is headed by its last dotted part.
 SHORT_HEADERS = {
-    "lambda_codebook": "w_cb",
-    "lambda_commit": "w_cm",
-    "lambda_wasserstein": "w_W",
-    "learning_rate": "lr",
-    "sinkhorn_epsilon": "eps",
-    "sinkhorn_iters": "iters",
-    "sinkhorn_epsilon_mode": "eps_mode",
-    "sinkhorn_tolerance": "tol",
-    "sinkhorn_overrelaxation": "omega",
-    "codebook_loss": "cb_loss",
-    "wasserstein_scale": "W_scale",
-    "ot_queue_size": "queue",
-    "wasserstein_level_weights": "W_weights",
-    "wasserstein_levels": "W_levels",
-    "wasserstein_encoder_grad": "W_enc",
-    "sinkhorn_warm_start": "warm",
-    "sinkhorn_unroll": "unroll",
-    "dead_code_threshold": "reseed",
-    "wasserstein_anchor_window": "anchor",
-    "kmeans_init": "kmeans",
+    "loss.lambda_codebook": "w_cb",
+    "loss.lambda_commit": "w_cm",
+    "loss.lambda_wasserstein": "w_W",
+    "optimizer.learning_rate": "lr",
+    "transport.epsilon": "eps",
+    "transport.iters": "iters",
+    "transport.tolerance": "tol",
+    "transport.overrelaxation": "omega",
+    "transport.anchor_window": "anchor",
+    "transport.encoder_grad": "W_enc",
+    "remedies.dead_code_threshold": "reseed",
+    "remedies.kmeans_init": "kmeans",
     "batch_size": "batch",
     "model.num_levels": "levels",
     "model.num_codes": "codes",

@@ -361,18 +361,14 @@ def sinkhorn_plan_logdomain(
     epsilon: float | jax.Array,
     num_iters: int,
     init_g: jax.Array | None = None,
-    unroll: bool = False,
     tolerance: float = 0.0,
     overrelaxation: float = 1.0,
 ) -> Sinkhorn:
-    """The log-domain Sinkhorn loop: the reference, and differentiable end to end.
+    """The log-domain Sinkhorn loop: the reference, and the solver on accelerators.
 
     Stops at the first iterate whose row-marginal error is at most `tolerance` (0: runs all
-    `num_iters`). Runs as a while loop over blocks of `_BLOCK` unrolled iterations (accelerators),
-    or, with `unroll`, as one loop of `num_iters` trips that reverse-mode differentiation can go
-    through (`sinkhorn_unroll`); the backward pass then stores one cost-sized matrix per
-    iteration. Iterations after the stop change nothing in either form. `overrelaxation` as in
-    `sinkhorn_plan`.
+    `num_iters`). Runs as a while loop over blocks of `_BLOCK` unrolled iterations; iterations
+    after the stop change nothing. `overrelaxation` as in `sinkhorn_plan`.
     """
     num_points, num_codes = cost_NxM.shape
     relaxing = overrelaxation != 1.0
@@ -394,47 +390,30 @@ def sinkhorn_plan_logdomain(
     g_M = jnp.zeros(num_codes, cost_NxM.dtype) if init_g is None else init_g
     potentials = (jnp.zeros(num_points, cost_NxM.dtype), g_M, g_M, jnp.array(0), jnp.array(0),
                   jnp.array(0.0, cost_NxM.dtype), jnp.array(jnp.inf, cost_NxM.dtype))
-    if unroll:
-        potentials = lax.fori_loop(0, num_iters, lambda _, p: iteration(p), potentials)
-    else:
-        def block(p):
-            for _ in range(min(_BLOCK, num_iters)):
-                p = iteration(p)
-            return p
 
-        potentials = lax.while_loop(lambda p: p[3] < num_iters, block, potentials)
+    def block(p):
+        for _ in range(min(_BLOCK, num_iters)):
+            p = iteration(p)
+        return p
+
+    potentials = lax.while_loop(lambda p: p[3] < num_iters, block, potentials)
     return _final_codebook_update(potentials[0], cost_NxM, epsilon, potentials[4])
 
 
-EPSILON_MODES = ("relative", "nearest", "absolute")
+EPSILON_MODES = ("relative", "absolute")
 
 
 def effective_epsilon(cost_NxM: jax.Array, epsilon: float, epsilon_mode: str) -> jax.Array:
     """The entropic regularization a solve uses, held out of the gradient: `epsilon` itself
-    ("absolute", squared latent units), or `epsilon` times a scale of the cost matrix, so that
-    scaling the points and the codebook by any factor leaves the plan unchanged:
-
-    - "relative": the mean cost. C / epsilon stays in the tens whatever the level, the number of
-      codes or the latent scale the encoder learns, so a fixed iteration budget solves every
-      level to the same accuracy. The mean and not the median (within 10% of it on training
-      problems, but a sort of N x M entries).
-    - "nearest": the mean over the points of the cost to their nearest code, the level's mean
-      squared quantization error. Where squared distances are heavy-tailed (image patches), the
-      mean cost is many times the distance from a point to its code (12 times at level 1 of a
-      2 x 1,024-code patch run, where each point's plan spread over 212 codes), and a plan that
-      broad pulls neighbouring codes onto the same average, where all but one die. At 0.2 it kept
-      98% of level 1's codes alive there, where "relative" at 0.05 kept 75%, with the term then
-      moving every code (docs/results.md, earlier measurements). C / epsilon then reaches the
-      thousands, which takes more iterations; not the default of the solve, since on the digits
-      at 64 codes its plans cost more for a slightly higher held-out MSE.
+    ("absolute", squared latent units: the original `sinkhorn_loss`), or ("relative") `epsilon`
+    times the mean cost, so that scaling the points and the codebook by any factor leaves the
+    plan unchanged and C / epsilon stays in the tens whatever the level, the number of codes or
+    the latent scale: a fixed iteration budget solves every level to the same accuracy.
     """
     if epsilon_mode == "absolute":
         return jnp.asarray(epsilon, jnp.float32)
-    if epsilon_mode == "relative":
-        scale = jnp.mean(sg(cost_NxM))
-    elif epsilon_mode == "nearest":
-        scale = jnp.mean(jnp.min(sg(cost_NxM), axis=1))
-    else:
+    if epsilon_mode != "relative":
         raise ValueError(f"epsilon_mode must be one of {EPSILON_MODES}, got {epsilon_mode!r}")
+    scale = jnp.mean(sg(cost_NxM))
     # The floor only keeps an all-zero scale (any epsilon gives its plan) finite.
     return epsilon * jnp.maximum(scale, _TINY)

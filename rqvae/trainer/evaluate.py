@@ -1,7 +1,7 @@
 """Evaluation of parameters over whole splits: held-out recon, code use, and the codes themselves.
 
 Splits are walked in padded chunks of one shape, so each function compiles once per run.
-Metric names and meanings are `rqvae.runlog`'s (eval records).
+Metric names and meanings are `rqvae.trainer.runlog`'s (eval records).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rqvae import metrics
-from rqvae.config import StepConfig
-from rqvae.data import Dataset
-from rqvae.model import RQVAE
-from rqvae.step import make_model
+from rqvae.quantizer import metrics
+from rqvae.trainer.config import StepConfig
+from rqvae.trainer.data import Dataset
+from rqvae.trainer.model import RQVAE
+from rqvae.trainer.step import make_model
 
 EVAL_CHUNK = 4096  # images per compiled call
 

@@ -1,7 +1,9 @@
 """Frozen, hashable configuration tree, loaded from TOML and overridden by CLI flags.
 
-Top-level TOML keys set `TrainerConfig` fields; the tables `[model]`, `[data]` and `[run]` set the
-nested sections. The tree holds scalars and tuples only, so a config can be a static jit argument.
+Grouped by the part of the program that reads it: `[loss]` and `[transport]` (the library's
+LossWeights and Transport, read by the loss terms), `[remedies]` and `[optimizer]` (the step),
+`[model]`, `[data]` and `[run]` (the loop); steps, batch_size and seed are top-level keys. Keys
+of earlier versions still load (`MOVED`, `RETIRED`, `BEFORE_KEY_EXISTED`). The tree holds scalars and tuples only, so a config can be a static jit argument.
 This module imports neither JAX nor Flax: `rqvae report` reads configs through it.
 """
 
@@ -15,6 +17,8 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rqvae.quantizer.settings import LossWeights, Transport
 
 
 class ConfigError(ValueError):
@@ -33,7 +37,6 @@ class ModelConfig:
     latent_dim: int = 16  # dimension of z_e and of every codebook entry
     num_levels: int = 2  # residual quantization levels
     num_codes: int = 64  # entries per codebook
-    codebook_init_scale: float = 0.0  # codes start U(-s, s); 0 means the classic 1/num_codes
     compute_dtype: str = "float32"  # or "bfloat16": encoder and decoder products; all else float32
 
     @property
@@ -67,101 +70,54 @@ class RunConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerConfig:
+class OptimizerConfig:
     learning_rate: float = 1e-3  # Adam step size
-    codebook_loss: str = "per_level"  # "per_level": each level's codes pulled toward its own
-    #   residual, the encoder toward each partial sum of codes (standard RVQ); "sum": both on
-    #   the sum of the codes (the original form)
-    lambda_commit: float = 0.25  # weight of the commitment loss (pulls the encoder to its codes)
-    lambda_codebook: float = 1.0  # weight of the codebook loss (moves the winning codes)
-    lambda_wasserstein: float = 0.0  # weight of the Sinkhorn OT term (moves every code)
-    sinkhorn_epsilon: float = 0.05  # entropic regularization: a fraction of each level's mean cost
-    #   (relative mode) or of its mean cost to the nearest code (nearest), or in squared latent
-    #   units (absolute mode)
-    sinkhorn_epsilon_mode: str = "relative"  # "relative" (scale-free, per level), "nearest"
-    #   (scale-free, for codebooks larger than the batch; try sinkhorn_epsilon 0.2) or "absolute"
-    sinkhorn_iters: int = 200  # most Sinkhorn iterations per level per step
-    sinkhorn_tolerance: float = 0.005  # a level's solve stops once its plan's row-marginal error
-    #   (L1, at most 2) is at most this; 0: always run sinkhorn_iters
-    sinkhorn_overrelaxation: float = 1.6  # once plain iterations slow down, each iteration
-    #   moves the potentials this many times a Sinkhorn update (in [1, 2); 1: plain Sinkhorn);
-    #   2-4x fewer iterations to the tolerance on training problems
-    wasserstein_scale: str = "per_element"  # each level's transport cost per latent dimension,
-    #   sum(plan * C) / latent_dim, on the scale of commit and codebook; "whole": sum(plan * C)
-    #   of whole squared distances (the original form, latent_dim times larger)
-    wasserstein_level_weights: tuple[float, ...] = ()  # per-level OT weights; empty: all 1.0
-    wasserstein_levels: int = 0  # the OT term on the first this many levels only (the others
-    #   are not solved); 0: every level
-    wasserstein_encoder_grad: bool = False  # let the OT term pull the encoder too
-    sinkhorn_warm_start: bool = False  # start each solve from the last step's potentials
-    sinkhorn_unroll: bool = False  # differentiate through the iterations (memory x num_iters)
-    wasserstein_anchor_window: int = 20  # with the transport term on: a code the nearest-code
-    #   rule has not picked for this many steps is stale; only stale codes take the term's
-    #   gradient, and up to a batch of them a step are re-anchored on batch points drawn by
-    #   their transport cost (the points the plan serves worst); 0: the term moves every code
-    #   and re-anchors none (docs/results.md)
-    ot_queue_size: int = 0  # level inputs of recent batches kept (detached, per level) and
-    #   transported with each batch's, for codebooks larger than the batch; 0: off; a multiple
-    #   of batch_size
-    kmeans_init: bool = False  # start each level's codebook by k-means on the first batches
-    kmeans_init_batches: int = 8  # batches of encoder outputs (at init) that k-means clusters
-    dead_code_threshold: int = 0  # re-seed a code unused this many steps from the batch; 0: off
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemediesConfig:
+    """The comparators of the transport term: codebook remedies the step applies."""
+
+    dead_code_threshold: int = 0  # restart: re-seed a code unused this many steps on a batch
+    #   point; 0: off
+    kmeans_init: bool = False  # fit each level's codebook by k-means to the encoder's outputs on
+    #   the first KMEANS_BATCHES batches
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
     steps: int = 8000  # optimizer steps in the run
     batch_size: int = 128  # images per step
     seed: int = 0  # seeds parameters, batches and every other random draw
+    loss: LossWeights = field(default_factory=LossWeights)
+    transport: Transport = field(default_factory=Transport)
+    remedies: RemediesConfig = field(default_factory=RemediesConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
-class LossConfig:
-    """What the loss terms read; `losses.loss_terms` receives it whole. Each field means what the
-    TrainerConfig field of the same name says."""
-
-    codebook_loss: str
-    lambda_commit: float
-    lambda_codebook: float
-    lambda_wasserstein: float
-    sinkhorn_epsilon: float
-    sinkhorn_epsilon_mode: str
-    sinkhorn_iters: int
-    sinkhorn_tolerance: float
-    sinkhorn_overrelaxation: float
-    wasserstein_scale: str
-    wasserstein_level_weights: tuple[float, ...]
-    wasserstein_levels: int
-    wasserstein_encoder_grad: bool
-    sinkhorn_warm_start: bool
-    sinkhorn_unroll: bool
-    solver: str = "scaling"  # how Sinkhorn iterates: "scaling" (CPU) or "logdomain" (accelerators)
-
-
-@dataclass(frozen=True, kw_only=True)
 class StepConfig:
-    """Exactly what the compiled train step reads, built by `step_config`: runs that differ only in
-    what the loop reads (length, directory, intervals) share one compilation, and a setting the
-    step does not hold cannot reach it. Fields mean what the TrainerConfig fields of the same
-    name say."""
+    """What the compiled train step reads: its sections of the tree as they are, and the solver
+    and guard chosen for the platform. Runs that differ only in what the loop reads (length,
+    directory, intervals) share one compilation."""
 
     model: ModelConfig
-    loss: LossConfig
-    learning_rate: float
-    seed: int
+    loss: LossWeights
+    transport: Transport
+    remedies: RemediesConfig
+    optimizer: OptimizerConfig
     batch_size: int
-    dead_code_threshold: int
-    wasserstein_anchor_window: int
-    kmeans_init_batches: int
-    ot_queue_size: int
+    seed: int
     dead_window: int  # run.dead_window
+    solver: str = "scaling"  # Sinkhorn: "scaling" (CPU) or "logdomain" (accelerators)
     guard: str = "branch"  # how a non-finite loss keeps the old state: "branch" or "select"
 
 
-# How the transport cost is scaled: per latent dimension, or whole squared distances.
-WASSERSTEIN_SCALES = ("per_element", "whole")
-
-# TrainerConfig fields that only the loop reads; every other field goes into the StepConfig.
-LOOP_ONLY = ("steps", "kmeans_init", "data", "run")
+# Batches of encoder outputs that `remedies.kmeans_init` clusters.
+KMEANS_BATCHES = 8
 
 
 def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
@@ -172,16 +128,11 @@ def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
     loop and a select (a branch there reads its predicate back to the host every step).
     """
     accelerator = platform != "cpu"
-    loss = LossConfig(**_same_named(LossConfig, cfg, skip=("solver",)),
-                      solver="logdomain" if accelerator else "scaling")
-    return StepConfig(**_same_named(StepConfig, cfg, skip=("model", "loss", "dead_window",
-                                                           "guard")),
-                      model=cfg.model, loss=loss, dead_window=cfg.run.dead_window,
+    return StepConfig(model=cfg.model, loss=cfg.loss, transport=cfg.transport,
+                      remedies=cfg.remedies, optimizer=cfg.optimizer,
+                      batch_size=cfg.batch_size, seed=cfg.seed, dead_window=cfg.run.dead_window,
+                      solver="logdomain" if accelerator else "scaling",
                       guard="select" if accelerator else "branch")
-
-
-def _same_named(cls, cfg: TrainerConfig, skip: tuple[str, ...]) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
 
 
 # Fields that fix the shapes of parameters; a resumed run may not change them.
@@ -230,14 +181,18 @@ def _coerce(key: str, value, expected):
 
 def _unknown_key(key: str, valid: typing.Iterable[str]) -> ConfigError:
     section, _, leaf = key.rpartition(".")
-    # First a key of that name in another section ("num_codes" for "model.num_codes"), else a
-    # near miss in this one.
-    elsewhere = [k for k in flatten(to_dict(TrainerConfig())) if k.rpartition(".")[2] == leaf]
+    # First a key of that name in another section ("num_codes" for "model.num_codes"), then a near
+    # miss in this one, then a near miss anywhere in the tree.
+    everywhere = list(flatten(to_dict(TrainerConfig())))
+    by_leaf = {k.rpartition(".")[2]: k for k in everywhere}
     close = difflib.get_close_matches(leaf, list(valid), n=1)
-    if elsewhere:
-        hint = f"; did you mean '{elsewhere[0]}'?"
+    anywhere = difflib.get_close_matches(leaf, list(by_leaf), n=1)
+    if leaf in by_leaf:
+        hint = f"; did you mean '{by_leaf[leaf]}'?"
     elif close:
         hint = f"; did you mean '{section + '.' if section else ''}{close[0]}'?"
+    elif anywhere:
+        hint = f"; did you mean '{by_leaf[anywhere[0]]}'?"
     else:
         hint = f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -262,6 +217,8 @@ def _build(cls, values: dict, prefix: str):
 
 def from_dict(values: dict) -> TrainerConfig:
     """Builds and validates a config from a nested dict shaped like the TOML file."""
+    values, retired = _upgraded(values)
+    _refuse_retired(retired)
     return validate(_build(TrainerConfig, values, ""))
 
 
@@ -272,19 +229,95 @@ def load(path: str | Path | None) -> TrainerConfig:
     return from_dict(_read_toml(path))
 
 
-# Keys added after runs were first saved, each with the value that reproduces how a run saved
-# before it existed trained (its default then differed). A run's config.toml lists every key it
-# knew, so a missing one dates the run.
+# Keys of the flat format before the tree was grouped, and where each lives now. They still load,
+# from files and --set, so configs and scripts written for earlier versions keep working.
+MOVED = {
+    "learning_rate": "optimizer.learning_rate",
+    "lambda_commit": "loss.lambda_commit",
+    "lambda_codebook": "loss.lambda_codebook",
+    "lambda_wasserstein": "loss.lambda_wasserstein",
+    "sinkhorn_epsilon": "transport.epsilon",
+    "sinkhorn_iters": "transport.iters",
+    "sinkhorn_tolerance": "transport.tolerance",
+    "sinkhorn_overrelaxation": "transport.overrelaxation",
+    "wasserstein_anchor_window": "transport.anchor_window",
+    "wasserstein_encoder_grad": "transport.encoder_grad",
+    "dead_code_threshold": "remedies.dead_code_threshold",
+    "kmeans_init": "remedies.kmeans_init",
+}
+
+# Settings removed because no measured result supported them (docs/results.md keeps their rows),
+# each with the value that gives what the code does now: a config that holds that value loads,
+# any other is refused (`retired_values`).
+RETIRED = {
+    "codebook_loss": "per_level",
+    "sinkhorn_epsilon_mode": "relative",
+    "wasserstein_scale": "per_element",
+    "wasserstein_level_weights": [],
+    "wasserstein_levels": 0,
+    "sinkhorn_warm_start": False,
+    "sinkhorn_unroll": False,
+    "ot_queue_size": 0,
+    "kmeans_init_batches": KMEANS_BATCHES,
+    "model.codebook_init_scale": 0.0,
+}
+
+# Keys added to the flat format after runs were first saved, each with the value that reproduces
+# how a run saved before it existed trained. A run's config.toml lists every key it knew, so a
+# missing one dates the run.
 BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
                       "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole",
                       "sinkhorn_overrelaxation": 1.0, "wasserstein_anchor_window": 0}
 
 
+def _upgraded(values: dict) -> tuple[dict, dict]:
+    """A TOML dict with MOVED keys in their sections and RETIRED keys taken out, and the retired
+    keys whose value differs from what the code does now ({dotted key: value})."""
+    flat = flatten(values)
+    retired = {k: flat.pop(k) for k in list(flat) if k in RETIRED}
+    for old, new in MOVED.items():
+        if old in flat:
+            if new in flat:
+                raise ConfigError(f"{old} and {new} set the same value; keep {new}")
+            flat[new] = flat.pop(old)
+    nested: dict = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    for section, value in values.items():  # empty tables stay, so their type is still checked
+        if isinstance(value, dict) and not value:
+            nested.setdefault(section, {})
+    return nested, {k: v for k, v in retired.items() if v != RETIRED[k]}
+
+
+def _refuse_retired(retired: dict) -> None:
+    if retired:
+        key, value = next(iter(retired.items()))
+        raise ConfigError(f"{key} = {_toml_value(value)} is no longer a setting (the code always "
+                          f"does what {_toml_value(RETIRED[key])} did; docs/results.md has its "
+                          f"measurements); remove the key")
+
+
 def load_saved(path: str | Path) -> TrainerConfig:
-    """A run directory's config.toml, as `load` reads it, except that a key of
-    BEFORE_KEY_EXISTED the file lacks takes the value given there: a run saved before that key
-    existed resumes, evaluates and reports as it trained, not with today's default."""
-    return from_dict({**BEFORE_KEY_EXISTED, **_read_toml(path)})
+    """A run directory's config.toml, as `load` reads it, with two differences for runs of
+    earlier versions: a flat-format file lacking a key of BEFORE_KEY_EXISTED takes the value
+    given there, and a retired setting at another value than today's is dropped rather than
+    refused (`retired_values` names them; such a run reports and evaluates, but cannot resume)."""
+    values = _read_toml(path)
+    if "transport" not in values:
+        values = {**BEFORE_KEY_EXISTED, **values}
+    return validate(_build(TrainerConfig, _upgraded(values)[0], ""))
+
+
+def retired_values(path: str | Path) -> dict:
+    """The retired settings a run's config.toml holds at values the code no longer has."""
+    values = _read_toml(path)
+    if "transport" not in values:
+        values = {**BEFORE_KEY_EXISTED, **values}
+    return _upgraded(values)[1]
 
 
 def _read_toml(path: str | Path) -> dict:
@@ -307,6 +340,10 @@ def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConf
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if dotted in RETIRED:
+            _refuse_retired({} if value == RETIRED[dotted] else {dotted: value})
+            continue
+        dotted = MOVED.get(dotted, dotted)
         *parents, leaf = dotted.split(".")
         node = values
         for depth, parent in enumerate(parents):
@@ -343,55 +380,34 @@ def _check(ok: bool, message: str):
         raise ConfigError(message)
 
 
+def _finite(value) -> bool:
+    return math.isfinite(value)
+
+
 def validate(cfg: TrainerConfig) -> TrainerConfig:
     """Rejects out-of-range values with a message that names the key and the allowed range."""
     for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
-        value = getattr(cfg, name)
-        _check(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value}")
-    _check(cfg.codebook_loss in ("per_level", "sum"),
-           f"codebook_loss must be 'per_level' or 'sum', got '{cfg.codebook_loss}'")
-    _check(
-        math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0,
-        f"learning_rate must be > 0, got {cfg.learning_rate}",
-    )
-    _check(
-        math.isfinite(cfg.sinkhorn_epsilon) and cfg.sinkhorn_epsilon > 0,
-        f"sinkhorn_epsilon must be > 0, got {cfg.sinkhorn_epsilon}",
-    )
-    _check(cfg.wasserstein_scale in WASSERSTEIN_SCALES,
-           f"wasserstein_scale must be 'per_element' or 'whole', got '{cfg.wasserstein_scale}'")
-    _check(cfg.sinkhorn_epsilon_mode in ("relative", "nearest", "absolute"),
-           "sinkhorn_epsilon_mode must be 'relative', 'nearest' or 'absolute', "
-           f"got '{cfg.sinkhorn_epsilon_mode}'")
-    _check(cfg.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1, got {cfg.sinkhorn_iters}")
-    _check(math.isfinite(cfg.sinkhorn_tolerance) and cfg.sinkhorn_tolerance >= 0,
-           f"sinkhorn_tolerance must be >= 0 (0: always run sinkhorn_iters), got "
-           f"{cfg.sinkhorn_tolerance}")
-    _check(1 <= cfg.sinkhorn_overrelaxation < 2,
-           f"sinkhorn_overrelaxation must be in [1, 2) (1: plain Sinkhorn), got "
-           f"{cfg.sinkhorn_overrelaxation}")
-    weights = cfg.wasserstein_level_weights
-    _check(
-        not weights or len(weights) == cfg.model.num_levels,
-        f"wasserstein_level_weights needs one weight per level ({cfg.model.num_levels}), "
-        f"got {len(weights)}",
-    )
-    _check(all(w >= 0 for w in weights), f"wasserstein_level_weights must be >= 0, got {weights}")
-    _check(0 <= cfg.wasserstein_levels <= cfg.model.num_levels,
-           f"wasserstein_levels must be in [0, model.num_levels = {cfg.model.num_levels}] "
-           f"(0: every level), got {cfg.wasserstein_levels}")
+        value = getattr(cfg.loss, name)
+        _check(_finite(value) and value >= 0,
+               f"loss.{name} must be a finite number >= 0, got {value}")
+    lr = cfg.optimizer.learning_rate
+    _check(_finite(lr) and lr > 0, f"optimizer.learning_rate must be a finite number > 0, got {lr}")
+    t = cfg.transport
+    _check(_finite(t.epsilon) and t.epsilon > 0,
+           f"transport.epsilon must be a finite number > 0, got {t.epsilon}")
+    _check(t.iters >= 1, f"transport.iters must be >= 1, got {t.iters}")
+    _check(_finite(t.tolerance) and t.tolerance >= 0,
+           f"transport.tolerance must be >= 0 (0: always run transport.iters), got {t.tolerance}")
+    _check(1 <= t.overrelaxation < 2,
+           f"transport.overrelaxation must be in [1, 2) (1: plain Sinkhorn), got "
+           f"{t.overrelaxation}")
+    _check(t.anchor_window >= 0,
+           f"transport.anchor_window must be >= 0 steps (0: off), got {t.anchor_window}")
+    _check(cfg.remedies.dead_code_threshold >= 0,
+           f"remedies.dead_code_threshold must be >= 0 steps (0: off), got "
+           f"{cfg.remedies.dead_code_threshold}")
     _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
-    _check(cfg.kmeans_init_batches >= 1,
-           f"kmeans_init_batches must be >= 1, got {cfg.kmeans_init_batches}")
-    _check(cfg.dead_code_threshold >= 0,
-           f"dead_code_threshold must be >= 0 steps (0: off), got {cfg.dead_code_threshold}")
-    _check(cfg.wasserstein_anchor_window >= 0,
-           f"wasserstein_anchor_window must be >= 0 steps (0: off), got "
-           f"{cfg.wasserstein_anchor_window}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
-    _check(cfg.ot_queue_size >= 0 and cfg.ot_queue_size % cfg.batch_size == 0,
-           f"ot_queue_size must be 0 (off) or a multiple of batch_size ({cfg.batch_size}), got "
-           f"{cfg.ot_queue_size}")
     m = cfg.model
     for name in ("latent_dim", "num_levels", "num_codes"):
         value = getattr(m, name)
@@ -409,7 +425,6 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     for name in ("encoder_hidden", "decoder_hidden", "conv_channels"):
         widths = getattr(m, name)
         _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
-    _check(m.codebook_init_scale >= 0, "model.codebook_init_scale must be >= 0")
     _check(m.compute_dtype in ("float32", "bfloat16"),
            f"model.compute_dtype must be 'float32' or 'bfloat16', got '{m.compute_dtype}'")
     _check(

@@ -1,6 +1,6 @@
 """Finding and loading runs for `rqvae report`: a run directory as read from disk, and its status.
 
-Reads `config.toml` (through `rqvae.config.load`), `metrics.jsonl` (schema in `rqvae.runlog`) and
+Reads `config.toml` (through `rqvae.trainer.config.load`), `metrics.jsonl` (schema in `rqvae.trainer.runlog`) and
 `resumes.jsonl`, also while a run is still writing them. A directory that holds runs instead of
 being one stands for them (`find_runs`); a run without a train record yet is skipped with a note
 (`load_runs`). Imports neither JAX, Flax nor numpy.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from rqvae import config, rundir, runlog
-from rqvae.config import ConfigError
-from rqvae.runlog import LOSS_TERMS, finite_numbers
+from rqvae.trainer import config, rundir, runlog
+from rqvae.trainer.config import ConfigError
+from rqvae.trainer.runlog import LOSS_TERMS, finite_numbers
 
 _TRAIN_CMD = "pass a directory written by `rqvae train`"
 

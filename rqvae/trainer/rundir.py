@@ -1,9 +1,9 @@
 """The run directory: every file name in it, claiming and holding it, and its provenance.
 
     <run_dir>/config.toml      the resolved config the run trains on now
-    <run_dir>/metrics.jsonl    the run log (`rqvae.runlog`)
+    <run_dir>/metrics.jsonl    the run log (`rqvae.trainer.runlog`)
     <run_dir>/resumes.jsonl    one line per resume: the step and the settings it changed
-    <run_dir>/checkpoints/     orbax checkpoints (`rqvae.checkpoint`)
+    <run_dir>/checkpoints/     orbax checkpoints (`rqvae.trainer.checkpoint`)
     <run_dir>/.lock            held (flock) by the process that trains the run
 
 A directory is claimed atomically (`os.mkdir` fails if it exists, so two runs started in the same
@@ -14,20 +14,13 @@ one whose process died. This module imports neither JAX nor Flax.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
-
-from rqvae import config as config_lib
-from rqvae.config import ConfigError, TrainerConfig
-
-if TYPE_CHECKING:
-    from rqvae.data import Dataset
+from typing import BinaryIO
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -178,7 +171,7 @@ def write_config(run_dir: Path, text: str) -> None:
 
 def record_resume(run_dir: Path, step: int, changed: dict[str, list]) -> dict:
     """Appends to resumes.jsonl that the run resumed at `step`, with the settings that changed
-    ({"lambda_wasserstein": [old, new]}); returns the record."""
+    ({"loss.lambda_wasserstein": [old, new]}); returns the record."""
     record = {"step": step, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "changed": changed}
     with open(Path(run_dir) / RESUMES_FILE, "a", encoding="utf-8") as file:
@@ -198,126 +191,3 @@ def read_resumes(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-# -- opening a run to train, loading one to use ------------------------------------------------
-# These import JAX and the data loaders when called; the rest of this module stays JAX-free.
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A run directory opened to train: checked, claimed, its config written."""
-
-    cfg: TrainerConfig  # resolved: image shape from the data, run.run_dir filled in
-    dataset: Dataset
-    run_dir: Path
-    lock: Lock | None  # held while training; None on processes other than 0
-    resume_from: int | None  # the checkpoint step it continues from; None: from step 0
-    changed: dict[str, list]  # on a resume, the settings that changed: {key: [old, new]}
-
-
-def with_data_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
-    """The model's input shape and kind (images or vectors) come from the data set."""
-    model = dataclasses.replace(cfg.model, image_shape=dataset.image_shape,
-                                data_kind=dataset.kind)
-    return config_lib.validate(dataclasses.replace(cfg, model=model))
-
-
-def _resume_point(run_dir: Path, cfg: TrainerConfig) -> int | None:
-    """The newest checkpoint's step, after the checks a resume needs."""
-    from rqvae import checkpoint
-
-    if not holds_run(run_dir):
-        raise UserError(f"{run_dir} holds no run to resume; check --run-dir")
-    return checkpoint.latest_step(run_dir)
-
-
-def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
-    """Checks everything a run needs, then claims its directory and writes config.toml.
-
-    Every check comes before the first write, so a refused command leaves no trace and never
-    touches an existing run. A resume of a run that has no checkpoint yet starts from step 0
-    (`resume_from` None). Raises ConfigError or UserError with the problem and its fix.
-    """
-    from rqvae import data, devices
-
-    devices.initialize_distributed(cfg)
-    hosts = devices.process_count()
-    if hosts > 1 and not cfg.run.run_dir:
-        raise UserError(f"a run on {hosts} hosts needs --run-dir, on a file system every host "
-                        f"sees (each would name its own default directory)")
-    explicit = Path(cfg.run.run_dir) if cfg.run.run_dir else None
-    if explicit is not None:
-        check_writable(explicit)
-    resume_from, changed = None, {}
-    if resume:
-        resume_from = _resume_point(explicit, cfg)
-    elif explicit is not None and holds_run(explicit):
-        raise UserError(f"{explicit} already holds a run; pass --resume to continue it, or "
-                        f"choose a new --run-dir")
-    dataset = data.load(cfg.data)
-    cfg = with_data_shape(cfg, dataset)
-    if cfg.batch_size > len(dataset.train):
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "
-                          f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
-    devices.make_mesh(cfg)  # enough devices, and a batch that splits evenly across them
-    if resume:
-        saved = config_lib.load_saved(explicit / CONFIG_FILE)
-        shape_changes = config_lib.shape_differences(saved, cfg)
-        if shape_changes:
-            raise UserError(f"--resume cannot change the model's shape "
-                            f"({'; '.join(shape_changes)}); drop those settings or start a new "
-                            f"--run-dir")
-        if resume_from is not None and resume_from >= cfg.steps:
-            raise UserError(f"{explicit} already reached step {resume_from}; pass --steps larger "
-                            f"than {resume_from} to train further")
-        changed = config_lib.differences(saved, cfg, ignore=("steps", "run.run_dir"))
-    devices.sync("rqvae: run directory checked")  # every host checked before process 0 writes
-    lock = None
-    run_dir = explicit
-    if devices.is_primary():
-        run_dir, lock = claim(explicit, name)
-        try:
-            if not resume and holds_run(run_dir):  # another run got there between check and claim
-                raise UserError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                                f"or choose a new --run-dir")
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run,
-                                                                   run_dir=str(run_dir)))
-            if changed or (resume and resume_from is None):
-                record_resume(run_dir, resume_from or 0, changed)
-            write_config(run_dir, config_lib.dumps(cfg))
-        except BaseException:
-            lock.release()
-            raise
-    else:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
-    return Run(cfg, dataset, run_dir, lock, resume_from, changed)
-
-
-def load_trained(run_dir: Path, step: int | None = None):
-    """The config, step config, data set, parameters and step of a run's checkpoint (default:
-    the newest). Raises UserError when the run or the checkpoint is missing."""
-    from rqvae import checkpoint, data
-    from rqvae.step import init_state
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass a directory written by "
-                        f"`rqvae train`")
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} holds no run (no {CONFIG_FILE}); pass a directory written "
-                        f"by `rqvae train`")
-    cfg = config_lib.load_saved(config_path)
-    saved_steps = checkpoint.all_steps(run_dir)
-    if not saved_steps:
-        raise UserError(f"{run_dir} has no complete checkpoint yet")
-    step = saved_steps[-1] if step is None else step
-    if step not in saved_steps:
-        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {saved_steps}")
-    dataset = data.load(cfg.data)
-    cfg = with_data_shape(cfg, dataset)
-    step_cfg = config_lib.step_config(cfg)
-    with checkpoint.manager(run_dir, cfg.run.keep_checkpoints) as mngr:
-        state = checkpoint.restore(mngr, step, init_state(step_cfg, len(dataset.train)))
-    return cfg, step_cfg, dataset, state.params, step

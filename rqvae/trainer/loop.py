@@ -9,12 +9,12 @@ import time
 import jax
 import numpy as np
 
-from rqvae import checkpoint, devices, runlog
-from rqvae.config import TrainerConfig, step_config
-from rqvae.evaluate import evaluate
-from rqvae.rundir import Run
-from rqvae.runlog import LOSS_TERMS, TRAIN_PER_LEVEL
-from rqvae.step import TrainState, init_state, kmeans_init, run_steps
+from rqvae.trainer import checkpoint, devices, runlog
+from rqvae.trainer.config import TrainerConfig, step_config
+from rqvae.trainer.evaluate import evaluate
+from rqvae.trainer.launch import Run
+from rqvae.trainer.runlog import LOSS_TERMS, TRAIN_PER_LEVEL
+from rqvae.trainer.step import TrainState, init_state, kmeans_init, run_steps
 
 # A compiled call of many steps cannot be interrupted, so the loop sizes calls to last about this
 # long once it has timed a step: a signal then acts within about this much of arriving.
@@ -135,7 +135,7 @@ class _NoLog:
 
 def _initial_state(run: Run, step_cfg, mesh):
     state = init_state(step_cfg, len(run.dataset.train))
-    if run.cfg.kmeans_init and run.resume_from is None:
+    if run.cfg.remedies.kmeans_init and run.resume_from is None:
         state = kmeans_init(state, run.dataset.train, cfg=step_cfg)
     return devices.replicate(state, mesh)
 

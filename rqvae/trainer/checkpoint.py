@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from rqvae.rundir import CHECKPOINT_DIR
+from rqvae.trainer.rundir import CHECKPOINT_DIR
 
 
 def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rqvae import config as config_lib
-from rqvae import runlog
-from rqvae.rundir import CONFIG_FILE, UserError, check_writable, write_atomically
+from rqvae.trainer import config as config_lib
+from rqvae.trainer import runlog
+from rqvae.trainer.rundir import CONFIG_FILE, UserError, check_writable, write_atomically
 
 LOSSES_PNG = "losses.png"
 CODE_USE_PNG = "code_use.png"
@@ -88,7 +88,7 @@ def _wasserstein_on(run_dirs: Sequence[Path], train_records: list[list[dict]]) -
     a nonzero value (a run resumed with the term turned off, or one without a config)."""
     for run_dir, records in zip(run_dirs, train_records):
         config_path = Path(run_dir) / CONFIG_FILE
-        if config_path.is_file() and config_lib.load_saved(config_path).lambda_wasserstein > 0:
+        if config_path.is_file() and config_lib.load_saved(config_path).loss.lambda_wasserstein > 0:
             return True
         if any(r.get("wasserstein") for r in records):
             return True
@@ -269,11 +269,11 @@ def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
     reconstructions, codebooks. Imports JAX."""
     import jax
 
-    from rqvae import rundir
-    from rqvae.evaluate import encode as encode_images
-    from rqvae.step import make_model
+    from rqvae.trainer import launch
+    from rqvae.trainer.evaluate import encode as encode_images
+    from rqvae.trainer.step import make_model
 
-    cfg, step_cfg, dataset, params, _ = rundir.load_trained(run_dir)
+    cfg, step_cfg, dataset, params, _ = launch.load_trained(run_dir)
     codes = encode_images(params, dataset.train, step_cfg)
     apply = jax.jit(make_model(step_cfg).apply)
     recon, _ = apply(params, dataset.heldout[:10])

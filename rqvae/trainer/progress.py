@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from rqvae.runlog import LOSS_TERMS
+from rqvae.trainer.runlog import LOSS_TERMS
 
 RATE_WINDOW_S = 10.0  # seconds of progress the rate and ETA are measured over
 BAR_MAX_WIDTH = 40  # columns; the bar takes a quarter of a narrower terminal

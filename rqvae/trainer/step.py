@@ -1,7 +1,7 @@
 """The train step: state, loss, update, and many steps in one device-side loop.
 
 Everything here is a pure function of arrays and a `StepConfig` (the exact config it compiles
-on); nothing reads files, prints or looks at the clock. `rqvae.loop` drives it.
+on); nothing reads files, prints or looks at the clock. `loop` drives it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rqvae import codebook, metrics
-from rqvae.config import StepConfig
-from rqvae.losses import loss_terms
-from rqvae.model import RQVAE
-from rqvae.runlog import LOSS_TERMS, SINKHORN_PER_LEVEL
+from rqvae.quantizer import codebook, metrics
+from rqvae.quantizer.losses import LOSS_TERMS, loss_terms
+from rqvae.trainer.config import KMEANS_BATCHES, StepConfig
+from rqvae.trainer.model import RQVAE
+from rqvae.trainer.runlog import TRANSPORT_PER_LEVEL
 
 
 class Stream(enum.IntEnum):
@@ -46,10 +46,10 @@ class TrainState:
     perm: jax.Array  # (N,) int32: this epoch's order of the training images
     failed_step: jax.Array  # int32: -1, or the step whose loss went non-finite (state frozen)
     failed_terms: jax.Array  # (len(LOSS_TERMS),) bool: which terms were non-finite then
-    sinkhorn_g: jax.Array  # (L, K) codebook-side OT potentials of the last step, for a warm start
-    # (L, Q, D) the level inputs of the last Q / B batches, oldest overwritten first; None when
-    # `ot_queue_size` is 0 (so the checkpoints of runs without a queue keep their layout)
-    ot_queue: jax.Array | None = None
+    # Neither is read: the checkpoints of earlier runs hold them (a warm start's potentials, a
+    # queue of past batches), and a restore needs the same layout.
+    sinkhorn_g: jax.Array  # (L, K) float32 zeros
+    ot_queue: None = None
 
 
 def make_model(cfg: StepConfig) -> RQVAE:
@@ -57,7 +57,7 @@ def make_model(cfg: StepConfig) -> RQVAE:
 
 
 def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
-    return optax.adam(cfg.learning_rate)
+    return optax.adam(cfg.optimizer.learning_rate)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -76,34 +76,14 @@ def init_state(cfg: StepConfig, num_train: int) -> TrainState:
         failed_step=jnp.full((), -1, jnp.int32),
         failed_terms=jnp.zeros(len(LOSS_TERMS), bool),
         sinkhorn_g=jnp.zeros((m.num_levels, m.num_codes), jnp.float32),
-        ot_queue=(jnp.zeros((m.num_levels, cfg.ot_queue_size, m.latent_dim), jnp.float32)
-                  if cfg.ot_queue_size else None),
     )
 
 
-def loss_fn(params, batch_BxP, sinkhorn_g_LxK, cfg: StepConfig, queue=None, stale_LxK=None):
+def loss_fn(params, batch_BxP, cfg: StepConfig, stale_LxK=None):
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
-    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, sinkhorn_g_LxK, queue, stale_LxK)
+    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, cfg.transport, solver=cfg.solver,
+                        stale_LxK=stale_LxK)
     return losses["total"], (losses, aux)
-
-
-def _queue(state: TrainState, cfg: StepConfig):
-    """The queue and how many of its slots hold level inputs: every step that was taken added
-    one batch, so that follows from the step."""
-    if state.ot_queue is None:
-        return None
-    return state.ot_queue, jnp.minimum(state.step * cfg.batch_size, cfg.ot_queue_size)
-
-
-def _enqueue(queue_LxQxD, level_inputs_LxBxD, step, cfg: StepConfig):
-    """The batch's level inputs written over the oldest batch in the queue (first in, first
-    out); detached, so no later step's gradient reaches the encoder through them."""
-    if queue_LxQxD is None:
-        return None
-    batches = cfg.ot_queue_size // cfg.batch_size
-    start = (step % batches) * cfg.batch_size
-    return jax.lax.dynamic_update_slice_in_dim(
-        queue_LxQxD, jax.lax.stop_gradient(level_inputs_LxBxD).astype(jnp.float32), start, axis=1)
 
 
 def train_step(state: TrainState, batch_BxP, *, cfg: StepConfig):
@@ -120,8 +100,7 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
     code counts and index). The loop carries only that, and summarizes the last step once."""
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, batch_BxP, state.sinkhorn_g, cfg, _queue(state, cfg),
-        _stale_before_step(state, cfg))
+        state.params, batch_BxP, cfg, _stale_before_step(state, cfg))
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
@@ -131,22 +110,19 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
-        if cfg.dead_code_threshold:  # the comparator remedy
+        if cfg.remedies.dead_code_threshold:  # the comparator remedy
             params, opt_state, last_used = _reseed_codes(
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
-                stream=Stream.RESTART, threshold=cfg.dead_code_threshold)
+                stream=Stream.RESTART, threshold=cfg.remedies.dead_code_threshold)
         if _anchoring(cfg):  # the transport term's: rows drawn by their transport cost
             params, opt_state, last_used = _reseed_codes(
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
-                stream=Stream.ANCHOR, threshold=cfg.wasserstein_anchor_window,
+                stream=Stream.ANCHOR, threshold=cfg.transport.anchor_window,
                 row_weights_LxB=losses["transport_row_cost"])
-        queue = _enqueue(state.ot_queue, aux["level_inputs"], state.step, cfg)
-        return params, opt_state, last_used, losses["sinkhorn_g"], queue
+        return params, opt_state, last_used
 
-    params, opt_state, last_used, sinkhorn_g, ot_queue = where_ok(
-        ok, advance,
-        (state.params, state.opt_state, state.last_used, state.sinkhorn_g, state.ot_queue),
-        guard=cfg.guard)
+    params, opt_state, last_used = where_ok(
+        ok, advance, (state.params, state.opt_state, state.last_used), guard=cfg.guard)
     new_state = state.replace(
         step=state.step + ok.astype(jnp.int32),
         params=params,
@@ -154,10 +130,8 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
         last_used=last_used,
         failed_step=jnp.where(healthy & ~ok, state.step, state.failed_step),
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
-        sinkhorn_g=sinkhorn_g,
-        ot_queue=ot_queue,
     )
-    outcome = {k: losses[k] for k in (*LOSS_TERMS, *SINKHORN_PER_LEVEL)}
+    outcome = {k: losses[k] for k in (*LOSS_TERMS, *TRANSPORT_PER_LEVEL)}
     outcome.update(counts=counts_LxK, step=state.step)
     return new_state, outcome
 
@@ -181,7 +155,7 @@ def where_ok(ok, update, old, *, guard: str):
 
 
 def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
-    """The flat on-device metrics of a step, named as in `rqvae.runlog` (train records), and the
+    """The flat on-device metrics of a step, named as in `rqvae.trainer.runlog` (train records), and the
     failed step."""
     counts_LxK = outcome["counts"]
     result = {k: outcome[k] for k in LOSS_TERMS}
@@ -189,7 +163,7 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
         batch_used=metrics.codes_used(counts_LxK),
         batch_perplexity=metrics.perplexity(counts_LxK),
         window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.dead_window),
-        **{k: outcome[k] for k in SINKHORN_PER_LEVEL},
+        **{k: outcome[k] for k in TRANSPORT_PER_LEVEL},
         anchor_stale=_stale_after_step(new_state, outcome["step"], cfg),
         failed_step=new_state.failed_step,
     )
@@ -210,26 +184,26 @@ def _reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cf
 
 
 def _anchoring(cfg: StepConfig) -> bool:
-    return cfg.loss.lambda_wasserstein > 0 and cfg.wasserstein_anchor_window > 0
+    return cfg.loss.lambda_wasserstein > 0 and cfg.transport.anchor_window > 0
 
 
 def _stale_before_step(state: TrainState, cfg: StepConfig):
     """The codes the transport term's gradient reaches: those the nearest-code rule has not
-    picked over the last `wasserstein_anchor_window` steps before this one (None: every code).
+    picked over the last `transport.anchor_window` steps before this one (None: every code).
     Codes the rule serves follow the codebook loss alone; a term that also pulled them toward an
     even share of the batch would trade reconstruction for balance (docs/results.md). Without a
     codebook loss (pure Wasserstein) the term moves every code, or the served ones would not move.
     """
     if not _anchoring(cfg) or cfg.loss.lambda_codebook == 0:
         return None
-    return codebook.stale_codes(state.last_used, state.step - 1, cfg.wasserstein_anchor_window)
+    return codebook.stale_codes(state.last_used, state.step - 1, cfg.transport.anchor_window)
 
 
 def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
     """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
     if not _anchoring(cfg):
         return jnp.zeros(cfg.model.num_levels, jnp.int32)
-    stale_LxK = codebook.stale_codes(new_state.last_used, step, cfg.wasserstein_anchor_window)
+    stale_LxK = codebook.stale_codes(new_state.last_used, step, cfg.transport.anchor_window)
     return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
 
 
@@ -240,9 +214,9 @@ def _with_codebook(params, codebook_LxKxD):
 @functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
 def kmeans_init(state: TrainState, images_NxP, *, cfg: StepConfig) -> TrainState:
     """The comparator remedy: each level's codebook fitted by k-means to the encoder outputs
-    (and residuals) of the first `kmeans_init_batches` batches the run will train on."""
+    (and residuals) of the first KMEANS_BATCHES batches the run will train on."""
     batches, walker = [], state
-    for i in range(cfg.kmeans_init_batches):
+    for i in range(KMEANS_BATCHES):
         batch_BxP, perm = next_batch(walker.replace(step=jnp.int32(i)), images_NxP, cfg)
         batches.append(batch_BxP)
         walker = walker.replace(perm=perm)

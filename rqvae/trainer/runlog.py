@@ -7,15 +7,13 @@ This module defines every record's keys and their meaning; writers and readers u
   - batch_used: codes the step's batch picked
   - batch_perplexity: exp(entropy) of the codes the step's batch picked
   - window_dead: codes no batch picked over the last run.dead_window steps
-  - wasserstein_levels: the level's transport cost, unweighted: sum(plan * C) / latent_dim
-    (sum(plan * C) with wasserstein_scale "whole"); "wasserstein" is their sum weighted by
-    wasserstein_level_weights; 0 with the term off or on a level it does not cover
-    (wasserstein_levels)
+  - transport_cost: the level's transport cost sum(plan * C) / latent_dim; "wasserstein" is
+    their sum; 0 with the term off
   - sinkhorn_marginal_error: the transport plan's row-marginal error (0 likewise)
-  - sinkhorn_epsilon: the entropic regularization the level's solve used, in squared latent
-    units (sinkhorn_epsilon times the level's mean cost in relative mode, its mean cost to the
-    nearest code in nearest mode; 0 likewise)
-  - anchor_stale: codes no batch picked over the last wasserstein_anchor_window steps after the
+  - solve_epsilon: the entropic regularization the level's solve used, in squared latent units
+    (the setting transport.epsilon is a fraction: this is it times the level's mean cost; 0
+    likewise)
+  - anchor_stale: codes no batch picked over the last transport.anchor_window steps after the
     step: those the transport term moves, waiting to be re-anchored (0 with the term or its
     re-anchoring off)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
@@ -58,21 +56,20 @@ from pathlib import Path
 
 import orjson
 
-# Re-exported for the trainer, which still names the files through this module; new code takes
-# them from rundir, which owns the run directory's names.
-from rqvae.rundir import METRICS_FILE
+from rqvae.quantizer.settings import LOSS_TERMS
+from rqvae.trainer.rundir import METRICS_FILE
 
-LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
-# The per-level outputs of the Sinkhorn solves, among the TRAIN_PER_LEVEL keys.
-SINKHORN_PER_LEVEL = ("wasserstein_levels", "sinkhorn_marginal_error", "sinkhorn_epsilon")
-TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *SINKHORN_PER_LEVEL,
+# The per-level outputs of the transport term's solves, among the TRAIN_PER_LEVEL keys.
+TRANSPORT_PER_LEVEL = ("transport_cost", "sinkhorn_marginal_error", "solve_epsilon")
+TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *TRANSPORT_PER_LEVEL,
                    "anchor_stale")
 EVAL_SCALARS = ("heldout_recon", "heldout_psnr")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")
 # Old key -> new key, by record kind, for logs written before the names above.
 RENAMED = {
-    "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead"},
+    "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead",
+              "wasserstein_levels": "transport_cost", "sinkhorn_epsilon": "solve_epsilon"},
     "eval": {"used": "train_used", "dead": "train_dead", "perplexity": "train_perplexity"},
 }
 _OLD_KEYS = frozenset().union(*RENAMED.values())

@@ -11,7 +11,7 @@ Infinity, as Python's json writes it.
   config.toml that differs from the default, flat ("model.num_codes"); {} without a config.toml
   or when it does not load
 - config_note: why config is empty (no config.toml, or the error loading it), else null
-- status: completed, running, interrupted, failed or crashed (see `rqvae.runs`)
+- status: completed, running, interrupted, failed or crashed (see `rqvae.reports.runs`)
 - status_reason: the end record's reason, or what the status was inferred from
 - repeated_steps: train steps the log holds more than once, ascending ([] normally)
 - steps_logged: the highest step of any record in the log
@@ -31,11 +31,13 @@ Infinity, as Python's json writes it.
   - eval_perplexity: perplexity of the codes over the training split (only with an eval)
   - heldout_used: codes picked by any held-out image (only if the eval logged it)
   - heldout_perplexity: the same over the held-out split (only if the eval logged it)
-  - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged, the
-    Wasserstein term was on and covered the level: one of the first `wasserstein_levels`)
-  - wasserstein_levels: the level's transport cost, unweighted (only likewise)
-  - sinkhorn_epsilon: the effective epsilon of the level's solve (only likewise)
-  - anchor_stale: codes unpicked over the last wasserstein_anchor_window steps, which the
+  - sinkhorn_marginal_error: the transport plan's row-marginal error (only if logged and the
+    transport term was on)
+  - transport_cost: the level's transport cost per latent dimension (only likewise)
+  - solve_epsilon: the epsilon of the level's solve, in squared latent units (only likewise)
+  - wasserstein_levels, sinkhorn_epsilon: transport_cost and solve_epsilon under their first
+    names
+  - anchor_stale: codes unpicked over the last transport.anchor_window steps, which the
     transport term moves and re-anchors (only likewise, and if logged)
 - eval: the last eval record, or null before the first
   - step: its step
@@ -61,16 +63,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rqvae import config
-from rqvae.runlog import LOSS_TERMS
-from rqvae.runs import LoggedRun, finite_extremes, level_value
+from rqvae.reports.runs import LoggedRun, finite_extremes, level_value
+from rqvae.trainer import config
+from rqvae.quantizer.settings import LOSS_TERMS
 
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
 # this is and how big its codebooks are.
 ALWAYS_SHOWN = (
-    "lambda_codebook",
-    "lambda_commit",
-    "lambda_wasserstein",
+    "loss.lambda_codebook",
+    "loss.lambda_commit",
+    "loss.lambda_wasserstein",
     "steps",
     "model.num_levels",
     "model.num_codes",
@@ -102,7 +104,7 @@ def config_brief(run_config: dict) -> dict:
 
 def wasserstein_on(run: LoggedRun) -> bool:
     """Whether the run used the OT term: a positive weight, or any non-zero logged value."""
-    weight = run.config.get("lambda_wasserstein", 0) or 0
+    weight = run.config.get("loss.lambda_wasserstein", 0) or 0
     return weight > 0 or any(run.series["wasserstein"])
 
 
@@ -125,15 +127,15 @@ _EVAL_LEVEL_KEYS = {"eval_used": "train_used", "eval_dead": "train_dead",
 _HELDOUT_LEVEL_KEYS = ("heldout_used", "heldout_perplexity")  # named alike in both
 # Named alike in both; the epsilon and the cost are logged since relative epsilon came in,
 # anchor_stale since re-anchoring.
-_SINKHORN_LEVEL_KEYS = ("sinkhorn_marginal_error", "wasserstein_levels", "sinkhorn_epsilon",
-                        "anchor_stale")
+_TRANSPORT_LEVEL_KEYS = ("sinkhorn_marginal_error", "transport_cost", "solve_epsilon",
+                         "anchor_stale")
+# JSON keys of the first schema, kept beside the new names for scripts that read them.
+_FORMER_NAMES = {"wasserstein_levels": "transport_cost", "sinkhorn_epsilon": "solve_epsilon"}
 
 
 def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
     last_eval = run.evals[-1] if run.evals else None
     with_sinkhorn = ot_on and "sinkhorn_marginal_error" in final
-    # Levels past `wasserstein_levels` had no transport term: nothing to show for it there.
-    covered = run.config.get("wasserstein_levels") or len(final.get("batch_used") or [])
     levels = []
     for i in range(len(final.get("batch_used") or [])):
         level = {"level": i + 1,
@@ -143,10 +145,10 @@ def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
                           for k, key in _EVAL_LEVEL_KEYS.items()})
             level.update({k: level_value(last_eval, k, i)
                           for k in _HELDOUT_LEVEL_KEYS if k in last_eval})
-        if with_sinkhorn and i < covered:
-            for key in _SINKHORN_LEVEL_KEYS:
-                if key in final:
-                    level[key] = level_value(final, key, i)
+        if with_sinkhorn:
+            level.update({key: level_value(final, key, i)
+                          for key in _TRANSPORT_LEVEL_KEYS if key in final})
+            level.update({old: level[new] for old, new in _FORMER_NAMES.items() if new in level})
         levels.append(level)
     return levels
 

@@ -1,0 +1,34 @@
+"""What the library's loss functions read: the loss weights and the transport term's settings,
+and the names of the loss terms. Frozen dataclasses of scalars, so they are hashable static jit
+arguments; this module imports nothing, so a config can be read without JAX.
+
+The trainer's config tree holds these sections as they are (`[loss]`, `[transport]` in TOML);
+docs/results.md gives the measurement behind each default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The terms `losses.loss_terms` returns, total first; each but the first has a weight
+# `lambda_<term>` in LossWeights except recon, whose weight is 1.
+LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossWeights:
+    lambda_commit: float = 0.25  # commitment: pulls the encoder toward its codes
+    lambda_codebook: float = 1.0  # codebook: moves each picked code toward its level's input
+    lambda_wasserstein: float = 0.0  # the transport term: moves the codes no point picks
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transport:
+    epsilon: float = 0.05  # entropic regularization, a fraction of each level's mean cost
+    iters: int = 200  # most Sinkhorn iterations per level per step
+    tolerance: float = 0.005  # a solve stops once its row-marginal error (L1) is at most this
+    overrelaxation: float = 1.6  # over-relaxed Sinkhorn updates once plain ones slow; 1: plain
+    anchor_window: int = 20  # steps unpicked after which a code is stale: only stale codes take
+    #   the term's gradient, and they are re-anchored on the points the plan serves worst; 0:
+    #   every code takes the gradient and none is re-anchored
+    encoder_grad: bool = False  # true: the term's gradient also reaches the encoder
