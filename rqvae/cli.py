@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from rqvae.trainer import config as config_lib
-from rqvae.trainer.config import ConfigError
-from rqvae.trainer.rundir import UserError
+from rqvae.trainer.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -177,13 +176,14 @@ def train(
 
         run = launch.open_run(cfg, name=config.stem if config is not None else "default",
                               resume=resume)
+    from rqvae.trainer.progress import Display, print_start, print_summary
+
     quiet = quiet or not devices.is_primary()  # in a multi-host run, process 0 alone prints
     console = _console()
     if not quiet:
-        _print_start(run, console, devices, resume)
+        print_start(run, console, devices, resume)
     if verbose:
         console.print(config_lib.dumps(run.cfg), highlight=False, markup=False)
-    from rqvae.trainer.progress import Display, print_summary
 
     try:
         summary = train_lib.fit(run, display=Display(run.cfg.batch_size, console, quiet, verbose))
@@ -219,22 +219,6 @@ def _train_config(config: Path | None, run_dir: Path | None, assignments: list[s
         merged["run.run_dir"] = str(run_dir)
     saved = resume and config is None  # the run's own config.toml, as it trained
     return config_lib.replace((config_lib.load_saved if saved else config_lib.load)(base), merged)
-
-
-def _print_start(run, console, devices, resume: bool) -> None:
-    from rich.markup import escape
-
-    mesh_devices = devices.make_mesh(run.cfg).devices.flat
-    on = (f"{len(mesh_devices)} {mesh_devices[0].platform} devices" if len(mesh_devices) > 1
-          else "1 device")
-    console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/] (training on {on})",
-                  highlight=False)
-    if run.resume_from is not None:
-        console.print(f"resuming from the checkpoint at step {run.resume_from}", highlight=False)
-    elif resume:
-        console.print("no complete checkpoint yet: starting again from step 0", highlight=False)
-    for key, (old, new) in run.changed.items():
-        console.print(f"changed on resume: {key} {old} -> {new}", highlight=False)
 
 
 @app.command(short_help="Tables of runs' losses and codebook health.")
@@ -289,33 +273,10 @@ def evaluate(
     if json_output:
         print(json.dumps(result, indent=2))
         return
-    from rich.table import Table
+    from rqvae.reports.run_tables import print_eval
 
-    console = _console()
-    console.print(f"{run_dir} at step {step}, held-out split of {dataset.name} "
-                  f"({len(dataset.heldout)} images): recon MSE {result['heldout_recon']:.4g}, "
-                  f"PSNR {result['heldout_psnr']:.2f} dB", highlight=False)
-    table = Table(title="code use on the held-out split", title_justify="left")
-    for column in ("level", "codes used", "unused", "perplexity"):
-        table.add_column(column, justify="right")
-    levels = zip(result["heldout_used"], result["heldout_perplexity"])
-    for level, (used, perplexity) in enumerate(levels):
-        table.add_row(str(level + 1), str(used), str(step_cfg.model.num_codes - used),
-                      f"{perplexity:.1f}")
-    console.print(table)
-
-
-def _check_out_file(out: Path, force: bool) -> None:
-    """Refuses, before any work, an --out that cannot be written as a file."""
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; pass a file name such as {out / 'codes.npy'}")
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
-    parent = out.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {out}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {out}: folder {parent} is not writable")
+    print_eval(_console(), f"{run_dir} at step {step}", dataset, result,
+               step_cfg.model.num_codes)
 
 
 @app.command(short_help="Write the code indices of a split to .npy.")
@@ -335,13 +296,15 @@ def encode(
     """
     if split not in ("train", "heldout"):
         _fail(f"--split must be 'train' or 'heldout', got '{split}'")
+    from rqvae.trainer import rundir
+
     with _user_errors():
-        _check_out_file(out, force)
+        rundir.check_out_file(out, force)
     _use_compilation_cache()
     import numpy as np
     from rich.console import Console
 
-    from rqvae.trainer import launch, rundir
+    from rqvae.trainer import launch
     from rqvae.trainer.evaluate import encode as encode_images
 
     with _user_errors():

@@ -37,8 +37,8 @@ import numpy as np
 from scipy.special import logsumexp
 
 from rqvae.quantizer.losses import sinkhorn_loss, wasserstein_levels
-from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.quantizer.settings import Transport
+from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.trainer import config, launch, step
 
 EPSILON, ITERS = 0.05, 20

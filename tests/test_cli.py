@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from rqvae.cli import app
 from rqvae.trainer import checkpoint, data, runlog
 from rqvae.trainer.config import load, step_config
+from rqvae.trainer.errors import ConfigError
 from rqvae.trainer.step import init_state
 
 runner = CliRunner()
@@ -365,7 +366,6 @@ def test_report_imports_no_jax(full_run):
 def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monkeypatch):
     from rqvae import cli
     from rqvae.reports import report
-    from rqvae.trainer import config
 
     seen = {}
     monkeypatch.setattr(report, "main", lambda run_dirs, **options: seen.update(
@@ -376,7 +376,7 @@ def test_option_values_reach_the_commands_as_typer_converts_them(tmp_path, monke
 
     def replace(cfg, overrides):
         seen.update(overrides)
-        raise config.ConfigError("stopped before training")
+        raise ConfigError("stopped before training")
 
     monkeypatch.setattr(cli.config_lib, "replace", replace)
     result = rqvae("train", "--lambda-wasserstein", "0.5", "--sinkhorn-epsilon", "1e-3",

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rqvae.trainer import config
-from rqvae.trainer.config import ConfigError, TrainerConfig
+from rqvae.trainer import config, launch
+from rqvae.trainer.config import TrainerConfig
+from rqvae.trainer.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -136,7 +137,7 @@ def test_missing_file(tmp_path):
 def test_shape_differences_lists_only_shape_keys():
     a = TrainerConfig()
     b = config.replace(a, {"model.num_codes": 32, "loss.lambda_wasserstein": 1.0})
-    assert config.shape_differences(a, b) == ["model.num_codes: 64 -> 32"]
+    assert launch.shape_differences(a, b) == ["model.num_codes: 64 -> 32"]
 
 
 def test_set_assignments_read_toml_values_and_name_bad_keys():
@@ -148,18 +149,18 @@ def test_set_assignments_read_toml_values_and_name_bad_keys():
     assert cfg.remedies.kmeans_init is True and cfg.data.dataset == "tfds:mnist"
     assert cfg.transport.iters == 30  # a flat name of before still reaches its key
     assert config.replace(cfg, {"ot_queue_size": 0}) == cfg  # a retired key at today's value
-    with pytest.raises(config.ConfigError, match="ot_queue_size = 64 is no longer a setting"):
+    with pytest.raises(ConfigError, match="ot_queue_size = 64 is no longer a setting"):
         config.replace(cfg, {"ot_queue_size": 64})
-    with pytest.raises(config.ConfigError, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         config.parse_assignments(["num_codes"])
-    with pytest.raises(config.ConfigError, match="did you mean 'model.num_codes'"):
+    with pytest.raises(ConfigError, match="did you mean 'model.num_codes'"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["num_codes=8"]))
-    with pytest.raises(config.ConfigError, match="did you mean 'data.dataset'"):
+    with pytest.raises(ConfigError, match="did you mean 'data.dataset'"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["dataset=npz:x.npz"]))
     # A section given a value, or a value given keys: one line, as for the same in a file.
-    with pytest.raises(config.ConfigError, match=r"model must be a table \[model\], got 3"):
+    with pytest.raises(ConfigError, match=r"model must be a table \[model\], got 3"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["model=3"]))
-    with pytest.raises(config.ConfigError, match="cannot set seed.x: seed is 0, not a table"):
+    with pytest.raises(ConfigError, match="cannot set seed.x: seed is 0, not a table"):
         config.replace(config.TrainerConfig(), config.parse_assignments(["seed.x=1"]))
 
 

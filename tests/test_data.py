@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rqvae.trainer import data
-from rqvae.trainer.config import ConfigError, DataConfig
-from rqvae.trainer.rundir import UserError
+from rqvae.trainer.config import DataConfig
+from rqvae.trainer.errors import ConfigError, UserError
 
 
 def test_digits_are_split_deterministically_and_scaled(digits):

@@ -9,7 +9,7 @@ from matplotlib.colors import to_rgba
 
 from rqvae.reports import plot
 from rqvae.trainer import config
-from rqvae.trainer.rundir import UserError
+from rqvae.trainer.errors import UserError
 
 STEPS = range(50, 1001, 50)
 EVAL_STEPS = (500, 1000)

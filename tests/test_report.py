@@ -16,7 +16,7 @@ from rqvae.reports import report
 from rqvae.reports.runs import NoRecords, find_runs, load_run
 from rqvae.reports.summary import summarize
 from rqvae.trainer import rundir
-from rqvae.trainer.config import ConfigError
+from rqvae.trainer.errors import ConfigError, UserError
 
 
 def test_piped_output_is_80_columns_without_trailing_spaces(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_main_renders_tables_and_stops_at_the_first_bad_directory(tmp_path, caps
     console = Console(file=io.StringIO(), record=True, width=200)
     report.main([make_run(tmp_path, "only", tiny_cfg())], as_json=False, console=console)
     assert "run only: step 40" in console.export_text()
-    with pytest.raises(rundir.UserError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         report.main([tmp_path / "only", tmp_path / "missing"], as_json=True, console=console)
     assert capsys.readouterr().out == ""
 
@@ -164,5 +164,5 @@ def test_a_parent_directory_stands_for_every_run_in_it(tmp_path, capsys):
     assert [s["run"] for s in json.loads(capsys.readouterr().out)] == ["a-run", "b-run"]
     text = rendered([load_run(p) for p in find_runs([tmp_path])])
     assert "2 runs side by side" in text
-    with pytest.raises(rundir.UserError, match=r"notes holds no metrics.jsonl; pass a directory"):
+    with pytest.raises(UserError, match=r"notes holds no metrics.jsonl; pass a directory"):
         report.main([tmp_path / "notes"], as_json=True, console=Console())

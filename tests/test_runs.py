@@ -17,7 +17,7 @@ from synthetic_runs import (
 from rqvae.reports.runs import NoRecords, finite_extremes, load_run
 from rqvae.reports.summary import summarize
 from rqvae.trainer import config, rundir, runlog
-from rqvae.trainer.config import ConfigError
+from rqvae.trainer.errors import ConfigError, UserError
 
 # -- load_run ---------------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def test_a_cut_off_last_line_is_skipped(tmp_path):
 def test_paths_that_are_no_run_raise_one_line_user_errors(tmp_path, make, message):
     run_dir = tmp_path / "run"
     make(run_dir)
-    with pytest.raises(rundir.UserError) as err:
+    with pytest.raises(UserError) as err:
         load_run(run_dir)
     assert not isinstance(err.value, ConfigError)
     assert message.format(d=run_dir) in str(err.value) and "\n" not in str(err.value)
@@ -105,7 +105,7 @@ def test_a_parent_of_runs_is_named_with_the_runs_below_it(tmp_path):
     make_run(tmp_path, "a", tiny_cfg())
     make_run(tmp_path, "b", tiny_cfg())
     below = r"holds no metrics.jsonl but 2 run\(s\) below it \(a, b\)"
-    with pytest.raises(rundir.UserError, match=below):
+    with pytest.raises(UserError, match=below):
         load_run(tmp_path)
 
 

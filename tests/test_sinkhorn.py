@@ -13,8 +13,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
 from rqvae.quantizer.losses import sinkhorn_loss
-from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.quantizer.settings import Transport
+from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 
 SQUARE = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 FAR_CODES = jnp.array([[5.0, 5.0], [6.0, 5.0], [5.0, 6.0], [6.0, 6.0]])

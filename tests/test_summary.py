@@ -22,7 +22,7 @@ import rqvae.reports.summary
 from rqvae.reports.runs import load_run
 from rqvae.reports.summary import select, summarize
 from rqvae.trainer import config, rundir
-from rqvae.trainer.config import BEFORE_KEY_EXISTED, ModelConfig, RunConfig, TrainerConfig
+from rqvae.trainer.config import BEFORE_KEY_EXISTED, TrainerConfig
 from rqvae.trainer.runlog import LOSS_TERMS
 
 ALWAYS_SHOWN = {"loss.lambda_wasserstein", "loss.lambda_codebook", "loss.lambda_commit",

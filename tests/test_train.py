@@ -69,16 +69,12 @@ def test_a_run_compiles_its_train_loop_once(tiny_cfg, tmp_path):
 
 MULTI_DEVICE_SCRIPT = """
 import json, sys
-from rqvae.trainer import config
-from rqvae.trainer import data
-from rqvae.trainer import devices
-from rqvae.trainer import rundir
-from rqvae.trainer import launch
-from rqvae.trainer import step
+from rqvae.trainer import config, data, devices, launch, step
+from rqvae.trainer.errors import ConfigError
 from tests.test_train import _fit
 try:
     devices.make_mesh(config.replace(config.load(sys.argv[1]), {"batch_size": 10}))
-except config.ConfigError as err:
+except ConfigError as err:
     print(err)
 meshes = {}
 for path in sys.argv[1:]:

@@ -36,8 +36,8 @@ def quantize(z_e_BxD: jax.Array, codebook_LxKxD: jax.Array) -> tuple[jax.Array, 
         level_codes.append(code_BxD)
         indices.append(index_B)
         # Clipped at 0 against cancellation.
-        distances.append(jnp.maximum(jax.lax.stop_gradient(
-            distance_BxK + jnp.sum(residual.astype(jnp.float32) ** 2, axis=-1, keepdims=True)), 0.0))
+        squared_norm_Bx1 = jnp.sum(residual.astype(jnp.float32) ** 2, axis=-1, keepdims=True)
+        distances.append(jnp.maximum(jax.lax.stop_gradient(distance_BxK + squared_norm_Bx1), 0.0))
         # Detached, as in ResidualVQ: a later level's input moves no earlier level's codes.
         residual = residual - jax.lax.stop_gradient(code_BxD)
     level_codes_LxBxD = jnp.stack(level_codes)

@@ -1,12 +1,7 @@
-"""Entropic optimal transport between points and a codebook with uniform marginals: the
-Sinkhorn solvers the Wasserstein term uses, pure functions of arrays.
-
-Two solvers compute the same iterates, over-relaxed or plain: "scaling", a log-stabilized scaling
-loop that is fastest on CPU, and "logdomain", the log-domain loop for accelerators (and the
-reference). Both stop once the row-marginal error of the iterate closed by a plain codebook-side
-update is within a tolerance, and return that iterate, so each code carries exactly 1 / M of the
-mass.
-"""
+"""Entropic optimal transport between points and a codebook with uniform marginals: the Sinkhorn
+solvers of the transport term, pure functions of arrays. "scaling", a log-stabilized scaling loop
+(fastest on CPU), and "logdomain", the log-domain loop (accelerators, and the reference), compute
+the same iterates and stop at the same one."""
 
 from __future__ import annotations
 
@@ -59,24 +54,15 @@ def sinkhorn_plan(
 ) -> Sinkhorn:
     """Entropic OT plan between uniform marginals after at most `num_iters` Sinkhorn iterations.
 
-    The plan returned is closed by a plain codebook-side update, so each column carries exactly
-    1 / M of the mass whatever the convergence: every code is pulled toward some points.
-    The solve stops at the first such iterate whose row-marginal error is at most `tolerance`
-    (0: run all `num_iters`); without over-relaxation the test is free, since the next
-    point-side update computes the row sums, and over-relaxed it is made once the current
-    iterate's error is within twice the tolerance (`_CHECK_GATE`).
-    `init_g` warm-starts the codebook-side potential (cost units), e.g. from the previous step.
-    Nothing underflows at any cost scale. `solver` "scaling": the stabilized scaling loop (a few
-    log-sum-exp passes, the rest matrix-vector products), fastest on CPU; "logdomain": the
-    log-domain loop in unrolled blocks, for accelerators, where exp is cheap and every loop trip
-    costs a kernel launch. Both compute the same iterates up to rounding, and stop at the same
-    one; `Sinkhorn.iterations` counts them. `overrelaxation` w in [1, 2): once plain iterations
-    slow down (an iteration leaves more than 0.7 of the smallest error seen), every iteration
-    moves each potential w times as far as a Sinkhorn update would (Thibault et al. 2017,
-    "Overrelaxed Sinkhorn-Knopp"; ott-jax calls it momentum), which at w = 1.6 reached the
-    default tolerance in a quarter to a half of plain Sinkhorn's iterations on training problems
-    (scripts/bench_sinkhorn.py); should the current iterate's error then exceed twice the
-    smallest seen, the rest of the solve falls back to w = 1. 1: plain Sinkhorn.
+    The plan is closed by a plain codebook-side update, so each column carries exactly 1 / M of
+    the mass whatever the convergence; the solve stops at the first such iterate whose
+    row-marginal error is at most `tolerance` (0: run all `num_iters`). `init_g` warm-starts the
+    codebook-side potential (cost units). `solver` "scaling" (fastest on CPU) or "logdomain"
+    (accelerators): the same iterates up to rounding, the same stop; `Sinkhorn.iterations`
+    counts them. `overrelaxation` w in [1, 2): once plain iterations slow down (`_SLOW`), each
+    iteration moves the potentials w times as far as a Sinkhorn update (Thibault et al. 2017;
+    ott-jax's momentum), falling back to w = 1 should the error pass `_DIVERGING` times the
+    smallest seen. docs/transport.md gives the measurements behind these choices.
     """
     if solver == "scaling":
         return _sinkhorn_stabilized(cost_NxM, epsilon, num_iters, init_g, tolerance,
@@ -94,10 +80,7 @@ _DIVERGING = 2.0
 
 # Over-relaxed, the closed iterate's error costs a matrix-vector product of its own; it is computed
 # only once the over-relaxed iterate's error (free: the next update computes its row sums) is
-# within this multiple of the tolerance. On the transport problems of digits and MNIST-shaped
-# runs (scripts/overrelaxation_start.py, float64), a solve checked this way stopped at most one
-# iteration after the first closed iterate within the tolerance, taking two matrix-vector
-# products an iteration and a few more at its end, where checking every iterate took three.
+# within this multiple of the tolerance.
 _CHECK_GATE = 2.0
 # Below this many kernel entries a branch costs more than the product it skips (on CPU, where the
 # scaling loop runs): the closed iterate's error is then computed every iteration, which gives
@@ -106,12 +89,8 @@ _BRANCH_MIN_ENTRIES = 2**15
 
 
 # Over-relaxation starts once an iteration leaves more than this fraction of the smallest error
-# seen: plain Sinkhorn is then in its slow linear phase, where over-relaxation gains most. Where
-# plain iterations still converge fast (early in training), over-relaxing at 1.6 overshoots and
-# takes more iterations than plain ones. On 14 transport problems of a digits and an MNIST-shaped
-# run (scripts/overrelaxation_start.py, float64), starting at 0.7 took 353 matrix-vector
-# products in all, plain Sinkhorn 610, over-relaxing at once 366, and starting at 0.8 or 0.9
-# 400 and 451; at once took 14 iterations where plain took 8-9 early in MNIST-shaped training.
+# seen: plain Sinkhorn is then in its slow linear phase, where over-relaxation gains most (early,
+# while plain iterations converge fast, over-relaxing overshoots).
 _SLOW = 0.7
 
 

@@ -76,40 +76,45 @@ def _print_settings(runs: list[LoggedRun], console: Console) -> None:
     print_table(console, "settings that differ between the runs", cols, rows, legend)
 
 
-def _comparison_rows(runs: list[LoggedRun], summaries: list[dict], num_levels: int) -> list[list]:
-    rows = []
-    for run, s in zip(runs, summaries):
-        # The full pass is the definitive count; the window count stands in before the first eval.
-        dead = [lv["eval_dead"] if s["eval"] is not None else lv["dead"] for lv in s["levels"]]
-        steps = s["steps_logged"]
-        planned = run.config.get("steps")
-        rows.append([
-            run.name,
-            run.status + (", repeated steps" if run.repeated_steps else ""),
-            f"{steps}/{planned}" if planned is not None and planned != steps else str(steps),
-            s["final"].get("total"),
-            s["final"].get("recon"),
-            s["eval"]["heldout_recon"] if s["eval"] is not None else None,
-            *(dead + [None] * (num_levels - len(dead))),
-        ])
-    return rows
+# The results side by side: (row key, header, ranked: its lowest value is marked). The total is
+# not ranked: it mixes different lambdas. Then "dead Ln" per level, ranked.
+RESULT_COLUMNS = (("run", "run", False), ("status", "status", False), ("steps", "steps", False),
+                  ("total", "total", False), ("recon", "recon", True),
+                  ("heldout", "heldout", True))
 
 
-_RANKED_FROM = 4  # columns from recon on are ranked: a total mixes different lambdas
+def _dead_key(level: int) -> str:
+    return f"dead L{level + 1}"
 
 
-def _best_cells(runs: list[LoggedRun], rows: list[list]) -> set[tuple[int, int]]:
-    """(row, column) of the lowest value of each ranked column among runs on the same data set;
-    none where the runs tie, or where a data set has one run."""
+def _result_row(run: LoggedRun, s: dict, num_levels: int) -> dict:
+    """One run's results by column key."""
+    # The full pass is the definitive count; the window count stands in before the first eval.
+    dead = [lv["eval_dead"] if s["eval"] is not None else lv["dead"] for lv in s["levels"]]
+    steps, planned = s["steps_logged"], run.config.get("steps")
+    if planned is not None and planned != steps:
+        steps = f"{steps}/{planned}"
+    row = {"run": run.name,
+           "status": run.status + (", repeated steps" if run.repeated_steps else ""),
+           "steps": str(steps),
+           "total": s["final"].get("total"), "recon": s["final"].get("recon"),
+           "heldout": s["eval"]["heldout_recon"] if s["eval"] is not None else None}
+    row.update({_dead_key(i): dead[i] if i < len(dead) else None for i in range(num_levels)})
+    return row
+
+
+def _best_cells(runs: list[LoggedRun], rows: list[dict], ranked: list[str]) -> set[tuple[int, str]]:
+    """(row, column key) of the lowest value of each ranked column among runs on the same data
+    set; none where the runs tie, or where a data set has one run."""
     by_dataset: dict[str, list[int]] = {}
     for r, run in enumerate(runs):
         by_dataset.setdefault(str(run.config.get("data.dataset")), []).append(r)
     best = set()
     for members in by_dataset.values():
-        for c in range(_RANKED_FROM, len(rows[0])):
-            values = [rows[r][c] for r in members if is_finite(rows[r][c])]
+        for key in ranked:
+            values = [rows[r][key] for r in members if is_finite(rows[r][key])]
             if len(set(values)) > 1:
-                best |= {(r, c) for r in members if rows[r][c] == min(values)}
+                best |= {(r, key) for r in members if rows[r][key] == min(values)}
     return best
 
 
@@ -118,19 +123,20 @@ def render_comparison(runs: list[LoggedRun], console: Console) -> None:
     summaries = [summarize(run) for run in runs]
     num_levels = max(len(s["levels"]) for s in summaries)
     _print_settings(runs, console)
-    rows = _comparison_rows(runs, summaries, num_levels)
-    best = _best_cells(runs, rows)
+    rows = [_result_row(run, s, num_levels) for run, s in zip(runs, summaries)]
+    dead_keys = [_dead_key(i) for i in range(num_levels)]
+    columns = [*RESULT_COLUMNS, *((key, key.replace(" ", "\n"), True) for key in dead_keys)]
+    best = _best_cells(runs, rows, [key for key, _, ranked in columns if ranked])
     window_only = {s["run"] for s in summaries if s["eval"] is None}
     cells = []
     for r, row in enumerate(rows):
-        cells.append([])
-        for c, value in enumerate(row):
-            mark = c >= 6 and row[0] in window_only and value is not None
-            cells[-1].append(Text(fmt(value) + ("*" if mark else ""),
-                                  style=BEST_STYLE if (r, c) in best else ""))
-    cols = [Col("run", "left", text=True), Col("status", "left", text=True), Col("steps"),
-            Col("total"), Col("recon"), Col("heldout"),
-            *(Col(f"dead\nL{i + 1}") for i in range(num_levels))]
+        marked = row["run"] in window_only
+        cells.append([Text(fmt(row[key]) + ("*" if marked and key in dead_keys
+                                            and row[key] is not None else ""),
+                           style=BEST_STYLE if (r, key) in best else "")
+                      for key, _, _ in columns])
+    cols = [Col(header, "left", text=True) if key in ("run", "status") else Col(header)
+            for key, header, _ in columns]
     legend = ("total, recon: the last train record's; heldout: held-out recon at the last eval; "
               "dead Ln: codes no training image picks at the last eval")
     if window_only:

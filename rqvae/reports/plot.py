@@ -18,7 +18,8 @@ import numpy as np
 
 from rqvae.trainer import config as config_lib
 from rqvae.trainer import runlog
-from rqvae.trainer.rundir import CONFIG_FILE, UserError, check_writable, write_atomically
+from rqvae.trainer.errors import UserError
+from rqvae.trainer.rundir import CONFIG_FILE, check_writable, write_atomically
 
 LOSSES_PNG = "losses.png"
 CODE_USE_PNG = "code_use.png"

@@ -1,10 +1,10 @@
 """`rqvae report`: a run's losses and codebook health, read from its directory alone.
 
-Loads the runs (`rqvae.reports.runs`) and prints them as tables (`rqvae.reports.run_tables` for one run,
-`rqvae.reports.comparison` for several, each fitted to the console by `rqvae.reports.tables`), as JSON
-(`rqvae.reports.summary`, which lists its keys) or as CSV (`write_csv`, here). Imports neither JAX, Flax
-nor numpy, so it answers at once, also while a run is still writing and on a 100k-step log
-(`scripts/bench_report.py`). `make_console` gives the console the CLI prints to.
+Loads the runs (`runs`) and prints them as tables (`run_tables` for one run, `comparison` for
+several, each fitted to the console by `tables`), as JSON (`summary`, which lists its keys) or as
+CSV (`write_csv`, here). Imports neither JAX, Flax nor numpy, so it answers at once, also while a
+run is still writing and on a 100k-step log (`scripts/bench_report.py`). `make_console` gives
+the console the CLI prints to.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rich.console import Console
 from rqvae.reports.comparison import render_comparison
 from rqvae.reports.run_tables import render_run
 from rqvae.reports.runs import LoggedRun, find_runs, level_value, load_runs
-from rqvae.reports.summary import HISTORY_POINTS, summarize
+from rqvae.reports.summary import HISTORY_POINTS, LEVEL_VALUES, summarize
 from rqvae.trainer import runlog
-from rqvae.trainer.config import ConfigError
+from rqvae.trainer.errors import ConfigError
 
 PIPED_WIDTH = 80  # columns of output to a file or pipe without COLUMNS
 
@@ -72,9 +72,8 @@ def make_console(file=None) -> Console:
 # -- CSV and main -----------------------------------------------------------------------------
 
 CSV_COLUMNS = ("run", "step", "time", *runlog.LOSS_TERMS)
-# CSV name (kept from the first release) -> train record key.
-CSV_PER_LEVEL = {"used": "batch_used", "dead": "window_dead", "perplexity": "batch_perplexity",
-                 "sinkhorn_marginal_error": "sinkhorn_marginal_error"}
+# Per-level columns of train rows, named as in `summary.LEVEL_VALUES`.
+CSV_PER_LEVEL = ("used", "dead", "perplexity", "sinkhorn_marginal_error")
 CSV_EVAL_COLUMNS = ("kind", *runlog.EVAL_SCALARS)
 
 
@@ -96,7 +95,7 @@ def write_csv(runs: list[LoggedRun], out) -> None:
     per_level = [k for k in CSV_PER_LEVEL
                  if k != "sinkhorn_marginal_error" or any(k in final for final in finals)]
     eval_per_level = [k for k in runlog.EVAL_PER_LEVEL if any(k in r for r in evals)]
-    train_levels = _num_levels(finals, [CSV_PER_LEVEL[k] for k in per_level])
+    train_levels = _num_levels(finals, [LEVEL_VALUES[k][0] for k in per_level])
     eval_levels = _num_levels(evals, eval_per_level)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, *_level_columns(per_level, train_levels), *CSV_EVAL_COLUMNS,
@@ -106,7 +105,7 @@ def write_csv(runs: list[LoggedRun], out) -> None:
             train = record["kind"] == "train"
             writer.writerow([
                 run.name, *(record.get(k) for k in CSV_COLUMNS[1:]),
-                *(level_value(record, CSV_PER_LEVEL[k], i) if train else None
+                *(level_value(record, LEVEL_VALUES[k][0], i) if train else None
                   for i in range(train_levels) for k in per_level),
                 record["kind"], *(record.get(k) for k in runlog.EVAL_SCALARS),
                 *(level_value(record, k, i) for i in range(eval_levels) for k in eval_per_level)])
@@ -127,7 +126,7 @@ def main(run_dirs: list[Path], as_json: bool, console: Console, *, last: int | N
 
     A directory that holds runs stands for the runs in it (`find_runs`); one without a train
     record yet is skipped (`load_runs`). `last` and `every` choose the train records of one run's
-    tables and of the JSON's history and health (`summary.select`). Raises rundir.UserError for a
+    tables and of the JSON's history and health (`summary.select`). Raises UserError for a
     path that is no run and ConfigError for options that do not go together: --json with --csv,
     and --last / --every where nothing would use them (the CSV, which has every record, and the
     comparison of several runs).

@@ -9,14 +9,21 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-from rqvae.reports.runs import LoggedRun, finite_extremes
-from rqvae.reports.summary import evenly_spaced, summarize, wasserstein_on
-from rqvae.reports.tables import Col, cell_width, fmt, print_table, table_width
 from rqvae.quantizer.settings import LOSS_TERMS
+from rqvae.reports.runs import LoggedRun, finite_extremes
+from rqvae.reports.summary import (
+    LEVEL_VALUES,
+    TERM_HEADERS,
+    TRAIN_LEVEL,
+    TRANSPORT_LEVEL,
+    evenly_spaced,
+    summarize,
+    wasserstein_on,
+)
+from rqvae.reports.tables import Col, cell_width, fmt, print_table, table_width
 from rqvae.trainer.runlog import finite_numbers, is_finite
 
 # Loss terms as column headers: "wasserstein" would be the widest column of every loss table.
-TERM_HEADERS = {"wasserstein": "W"}
 TREND_POINTS = 40  # characters of a sparkline at most; fewer on a narrow console
 MIN_TREND_POINTS = 8
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -109,35 +116,34 @@ def _print_levels(summary: dict, run: LoggedRun, console: Console) -> None:
     levels = summary["levels"]
     if not levels:
         return
-    columns = {"level": "level", "used": "batch\nused", "perplexity": "batch\nppl",
-               "dead": "window\ndead"}
+    shown = list(TRAIN_LEVEL)
     legend = (f"batch: the last train batch; window dead: codes unused over "
               f"{_dead_window(run)}; ppl: perplexity")
     if summary["eval"] is not None:
-        columns |= {"eval_dead": "train\ndead", "eval_perplexity": "train\nppl"}
-        if any("heldout_perplexity" in level for level in levels):
-            columns["heldout_perplexity"] = "heldout\nppl"
+        shown += ["eval_dead", "eval_perplexity"]
+        shown += [name for name in ("heldout_perplexity",) if any(name in lv for lv in levels)]
         legend += (f"; train: every training image at the eval of step {summary['eval']['step']}"
                    f" (a code no image picks is dead); heldout: every held-out image")
     else:
         legend += "; no eval yet: full-pass columns appear after the first eval"
-    if any("sinkhorn_marginal_error" in level for level in levels):
-        columns["sinkhorn_marginal_error"] = "sinkhorn\nerror"
-        legend += "; sinkhorn error: the transport plan's row-marginal error"
-    if any("transport_cost" in level for level in levels):
-        columns |= {"transport_cost": "transport\ncost", "solve_epsilon": "solve\neps"}
-        legend += ("; transport cost: the level's, per latent dimension; solve eps: the epsilon "
-                   "its solve used, in squared latent units")
-        if any("anchor_stale" in level for level in levels):
-            columns["anchor_stale"] = "stale"
-            window = run.config.get("transport.anchor_window", "transport.anchor_window")
-            legend += (f"; stale: codes unpicked over the last {window} steps, which the term "
-                       f"moves and re-anchors")
+    shown += [name for name in TRANSPORT_LEVEL if any(name in lv for lv in levels)]
+    window = run.config.get("transport.anchor_window", "transport.anchor_window")
+    legend += "".join(text.format(window=window) for name, text in _TRANSPORT_LEGEND.items()
+                      if name in shown)
     num_codes = run.config.get("model.num_codes")
     codes = f" ({num_codes} codes each)" if num_codes is not None else ""
-    rows = [[fmt(level.get(key)) for key in columns] for level in levels]
+    rows = [[fmt(level["level"]), *(fmt(level.get(name)) for name in shown)] for level in levels]
     print_table(console, f"codebook health per level{codes}",
-                [Col(header) for header in columns.values()], rows, legend)
+                [Col("level"), *(Col(LEVEL_VALUES[name][1]) for name in shown)], rows, legend)
+
+
+_TRANSPORT_LEGEND = {
+    "sinkhorn_marginal_error": "; sinkhorn error: the transport plan's row-marginal error",
+    "transport_cost": "; transport cost: the level's, per latent dimension",
+    "solve_epsilon": "; solve eps: the epsilon of its solve, in squared latent units",
+    "anchor_stale": ("; stale: codes unpicked over the last {window} steps, which the term "
+                     "moves and re-anchors"),
+}
 
 
 def sparkline(values: Sequence, width: int = TREND_POINTS) -> str:
@@ -216,10 +222,10 @@ def _print_history(summary: dict, terms: tuple[str, ...], note: str, console: Co
 def _print_health_over_time(summary: dict, run: LoggedRun, note: str, console: Console) -> None:
     num_codes = run.config.get("model.num_codes")
     health = summary["health"]
-    columns = {"used": "batch\nused %" if num_codes else "batch\nused", "perplexity": "batch\nppl",
-               "dead": "window\ndead"}
-    if any("sinkhorn_marginal_error" in entry for entry in health):
-        columns["sinkhorn_marginal_error"] = "sinkhorn\nerror"
+    columns = {name: LEVEL_VALUES[name][1] for name in (*TRAIN_LEVEL, "sinkhorn_marginal_error")
+               if name != "sinkhorn_marginal_error" or any(name in entry for entry in health)}
+    if num_codes:
+        columns["used"] += " %"
 
     def cell(entry: dict, key: str) -> str:
         values = entry.get(key) or []
@@ -248,3 +254,19 @@ def render_run(run: LoggedRun, console: Console, points: int, last: int | None,
     _print_trends(run, terms, console)
     _print_history(summary, terms, note, console)
     _print_health_over_time(summary, run, note, console)
+
+
+def print_eval(console: Console, title: str, dataset, result: dict, num_codes: int) -> None:
+    """`rqvae eval`'s table: held-out recon and PSNR, then code use per level."""
+    from rich.table import Table
+
+    console.print(f"{title}, held-out split of {dataset.name} ({len(dataset.heldout)} images): "
+                  f"recon MSE {result['heldout_recon']:.4g}, PSNR {result['heldout_psnr']:.2f} "
+                  f"dB", highlight=False)
+    table = Table(title="code use on the held-out split", title_justify="left")
+    for column in ("level", "codes used", "unused", "perplexity"):
+        table.add_column(column, justify="right")
+    levels = zip(result["heldout_used"], result["heldout_perplexity"])
+    for level, (used, perplexity) in enumerate(levels):
+        table.add_row(str(level + 1), str(used), str(num_codes - used), f"{perplexity:.1f}")
+    console.print(table)

@@ -1,9 +1,9 @@
 """Finding and loading runs for `rqvae report`: a run directory as read from disk, and its status.
 
-Reads `config.toml` (through `rqvae.trainer.config.load`), `metrics.jsonl` (schema in `rqvae.trainer.runlog`) and
-`resumes.jsonl`, also while a run is still writing them. A directory that holds runs instead of
-being one stands for them (`find_runs`); a run without a train record yet is skipped with a note
-(`load_runs`). Imports neither JAX, Flax nor numpy.
+Reads `config.toml` (through `rqvae.trainer.config.load_saved`), `metrics.jsonl` (schema in
+`rqvae.trainer.runlog`) and `resumes.jsonl`, also while a run is still writing them. A directory
+that holds runs instead of being one stands for them (`find_runs`); a run without a train record
+yet is skipped with a note (`load_runs`). Imports neither JAX, Flax nor numpy.
 
 A run's status: completed, interrupted or failed (the log's final `end` record says), running (a
 process holds the run directory, `rundir.is_held`) or crashed (neither: the process ended without
@@ -20,13 +20,13 @@ from functools import cached_property
 from pathlib import Path
 
 from rqvae.trainer import config, rundir, runlog
-from rqvae.trainer.config import ConfigError
+from rqvae.trainer.errors import ConfigError, UserError
 from rqvae.trainer.runlog import LOSS_TERMS, finite_numbers
 
 _TRAIN_CMD = "pass a directory written by `rqvae train`"
 
 
-class NoRecords(rundir.UserError):
+class NoRecords(UserError):
     """A run directory whose log holds no train record yet; the message says why."""
 
 
@@ -84,7 +84,7 @@ def level_value(record: dict, key: str, i: int):
 def load_run(run_dir: Path) -> LoggedRun:
     """Reads a run directory written by `rqvae train`, also one still being written.
 
-    Raises rundir.UserError, one line naming the problem and the fix, when the directory is
+    Raises UserError, one line naming the problem and the fix, when the directory is
     missing, is not a directory or holds no metrics.jsonl, and NoRecords (a UserError) when its
     log holds no train record yet, saying whether the run is still starting, failed or crashed.
     A config.toml that is missing or does not load is no error: the config is then empty and
@@ -92,16 +92,16 @@ def load_run(run_dir: Path) -> LoggedRun:
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise rundir.UserError(f"run directory {run_dir} does not exist; {_TRAIN_CMD}")
+        raise UserError(f"run directory {run_dir} does not exist; {_TRAIN_CMD}")
     if not run_dir.is_dir():
-        raise rundir.UserError(f"{run_dir} is not a directory; {_TRAIN_CMD}")
+        raise UserError(f"{run_dir} is not a directory; {_TRAIN_CMD}")
     log_path = run_dir / rundir.METRICS_FILE
     if not log_path.is_file():
-        raise rundir.UserError(_no_log_message(run_dir))
+        raise UserError(_no_log_message(run_dir))
     try:
         log = runlog.read_log(run_dir)
     except OSError as err:
-        raise rundir.UserError(f"cannot read {log_path}: {err.strerror}; check the file") from None
+        raise UserError(f"cannot read {log_path}: {err.strerror}; check the file") from None
     run_config, config_note = _read_config(run_dir)
     series = log.series
     status, reason = run_status(log.last, rundir.is_held(run_dir),
@@ -187,7 +187,7 @@ def _read_config(run_dir: Path) -> tuple[dict, str | None]:
 def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[str]]:
     """The runs that have train records, and a note for each that has none yet.
 
-    Raises the first error of a directory that is no run (rundir.UserError), and NoRecords when
+    Raises the first error of a directory that is no run (UserError), and NoRecords when
     no run has records.
     """
     runs, skipped = [], []

@@ -63,9 +63,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rqvae.quantizer.settings import LOSS_TERMS
 from rqvae.reports.runs import LoggedRun, finite_extremes, level_value
 from rqvae.trainer import config
-from rqvae.quantizer.settings import LOSS_TERMS
 
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
 # this is and how big its codebooks are.
@@ -119,35 +119,50 @@ def _best_heldout(evals: list[dict]) -> dict | None:
     return None if found is None else {"step": evals[found[1]]["step"], "heldout_recon": found[0]}
 
 
-# JSON key of `levels` (kept from the first release) -> record key (runlog's names).
-_TRAIN_LEVEL_KEYS = {"used": "batch_used", "perplexity": "batch_perplexity",
-                     "dead": "window_dead"}
-_EVAL_LEVEL_KEYS = {"eval_used": "train_used", "eval_dead": "train_dead",
-                    "eval_perplexity": "train_perplexity"}
-_HELDOUT_LEVEL_KEYS = ("heldout_used", "heldout_perplexity")  # named alike in both
-# Named alike in both; the epsilon and the cost are logged since relative epsilon came in,
-# anchor_stale since re-anchoring.
-_TRANSPORT_LEVEL_KEYS = ("sinkhorn_marginal_error", "transport_cost", "solve_epsilon",
-                         "anchor_stale")
-# JSON keys of the first schema, kept beside the new names for scripts that read them.
+# Every per-level value the report shows: its name in `levels`, the CSV and the tables' code
+# (the first release's where it had one) -> (its key in the run log, its table header). Every
+# reader takes both from here.
+LEVEL_VALUES = {
+    "used": ("batch_used", "batch\nused"),
+    "perplexity": ("batch_perplexity", "batch\nppl"),
+    "dead": ("window_dead", "window\ndead"),
+    "eval_used": ("train_used", "train\nused"),
+    "eval_dead": ("train_dead", "train\ndead"),
+    "eval_perplexity": ("train_perplexity", "train\nppl"),
+    "heldout_used": ("heldout_used", "heldout\nused"),
+    "heldout_perplexity": ("heldout_perplexity", "heldout\nppl"),
+    "sinkhorn_marginal_error": ("sinkhorn_marginal_error", "sinkhorn\nerror"),
+    "transport_cost": ("transport_cost", "transport\ncost"),
+    "solve_epsilon": ("solve_epsilon", "solve\neps"),
+    "anchor_stale": ("anchor_stale", "stale"),
+}
+# Table headers of the loss terms where they differ from the term's name.
+TERM_HEADERS = {"wasserstein": "W"}
+TRAIN_LEVEL = ("used", "perplexity", "dead")  # from the last train record
+EVAL_LEVEL = ("eval_used", "eval_dead", "eval_perplexity")  # from the last eval
+HELDOUT_LEVEL = ("heldout_used", "heldout_perplexity")  # from the last eval, if it logged them
+TRANSPORT_LEVEL = ("sinkhorn_marginal_error", "transport_cost", "solve_epsilon", "anchor_stale")
+# `levels` keys of the first schema, kept beside their new names for scripts that read them.
 _FORMER_NAMES = {"wasserstein_levels": "transport_cost", "sinkhorn_epsilon": "solve_epsilon"}
+
+
+def _level(record: dict, name: str, i: int):
+    return level_value(record, LEVEL_VALUES[name][0], i)
 
 
 def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
     last_eval = run.evals[-1] if run.evals else None
-    with_sinkhorn = ot_on and "sinkhorn_marginal_error" in final
+    with_transport = ot_on and "sinkhorn_marginal_error" in final
     levels = []
     for i in range(len(final.get("batch_used") or [])):
-        level = {"level": i + 1,
-                 **{k: level_value(final, key, i) for k, key in _TRAIN_LEVEL_KEYS.items()}}
+        level = {"level": i + 1, **{name: _level(final, name, i) for name in TRAIN_LEVEL}}
         if last_eval is not None:
-            level.update({k: level_value(last_eval, key, i)
-                          for k, key in _EVAL_LEVEL_KEYS.items()})
-            level.update({k: level_value(last_eval, k, i)
-                          for k in _HELDOUT_LEVEL_KEYS if k in last_eval})
-        if with_sinkhorn:
-            level.update({key: level_value(final, key, i)
-                          for key in _TRANSPORT_LEVEL_KEYS if key in final})
+            level.update({name: _level(last_eval, name, i) for name in EVAL_LEVEL})
+            level.update({name: _level(last_eval, name, i) for name in HELDOUT_LEVEL
+                          if LEVEL_VALUES[name][0] in last_eval})
+        if with_transport:
+            level.update({name: _level(final, name, i) for name in TRANSPORT_LEVEL
+                          if LEVEL_VALUES[name][0] in final})
             level.update({old: level[new] for old, new in _FORMER_NAMES.items() if new in level})
         levels.append(level)
     return levels
@@ -189,7 +204,8 @@ def _eval_summary(record: dict | None) -> dict | None:
 
 def _health_entry(record: dict, with_sinkhorn: bool) -> dict:
     entry = {"step": record["step"]}
-    entry.update({k: record[key] for k, key in _TRAIN_LEVEL_KEYS.items() if key in record})
+    entry.update({name: record[LEVEL_VALUES[name][0]] for name in TRAIN_LEVEL
+                  if LEVEL_VALUES[name][0] in record})
     if with_sinkhorn and "sinkhorn_marginal_error" in record:
         entry["sinkhorn_marginal_error"] = record["sinkhorn_marginal_error"]
     return entry

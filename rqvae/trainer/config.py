@@ -1,11 +1,8 @@
-"""Frozen, hashable configuration tree, loaded from TOML and overridden by CLI flags.
-
-Grouped by the part of the program that reads it: `[loss]` and `[transport]` (the library's
-LossWeights and Transport, read by the loss terms), `[remedies]` and `[optimizer]` (the step),
-`[model]`, `[data]` and `[run]` (the loop); steps, batch_size and seed are top-level keys. Keys
-of earlier versions still load (`MOVED`, `RETIRED`, `BEFORE_KEY_EXISTED`). The tree holds scalars and tuples only, so a config can be a static jit argument.
-This module imports neither JAX nor Flax: `rqvae report` reads configs through it.
-"""
+"""The frozen config tree, loaded from TOML and overridden by CLI flags; no JAX (the report reads
+it). Sections by the part that reads them: `[loss]`, `[transport]` (the library's LossWeights
+and Transport), `[remedies]`, `[optimizer]` (the step), `[model]`, `[data]`, `[run]` (the loop).
+Scalars and tuples only, so a config is a static jit argument. Keys of earlier versions still
+load (`MOVED`, `RETIRED`, `BEFORE_KEY_EXISTED`)."""
 
 from __future__ import annotations
 
@@ -19,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rqvae.quantizer.settings import LossWeights, Transport
-
-
-class ConfigError(ValueError):
-    """A config file or value the user must fix; the message names the key and the fix."""
+from rqvae.trainer.config_checks import validate
+from rqvae.trainer.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +58,7 @@ class RunConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     dead_window: int = 200  # a code unused for this many steps counts as dead in train records
-    steps_per_call: int = 100  # train steps per compiled call (a device-side loop); more: less
-    #   host overhead, fewer checks for signals. Calls also stop at log/eval/checkpoint steps.
+    steps_per_call: int = 100  # train steps per compiled call (a device-side loop)
     num_devices: int = 0  # devices to train on, data-parallel; 0: every device (of every host)
     distributed: bool = False  # call jax.distributed.initialize() first, for multi-host runs
 
@@ -133,19 +127,6 @@ def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
                       batch_size=cfg.batch_size, seed=cfg.seed, dead_window=cfg.run.dead_window,
                       solver="logdomain" if accelerator else "scaling",
                       guard="select" if accelerator else "branch")
-
-
-# Fields that fix the shapes of parameters; a resumed run may not change them.
-SHAPE_KEYS = (
-    "model.image_shape",
-    "model.architecture",
-    "model.encoder_hidden",
-    "model.decoder_hidden",
-    "model.conv_channels",
-    "model.latent_dim",
-    "model.num_levels",
-    "model.num_codes",
-)
 
 
 def section_of(key: str) -> type:
@@ -246,9 +227,8 @@ MOVED = {
     "kmeans_init": "remedies.kmeans_init",
 }
 
-# Settings removed because no measured result supported them (docs/results.md keeps their rows),
-# each with the value that gives what the code does now: a config that holds that value loads,
-# any other is refused (`retired_values`).
+# Settings no measured result supported, removed (docs/results.md keeps their rows), each with
+# the value that does what the code does now: a config holding it loads, any other is refused.
 RETIRED = {
     "codebook_loss": "per_level",
     "sinkhorn_epsilon_mode": "relative",
@@ -301,23 +281,24 @@ def _refuse_retired(retired: dict) -> None:
                           f"measurements); remove the key")
 
 
+def _saved(path: str | Path) -> tuple[dict, dict]:
+    values = _read_toml(path)
+    if "transport" not in values:  # the flat format: a missing key dates the run
+        values = {**BEFORE_KEY_EXISTED, **values}
+    return _upgraded(values)
+
+
 def load_saved(path: str | Path) -> TrainerConfig:
     """A run directory's config.toml, as `load` reads it, with two differences for runs of
     earlier versions: a flat-format file lacking a key of BEFORE_KEY_EXISTED takes the value
     given there, and a retired setting at another value than today's is dropped rather than
     refused (`retired_values` names them; such a run reports and evaluates, but cannot resume)."""
-    values = _read_toml(path)
-    if "transport" not in values:
-        values = {**BEFORE_KEY_EXISTED, **values}
-    return validate(_build(TrainerConfig, _upgraded(values)[0], ""))
+    return validate(_build(TrainerConfig, _saved(path)[0], ""))
 
 
 def retired_values(path: str | Path) -> dict:
     """The retired settings a run's config.toml holds at values the code no longer has."""
-    values = _read_toml(path)
-    if "transport" not in values:
-        values = {**BEFORE_KEY_EXISTED, **values}
-    return _upgraded(values)[1]
+    return _saved(path)[1]
 
 
 def _read_toml(path: str | Path) -> dict:
@@ -331,11 +312,8 @@ def _read_toml(path: str | Path) -> dict:
 
 
 def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConfig:
-    """Applies dotted-key overrides (`"model.num_codes": 128`); None values are skipped.
-
-    The overrides are merged into the config's dict and the result is built and checked like a
-    TOML file, so an override gets the same messages as the same key in a file.
-    """
+    """Applies dotted-key overrides (`"model.num_codes": 128`; None skipped), built and checked
+    as a TOML file is, so an override gets the messages the same key in a file would."""
     values = to_dict(cfg)
     for dotted, value in overrides.items():
         if value is None:
@@ -357,87 +335,20 @@ def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConf
 
 
 def parse_assignments(assignments: typing.Iterable[str]) -> dict[str, typing.Any]:
-    """`--set` arguments, "model.num_codes=256", as dotted-key overrides for `replace`.
-
-    Values are read as TOML values (256, 0.5, true, [512, 256], "text"); a bare word that is not
-    one (tfds:mnist) is taken as a string.
-    """
+    """`--set` arguments, "model.num_codes=256", as dotted-key overrides for `replace`; values
+    are TOML values (256, 0.5, true, [512, 256], "text"), or else strings (tfds:mnist)."""
     overrides = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set takes KEY=VALUE (e.g. model.num_codes=256), got '{assignment}'")
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. model.num_codes=256), got "
+                              f"'{assignment}'")
         try:
             value = tomllib.loads(f"value = {text.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
         overrides[key.strip()] = value
     return overrides
-
-
-def _check(ok: bool, message: str):
-    if not ok:
-        raise ConfigError(message)
-
-
-def _finite(value) -> bool:
-    return math.isfinite(value)
-
-
-def validate(cfg: TrainerConfig) -> TrainerConfig:
-    """Rejects out-of-range values with a message that names the key and the allowed range."""
-    for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
-        value = getattr(cfg.loss, name)
-        _check(_finite(value) and value >= 0,
-               f"loss.{name} must be a finite number >= 0, got {value}")
-    lr = cfg.optimizer.learning_rate
-    _check(_finite(lr) and lr > 0, f"optimizer.learning_rate must be a finite number > 0, got {lr}")
-    t = cfg.transport
-    _check(_finite(t.epsilon) and t.epsilon > 0,
-           f"transport.epsilon must be a finite number > 0, got {t.epsilon}")
-    _check(t.iters >= 1, f"transport.iters must be >= 1, got {t.iters}")
-    _check(_finite(t.tolerance) and t.tolerance >= 0,
-           f"transport.tolerance must be >= 0 (0: always run transport.iters), got {t.tolerance}")
-    _check(1 <= t.overrelaxation < 2,
-           f"transport.overrelaxation must be in [1, 2) (1: plain Sinkhorn), got "
-           f"{t.overrelaxation}")
-    _check(t.anchor_window >= 0,
-           f"transport.anchor_window must be >= 0 steps (0: off), got {t.anchor_window}")
-    _check(cfg.remedies.dead_code_threshold >= 0,
-           f"remedies.dead_code_threshold must be >= 0 steps (0: off), got "
-           f"{cfg.remedies.dead_code_threshold}")
-    _check(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
-    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
-    m = cfg.model
-    for name in ("latent_dim", "num_levels", "num_codes"):
-        value = getattr(m, name)
-        _check(value >= 1, f"model.{name} must be >= 1, got {value}")
-    _check(m.architecture in ("mlp", "conv"),
-           f"model.architecture must be 'mlp' or 'conv', got '{m.architecture}'")
-    _check(m.data_kind in ("images", "vectors"),
-           f"model.data_kind must be 'images' or 'vectors', got '{m.data_kind}'")
-    _check(not (m.data_kind == "vectors" and m.architecture == "conv"),
-           "model.architecture 'conv' needs images, and this data set holds vectors; set "
-           "model.architecture = \"mlp\"")
-    _check(len(m.image_shape) == 3 and all(d >= 1 for d in m.image_shape),
-           f"model.image_shape must be [height, width, channels], got {list(m.image_shape)}")
-    _check(len(m.conv_channels) == 2, "model.conv_channels needs two channel counts")
-    for name in ("encoder_hidden", "decoder_hidden", "conv_channels"):
-        widths = getattr(m, name)
-        _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
-    _check(m.compute_dtype in ("float32", "bfloat16"),
-           f"model.compute_dtype must be 'float32' or 'bfloat16', got '{m.compute_dtype}'")
-    _check(
-        0 < cfg.data.holdout_fraction < 1,
-        f"data.holdout_fraction must be in (0, 1), got {cfg.data.holdout_fraction}",
-    )
-    r = cfg.run
-    for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "dead_window",
-                 "steps_per_call"):
-        value = getattr(r, name)
-        _check(value >= 1, f"run.{name} must be >= 1, got {value}")
-    _check(r.num_devices >= 0, f"run.num_devices must be >= 0 (0: every device), got {r.num_devices}")
-    return cfg
 
 
 def to_dict(cfg) -> dict:
@@ -488,18 +399,3 @@ def dumps(cfg: TrainerConfig) -> str:
             lines += ["", f"[{section}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
-
-
-def shape_differences(a: TrainerConfig, b: TrainerConfig) -> list[str]:
-    """The SHAPE_KEYS on which two configs differ, as "key: old -> new" lines."""
-    flat_a, flat_b = flatten(to_dict(a)), flatten(to_dict(b))
-    return [f"{k}: {flat_a[k]} -> {flat_b[k]}" for k in SHAPE_KEYS if flat_a[k] != flat_b[k]]
-
-
-
-def differences(old: TrainerConfig, new: TrainerConfig, ignore: tuple[str, ...] = ()
-                ) -> dict[str, list]:
-    """{"dotted.key": [old value, new value]} for every key on which two configs differ."""
-    flat_old, flat_new = flatten(to_dict(old)), flatten(to_dict(new))
-    return {k: [flat_old[k], flat_new[k]] for k in flat_new
-            if k not in ignore and flat_old.get(k) != flat_new[k]}

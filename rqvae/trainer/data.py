@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from rqvae.trainer.config import ConfigError, DataConfig
-from rqvae.trainer.rundir import UserError
+from rqvae.trainer.config import DataConfig
+from rqvae.trainer.errors import ConfigError, UserError
 
 DATASET_FORMS = "'digits' (embedded), 'tfds:<name>' (e.g. tfds:mnist) or 'npz:<path>'"
 IMAGES = "images"  # values in [0, 1]

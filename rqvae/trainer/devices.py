@@ -9,8 +9,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rqvae.trainer.config import ConfigError, TrainerConfig
-from rqvae.trainer.rundir import UserError
+from rqvae.trainer.config import TrainerConfig
+from rqvae.trainer.errors import ConfigError, UserError
 
 DATA_AXIS = "data"
 

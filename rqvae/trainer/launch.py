@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rqvae.trainer import config as config_lib
-from rqvae.trainer.config import ConfigError, TrainerConfig
+from rqvae.trainer.config import TrainerConfig
+from rqvae.trainer.errors import ConfigError
 from rqvae.trainer.rundir import (
     CONFIG_FILE,
     Lock,
@@ -22,6 +23,37 @@ from rqvae.trainer.rundir import (
 
 if TYPE_CHECKING:
     from rqvae.trainer.data import Dataset
+
+
+# Fields that fix the shapes of parameters; a resumed run may not change them.
+SHAPE_KEYS = (
+    "model.image_shape",
+    "model.architecture",
+    "model.encoder_hidden",
+    "model.decoder_hidden",
+    "model.conv_channels",
+    "model.latent_dim",
+    "model.num_levels",
+    "model.num_codes",
+)
+
+
+def _flat(cfg: TrainerConfig) -> dict:
+    return config_lib.flatten(config_lib.to_dict(cfg))
+
+
+def shape_differences(a: TrainerConfig, b: TrainerConfig) -> list[str]:
+    """The SHAPE_KEYS on which two configs differ, as "key: old -> new" lines."""
+    flat_a, flat_b = _flat(a), _flat(b)
+    return [f"{k}: {flat_a[k]} -> {flat_b[k]}" for k in SHAPE_KEYS if flat_a[k] != flat_b[k]]
+
+
+def differences(old: TrainerConfig, new: TrainerConfig, ignore: tuple[str, ...] = ()
+                ) -> dict[str, list]:
+    """{"dotted.key": [old value, new value]} for every key on which two configs differ."""
+    flat_old, flat_new = _flat(old), _flat(new)
+    return {k: [flat_old[k], flat_new[k]] for k in flat_new
+            if k not in ignore and flat_old.get(k) != flat_new[k]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +121,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
                             f"has; it can be reported and evaluated, not resumed: start a new "
                             f"--run-dir")
         saved = config_lib.load_saved(explicit / CONFIG_FILE)
-        shape_changes = config_lib.shape_differences(saved, cfg)
+        shape_changes = shape_differences(saved, cfg)
         if shape_changes:
             raise UserError(f"--resume cannot change the model's shape "
                             f"({'; '.join(shape_changes)}); drop those settings or start a new "
@@ -97,7 +129,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         if resume_from is not None and resume_from >= cfg.steps:
             raise UserError(f"{explicit} already reached step {resume_from}; pass --steps larger "
                             f"than {resume_from} to train further")
-        changed = config_lib.differences(saved, cfg, ignore=("steps", "run.run_dir"))
+        changed = differences(saved, cfg, ignore=("steps", "run.run_dir"))
     devices.sync("rqvae: run directory checked")  # every host checked before process 0 writes
     lock = None
     run_dir = explicit

@@ -242,3 +242,20 @@ def print_summary(summary: dict, run_dir: Path, console) -> None:
     heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
     console.print(f"final losses: {losses}{heldout}", highlight=False)
     console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
+
+
+def print_start(run, console, devices, resume: bool) -> None:
+    """Where the run trains, on how many devices, from which step, and what a resume changed."""
+    from rich.markup import escape
+
+    mesh_devices = devices.make_mesh(run.cfg).devices.flat
+    on = (f"{len(mesh_devices)} {mesh_devices[0].platform} devices" if len(mesh_devices) > 1
+          else "1 device")
+    console.print(f"run directory: [bold]{escape(str(run.run_dir))}[/] (training on {on})",
+                  highlight=False)
+    if run.resume_from is not None:
+        console.print(f"resuming from the checkpoint at step {run.resume_from}", highlight=False)
+    elif resume:
+        console.print("no complete checkpoint yet: starting again from step 0", highlight=False)
+    for key, (old, new) in run.changed.items():
+        console.print(f"changed on resume: {key} {old} -> {new}", highlight=False)

@@ -22,16 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from rqvae.trainer.errors import UserError
+
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
-
-
-class UserError(Exception):
-    """A mistake the user must fix (a path, a missing run or checkpoint, a missing extra); the
-    message names it and the fix. The command prints it as one line and exits 2."""
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -191,3 +188,16 @@ def read_resumes(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def check_out_file(out: Path, force: bool) -> None:
+    """Refuses, before any work, an --out that cannot be written as a file."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; pass a file name such as {out / 'codes.npy'}")
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {out}: folder {parent} is not writable")

@@ -155,7 +155,7 @@ def where_ok(ok, update, old, *, guard: str):
 
 
 def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
-    """The flat on-device metrics of a step, named as in `rqvae.trainer.runlog` (train records), and the
+    """The flat on-device metrics of a step, named as in `runlog` (train records), and the
     failed step."""
     counts_LxK = outcome["counts"]
     result = {k: outcome[k] for k in LOSS_TERMS}
