@@ -112,6 +112,8 @@ def _parameter_name(flag: str) -> str:
 
 def _flag_parameter(key: str, flag: str, help_text: str) -> inspect.Parameter:
     kind = typing.get_type_hints(config_lib.section_of(key))[key.rpartition(".")[2]]
+    default = config_lib.flatten(config_lib.to_dict(config_lib.TrainerConfig()))[key]
+    help_text += f" Default: the config's value ({default} without one)."
     option = typer.Option(flag, help=help_text,
                           metavar=kind.__name__.upper() if kind is not str else "TEXT")
     return inspect.Parameter(_parameter_name(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -143,8 +145,8 @@ def _with_config_flags(flags: dict[str, tuple[str, str]]):
 @app.command(short_help="Train an RQ-VAE.")
 @_with_config_flags(TRAIN_FLAGS)
 def train(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="TOML config file (see configs/).")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run directory; default runs/<config>-<time>.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="TOML config file, or a preset's name (rqvae configs).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run directory; default runs/<config>-<changed settings>-<time>.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config key, repeatable: --set model.num_codes=256 --set remedies.kmeans_init=true.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
@@ -157,11 +159,11 @@ def train(
     Examples:
 
     \b
-      rqvae train                                       # embedded digits, about 20 s on CPU
-      rqvae train -c configs/hybrid.toml                # codebook + Wasserstein losses
+      rqvae train                           # the embedded digits: 14 s on 2 cores
+      rqvae train -c hybrid                 # a preset (rqvae configs lists them)
       rqvae train --lambda-wasserstein 0.5 --steps 2000
-      rqvae train -c configs/restart.toml --set model.num_codes=256
-      srun rqvae train -c configs/mnist.toml --set run.distributed=true   # multi-host
+      rqvae train -c restart --set model.num_codes=256
+      srun rqvae train -c mnist --set run.distributed=true       # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
     """
     if quiet and verbose:
@@ -174,8 +176,7 @@ def train(
         from rqvae.trainer import devices, launch
         from rqvae.trainer import loop as train_lib  # JAX loads here, after the cheap checks
 
-        run = launch.open_run(cfg, name=config.stem if config is not None else "default",
-                              resume=resume)
+        run = launch.open_run(cfg, name=_run_name(config, cfg), resume=resume)
     from rqvae.trainer.progress import Display, print_start, print_summary
 
     quiet = quiet or not devices.is_primary()  # in a multi-host run, process 0 alone prints
@@ -199,6 +200,17 @@ def train(
         print_summary(summary, run.run_dir, console)
 
 
+def _run_name(config: Path | None, cfg: config_lib.TrainerConfig) -> str:
+    """The automatic run name: the config's name, then the settings the command line changed."""
+    from rqvae.trainer import launch, names, presets
+
+    path = None if config is None else (presets.find(str(config)) or config)
+    stem = "default" if config is None else Path(config).stem
+    loaded = config_lib.load(path)
+    return names.run_name(stem, {k: new for k, (_, new) in
+                                 launch.differences(loaded, cfg).items()})
+
+
 def _train_config(config: Path | None, run_dir: Path | None, assignments: list[str],
                   overrides: dict, resume: bool) -> config_lib.TrainerConfig:
     """The config a run trains on: the defaults, or the file (on a resume without one, the run's
@@ -214,11 +226,92 @@ def _train_config(config: Path | None, run_dir: Path | None, assignments: list[s
     elif base is not None and base.is_dir():
         raise UserError(f"--config {base} is a directory; pass a TOML file, e.g. "
                         f"{base / 'hybrid.toml'}")
+    elif base is not None and not base.exists():
+        from rqvae.trainer import presets
+
+        base = presets.find(str(base)) or base
+        if not base.exists():
+            names = ", ".join(name for name, _ in presets.listing())
+            raise UserError(f"config file {base} not found; pass a TOML file or a preset: "
+                            f"{names} (rqvae configs lists them)")
     merged = {**config_lib.parse_assignments(assignments), **overrides}
     if run_dir is not None:
         merged["run.run_dir"] = str(run_dir)
     saved = resume and config is None  # the run's own config.toml, as it trained
     return config_lib.replace((config_lib.load_saved if saved else config_lib.load)(base), merged)
+
+
+@app.command(short_help="Train a grid of settings x seeds, then report it.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The sweep's folder: sweep.json, a run directory per run, logs/.")],
+    grid: Annotated[list[str], typer.Option("--grid", metavar="KEY=V1,V2", help="A config key and its values; repeat for a grid.")],
+    seeds: Annotated[str, typer.Option(metavar="S1,S2", help="Seeds of each setting.")] = "0",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="Base config file or preset.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, metavar="N", help="Runs at a time on CPU (one per GPU where GPUs are visible).")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out: keep finished runs, resume stopped ones.")] = False,
+):
+    """Train every combination of the --grid values with each seed, then report the sweep.
+
+    Any other `rqvae train` flag (--steps 2000, --set model.num_codes=256) goes to every run.
+    Runs are named by the values they set (lw0.5-eps0.1-seed1); a failed run does not stop the
+    others. Exit 0 when every run completed, 1 when one failed.
+
+    Examples:
+
+    \b
+      rqvae sweep --grid lambda_wasserstein=0,0.1,0.5 --seeds 0,1,2 --out runs/sw --steps 2000
+      rqvae sweep -c hybrid --grid transport.epsilon=0.02,0.05 --out runs/eps --parallel 2
+      rqvae sweep --resume --grid lambda_wasserstein=0,0.1,0.5 --seeds 0,1,2 --out runs/sw \\
+          --steps 2000
+    """
+    from rqvae import sweep as sweep_lib
+
+    with _user_errors():
+        plan = sweep_lib.Plan(config=None if config is None else str(config),
+                              grid=sweep_lib.parse_grid(grid), seeds=sweep_lib.parse_seeds(seeds),
+                              train_args=list(ctx.args))
+        for run in sweep_lib.runs_of(plan):  # every run's config checked before any starts
+            _train_config(config, None, [], dict(run.settings), resume=False)
+        sweep_lib.prepare(out, plan, resume)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    steps = _train_config(config, None, [], {}, resume=False).steps
+    if "--steps" in ctx.args:
+        steps = int(ctx.args[ctx.args.index("--steps") + 1])
+    try:
+        outcomes, bad_input = sweep_lib.execute(plan, out, parallel, steps, say)
+    except sweep_lib.Interrupted as err:
+        _fail(f"{err}; continue with the same command and --resume", code=128 + err.signum)
+    if bad_input:
+        _fail(f"a run was refused, and every run would be: {bad_input.splitlines()[-1]}")
+    failed = sorted(name for name, outcome in outcomes.items() if outcome != "completed"
+                    and outcome != "done")
+    from rqvae.reports import report as report_lib
+
+    with _user_errors():
+        report_lib.main([out], as_json=False, console=_console())
+    done = len(outcomes) - len(failed)
+    say(f"sweep {out}: {done} of {len(outcomes)} runs completed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(short_help="List the presets that ship with rqvae.")
+def configs():
+    """List the presets: `rqvae train -c NAME` runs one from any directory.
+
+    Each file starts with the command that runs it, its time and what to expect; `rqvae train -c
+    NAME -v` prints the config it resolves to.
+    """
+    from rqvae.trainer import presets
+
+    for name, purpose in presets.listing():
+        print(f"{name:12s} {purpose}")
 
 
 @app.command(short_help="Tables of runs' losses and codebook health.")
@@ -336,6 +429,7 @@ def plot(
       rqvae plot runs/traditional-* runs/hybrid-* --out plots/compare --log
     """
     from rqvae.reports import plot as plot_lib
+    from rqvae.reports.runs import load_run
     from rqvae.trainer import rundir
 
     with _user_errors():
@@ -344,7 +438,13 @@ def plot(
                 raise UserError(f"{run_dir} holds no {rundir.METRICS_FILE}; pass directories "
                                 f"written by `rqvae train`")
         plot_lib.check_out(out, force, plot_lib.png_names(len(run_dirs)))
-        out.mkdir(parents=True, exist_ok=True)
+        for run_dir in run_dirs:
+            load_run(run_dir)  # a run with no train record yet has nothing to plot
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create --out {out} ({err.strerror}); choose another "
+                            f"--out") from None
         written = [plot_lib.loss_curves(run_dirs, out, log_scale)]
         if len(run_dirs) == 1:
             _use_compilation_cache()

@@ -182,6 +182,8 @@ BAD_INPUTS = [
      "cannot change the model's shape (model.num_codes: 8 -> 16)"),
     (["--run-dir", "{run}"], "already holds a run; pass --resume"),
     (["--resume", "--run-dir", "{tmp}/empty"], "holds no run to resume"),
+    (["--run-dir", "{tmp}/notes"], "holds other files and no run; choose a new or empty"),
+    (["-c", "nonesuch"], "config file nonesuch not found; pass a TOML file or a preset"),
     (["--resume", "--run-dir", "{run}"], "already reached step 30; pass --steps larger than 30"),
     (["--set", "num_codes"], "--set takes KEY=VALUE"),
     (["--set", "ot_queue_size=20"], "ot_queue_size = 20 is no longer a setting"),
@@ -205,6 +207,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(full_run, tmp_path, mo
     (tmp_path / "codes.toml").write_text("[model]\nnum_codes = 0\n")
     (tmp_path / "type.toml").write_text('steps = "100"\n')
     (tmp_path / "afile").write_text("not a directory")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
     before = _snapshot(run_dir)
     others = _snapshot(tmp_path)
     args = [str(a).format(tmp=tmp_path, run=run_dir) for a in args]
@@ -281,6 +285,19 @@ def test_plot_without_matplotlib_names_the_extra(full_run, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = rqvae("plot", full_run[0], "--out", tmp_path / "plots")
     assert result.exit_code == 2 and "pip install 'rqvae[plot]'" in result.output
+
+
+def test_plot_refuses_what_it_cannot_draw_or_write_in_one_line(full_run, tmp_path):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.toml").write_text((full_run[0] / "config.toml").read_text())
+    (empty / "metrics.jsonl").write_text("")
+    result = rqvae("plot", empty, "--out", tmp_path / "plots")
+    assert result.exit_code == 2 and "crashed" in result.output
+    assert not (tmp_path / "plots").exists()
+    result = rqvae("plot", full_run[0], "--out", "/proc/plots")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "choose another --out" in " ".join(result.output.split())
 
 
 def test_verbose_prints_the_resolved_config_and_quiet_prints_only_the_summary(tiny_toml, tmp_path):

@@ -49,13 +49,13 @@ def test_the_comparison_shows_the_settings_that_differ(tmp_path):
     second = tiny_cfg(**{"transport.epsilon": 0.1, "transport.encoder_grad": True, "seed": 3})
     text = rendered(two_runs(tmp_path, second))
     settings = section(text, "settings that differ between the runs", "2 runs side by side")
-    assert re.search(r"┃ run\s*┃\s*seed ┃\s*w_W ┃\s*eps ┃\s*W_enc ┃", settings)
+    assert re.search(r"┃ run\s*┃\s*seed ┃\s*lw ┃\s*eps ┃\s*enc ┃", settings)
     assert re.findall(r"[\w.]+", rows_of(settings, "hybrid")[0])[1:] == ["0", "0.5", "0.05",
                                                                          "false"]
     assert re.findall(r"[\w.]+", rows_of(settings, "traditional")[0])[1:] == ["3", "0", "0.1",
                                                                               "true"]
     legend = " ".join(settings.split())
-    assert ("w_W: loss.lambda_wasserstein; eps: transport.epsilon; W_enc: transport.encoder_grad"
+    assert ("lw: loss.lambda_wasserstein; eps: transport.epsilon; enc: transport.encoder_grad"
             in legend)
     assert "lambda_codebook" not in settings and "steps" not in settings  # equal in both
 

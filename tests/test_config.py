@@ -60,7 +60,7 @@ def test_every_preset_loads_and_says_how_to_run_it(path):
     lines = path.read_text().splitlines()
     header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
     assert len(header) >= 4
-    assert any(f"rqvae train -c configs/{path.name}" in line for line in header)
+    assert any(f"rqvae train -c {path.stem}" in line for line in header)
     assert any("Expected:" in line for line in header)
     assert isinstance(cfg, TrainerConfig)
 

@@ -40,7 +40,8 @@ def test_main_prints_the_summaries_as_json(tmp_path, capsys):
     dirs = [make_run(tmp_path, "a", tiny_cfg()), make_run(tmp_path, "b", tiny_cfg(seed=1))]
     report.main(dirs, as_json=True, console=Console(record=True))
     printed = json.loads(capsys.readouterr().out)
-    assert printed == [summarize(load_run(d)) for d in dirs]
+    # Two runs that differ only in their seed: one group, "all".
+    assert printed == [summarize(load_run(d), group="all") for d in dirs]
     assert printed[1]["config"]["seed"] == 1 and "seed" not in printed[0]["config"]
     assert [s["status"] for s in printed] == ["completed", "completed"]
 
@@ -54,19 +55,48 @@ def test_main_renders_tables_and_stops_at_the_first_bad_directory(tmp_path, caps
     assert capsys.readouterr().out == ""
 
 
-def test_a_run_without_records_is_skipped_with_a_note(tmp_path, capsys):
+def test_a_run_without_records_is_skipped_in_tables_and_listed_in_json(tmp_path, capsys):
     make_run(tmp_path, "a-done", tiny_cfg())
     starting = make_run(tmp_path, "b-starting", tiny_cfg(), records=[])
     make_run(tmp_path, "c-died", tiny_cfg(), records=[])
+    make_run(tmp_path, "d-diverged", tiny_cfg(), records=[
+        {"kind": "end", "step": 0, "time": 0.5, "status": "failed",
+         "reason": "the loss became non-finite at step 0 (total)"}])
     with rundir.Lock(starting):
+        report.main([tmp_path], as_json=False, console=Console(file=io.StringIO()))
+        _, err = capsys.readouterr()
         report.main([tmp_path], as_json=True, console=Console())
-    out, err = capsys.readouterr()
-    assert [s["run"] for s in json.loads(out)] == ["a-done"]
+        out, _ = capsys.readouterr()
     assert re.search(r"note: skipped \S*b-starting is still starting", err)
     assert re.search(r"note: skipped \S*c-died crashed \(process ended without a final record\)",
                      err)
+    # A script choosing the best setting sees every run, the diverged one with its status.
+    listed = {s["run"]: (s["status"], s["final"], s["levels"]) for s in json.loads(out)}
+    assert listed == {"a-done": ("completed", listed["a-done"][1], listed["a-done"][2]),
+                      "b-starting": ("running", {}, []), "c-died": ("crashed", {}, []),
+                      "d-diverged": ("failed", {}, [])}
+    (single,) = json.loads(_json_of(tmp_path / "c-died", capsys))
+    assert single["status"] == "crashed" and single["history"] == []
     with pytest.raises(NoRecords, match="c-died crashed"):
-        report.main([tmp_path / "c-died"], as_json=True, console=Console())
+        report.main([tmp_path / "c-died"], as_json=False, console=Console())
+
+
+def _json_of(run_dir, capsys) -> str:
+    report.main([run_dir], as_json=True, console=Console())
+    return capsys.readouterr().out
+
+
+def test_a_garbage_line_in_the_log_is_reported_not_skipped_silently(tmp_path, capsys):
+    run_dir = make_run(tmp_path, "run", tiny_cfg())
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines.insert(2, "{not json at all\n")
+    (run_dir / "metrics.jsonl").write_text("".join(lines) + '{"kind": "train", "st')  # + a cut line
+    (summary,) = json.loads(_json_of(run_dir, capsys))
+    assert summary["unreadable_lines"] == [3] and summary["status"] == "completed"
+    console = Console(file=io.StringIO(), width=120, record=True)
+    report.main([run_dir], as_json=False, console=console)
+    assert "1 line of metrics.jsonl holds no record, skipped (line 3)" in " ".join(
+        console.export_text().split())
 
 
 @pytest.mark.parametrize("options, message", [

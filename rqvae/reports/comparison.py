@@ -11,30 +11,9 @@ from rich.text import Text
 from rqvae.reports.runs import LoggedRun
 from rqvae.reports.summary import NEVER_SHOWN, summarize
 from rqvae.reports.tables import Col, fmt, print_table
+from rqvae.trainer.names import short_name
 from rqvae.trainer.runlog import is_finite
 
-# Column headers of settings in the comparison: short and ASCII (a Greek lambda is one cell on
-# some terminals and two on others); a legend under the table names the key of each. A key not
-# listed is headed by its last dotted part.
-SHORT_HEADERS = {
-    "loss.lambda_codebook": "w_cb",
-    "loss.lambda_commit": "w_cm",
-    "loss.lambda_wasserstein": "w_W",
-    "optimizer.learning_rate": "lr",
-    "transport.epsilon": "eps",
-    "transport.iters": "iters",
-    "transport.tolerance": "tol",
-    "transport.overrelaxation": "omega",
-    "transport.anchor_window": "anchor",
-    "transport.encoder_grad": "W_enc",
-    "remedies.dead_code_threshold": "reseed",
-    "remedies.kmeans_init": "kmeans",
-    "batch_size": "batch",
-    "model.num_levels": "levels",
-    "model.num_codes": "codes",
-    "model.latent_dim": "dim",
-    "data.dataset": "data",
-}
 BEST_STYLE = "bold green"
 
 
@@ -48,10 +27,10 @@ def differing_keys(runs: list[LoggedRun]) -> list[str]:
 
 
 def _short_header(key: str, keys: list[str]) -> str:
-    if key in SHORT_HEADERS:
-        return SHORT_HEADERS[key]
-    tail = key.rsplit(".", 1)[-1]
-    return tail if sum(k.rsplit(".", 1)[-1] == tail for k in keys) == 1 else key
+    """The setting's short name (ASCII: a Greek lambda is one cell on some terminals and two on
+    others), unless another differing key has the same; a legend names the key of each."""
+    short = short_name(key)
+    return short if sum(short_name(k) == short for k in keys) == 1 else key
 
 
 def _print_settings(runs: list[LoggedRun], console: Console) -> None:
@@ -65,7 +44,7 @@ def _print_settings(runs: list[LoggedRun], console: Console) -> None:
     headers = {key: _short_header(key, keys) for key in keys}
     text_keys = {key for key in keys if any(isinstance(run.config.get(key), str | list)
                                             for run in runs)}
-    cols = [Col("run", "left", text=True),
+    cols = [Col("run", "left"),  # a run's name is never broken across lines
             *(Col(headers[key], "left" if key in text_keys else "right", text=key in text_keys)
               for key in keys)]
     rows = [[run.name, *(fmt(run.config.get(key)) if run.config else "?" for key in keys)]
@@ -95,7 +74,8 @@ def _result_row(run: LoggedRun, s: dict, num_levels: int) -> dict:
     if planned is not None and planned != steps:
         steps = f"{steps}/{planned}"
     row = {"run": run.name,
-           "status": run.status + (", repeated steps" if run.repeated_steps else ""),
+           "status": run.status + (", repeated steps" if run.repeated_steps else "")
+           + (", unreadable lines" if run.unreadable_lines else ""),
            "steps": str(steps),
            "total": s["final"].get("total"), "recon": s["final"].get("recon"),
            "heldout": s["eval"]["heldout_recon"] if s["eval"] is not None else None}
@@ -118,8 +98,9 @@ def _best_cells(runs: list[LoggedRun], rows: list[dict], ranked: list[str]) -> s
     return best
 
 
-def render_comparison(runs: list[LoggedRun], console: Console) -> None:
-    """The settings that differ between the runs, then their results side by side."""
+def render_comparison(runs: list[LoggedRun], console: Console) -> list[dict]:
+    """The settings that differ between the runs, then their results side by side; returns the
+    runs' summaries."""
     summaries = [summarize(run) for run in runs]
     num_levels = max(len(s["levels"]) for s in summaries)
     _print_settings(runs, console)
@@ -131,15 +112,17 @@ def render_comparison(runs: list[LoggedRun], console: Console) -> None:
     cells = []
     for r, row in enumerate(rows):
         marked = row["run"] in window_only
-        cells.append([Text(fmt(row[key]) + ("*" if marked and key in dead_keys
-                                            and row[key] is not None else ""),
+        cells.append([Text(("+" if (r, key) in best else "") + fmt(row[key])
+                           + ("*" if marked and key in dead_keys and row[key] is not None else ""),
                            style=BEST_STYLE if (r, key) in best else "")
                       for key, _, _ in columns])
-    cols = [Col(header, "left", text=True) if key in ("run", "status") else Col(header)
-            for key, header, _ in columns]
+    cols = [Col(header, "left", text=key == "status") if key in ("run", "status")
+            else Col(header) for key, header, _ in columns]
     legend = ("total, recon: the last train record's; heldout: held-out recon at the last eval; "
               "dead Ln: codes no training image picks at the last eval")
     if window_only:
         legend += "; * no eval yet: codes unused in the last training window"
-    legend += f"; lowest recon, heldout and dead counts in {BEST_STYLE} among runs on one data set"
+    legend += (f"; +: the lowest recon, heldout and dead counts among runs on one data set "
+               f"({BEST_STYLE} on a terminal)")
     print_table(console, f"{len(runs)} runs side by side", cols, cells, legend)
+    return summaries

@@ -20,8 +20,9 @@ from pathlib import Path
 from rich.console import Console
 
 from rqvae.reports.comparison import render_comparison
+from rqvae.reports.groups import group_runs, render_groups
 from rqvae.reports.run_tables import render_run
-from rqvae.reports.runs import LoggedRun, find_runs, level_value, load_runs
+from rqvae.reports.runs import LoggedRun, NoRecords, find_runs, level_value, load_runs
 from rqvae.reports.summary import HISTORY_POINTS, LEVEL_VALUES, summarize
 from rqvae.trainer import runlog
 from rqvae.trainer.errors import ConfigError
@@ -46,15 +47,19 @@ def _without_trailing_spaces(console: Console) -> Iterator[None]:
 
 
 def render(runs: list[LoggedRun], console: Console, points: int = HISTORY_POINTS, *,
-           last: int | None = None, every: int | None = None) -> None:
+           last: int | None = None, every: int | None = None,
+           without_records: Sequence[LoggedRun] = ()) -> None:
     """Tables for one run (heading, config, resumes, losses, codebook health, trends, the run's
     course), or two comparing several runs (settings that differ, results); `last` and `every`
-    choose the steps of one run's course (see `summary.select`)."""
+    choose the steps of one run's course (see `summary.select`). Runs `without_records` (failed
+    at once, or starting) count in the groups of runs that differ only in their seed."""
     with _without_trailing_spaces(console):
         if len(runs) == 1:
             render_run(runs[0], console, points, last, every)
         elif runs:
-            render_comparison(runs, console)
+            summaries = {run.path: s for run, s in zip(runs, render_comparison(runs, console))}
+            summaries |= {run.path: summarize(run) for run in without_records}
+            render_groups([*runs, *without_records], summaries, console)
 
 
 def make_console(file=None) -> Console:
@@ -146,15 +151,28 @@ def main(run_dirs: list[Path], as_json: bool, console: Console, *, last: int | N
 
 def _load_and_print(run_dirs: list[Path], as_json: bool, as_csv: bool, console: Console,
                     last: int | None, every: int | None, choosing: str | None) -> None:
-    runs, notes = load_runs(find_runs(run_dirs))
-    if choosing and len(runs) > 1 and not as_json:
+    found = find_runs(run_dirs)
+    if as_json:  # every run, also one that has no train record (failed at once, starting)
+        try:
+            runs, skipped = load_runs(found)
+        except NoRecords as err:
+            runs, skipped = [], [err]
+        order = {run_dir: i for i, run_dir in enumerate(found)}
+        every_run = sorted([*runs, *(err.run for err in skipped)],
+                           key=lambda run: order.get(run.path, len(order)))
+        labels = {run.path: label for label, members in group_runs(every_run).items()
+                  for run in members}
+        print(json.dumps([summarize(run, last=last, every=every, group=labels.get(run.path))
+                          for run in every_run], indent=2))
+        return
+    runs, skipped = load_runs(found)
+    if choosing and len(runs) > 1:
         raise ConfigError(f"{choosing} chooses the rows of one run's report, and {len(runs)} runs "
                           f"are compared; pass one run, or --json")
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    for err in skipped:
+        print(f"note: skipped {err}", file=sys.stderr)
     if as_csv:
         write_csv(runs, sys.stdout)
-    elif as_json:
-        print(json.dumps([summarize(run, last=last, every=every) for run in runs], indent=2))
     else:
-        render(runs, console, last=last, every=every)
+        render(runs, console, last=last, every=every,
+               without_records=[err.run for err in skipped])

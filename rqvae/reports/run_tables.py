@@ -33,19 +33,28 @@ def _shown_terms(run: LoggedRun) -> tuple[str, ...]:
     return tuple(t for t in LOSS_TERMS if t != "wasserstein" or wasserstein_on(run))
 
 
-def _status_text(status: str, reason: str, repeated: list[int]) -> str:
+def _first(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+
+
+def _status_text(run: LoggedRun) -> str:
+    status, reason = run.status, run.status_reason
     text = status + (f" ({reason})" if reason and status in ("interrupted", "failed",
                                                               "crashed") else "")
-    if repeated:
-        shown = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
-        text += f"; repeated steps: {shown} (logged twice)"
+    if run.repeated_steps:
+        text += f"; repeated steps: {_first(run.repeated_steps)} (logged twice)"
+    if run.unreadable_lines:
+        count = len(run.unreadable_lines)
+        lines = "1 line of metrics.jsonl holds" if count == 1 else (
+            f"{count} lines of metrics.jsonl hold")
+        text += f"; {lines} no record, skipped (line {_first(run.unreadable_lines)})"
     return text
 
 
 def _print_heading(summary: dict, run: LoggedRun, console: Console) -> None:
     planned = run.config.get("steps")
     of_steps = f" of {planned}" if planned is not None else ""
-    status = _status_text(run.status, run.status_reason, run.repeated_steps)
+    status = _status_text(run)
     console.print(Text(f"run {summary['run']}: step {summary['steps_logged']}{of_steps}, {status}",
                        style="bold"))
     console.print(Text(summary["path"], style="dim"))
@@ -56,7 +65,7 @@ def _print_config(summary: dict, run: LoggedRun, console: Console) -> None:
         console.print(Text(f"config: {run.config_note}", style="dim"))
         return
     rows = [[key, fmt(value)] for key, value in summary["config"].items()]
-    print_table(console, "config (keys not listed are at their defaults)",
+    print_table(console, "config (the main keys, and every other key not at its default)",
                 [Col("key", "left", text=True), Col("value", "left", text=True)], rows)
 
 

@@ -27,7 +27,12 @@ _TRAIN_CMD = "pass a directory written by `rqvae train`"
 
 
 class NoRecords(UserError):
-    """A run directory whose log holds no train record yet; the message says why."""
+    """A run directory whose log holds no train record yet; the message says why, and `run` is
+    the run as read (no train record, its status and config)."""
+
+    def __init__(self, message: str, run: LoggedRun):
+        super().__init__(message)
+        self.run = run
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class LoggedRun:
     status: str  # completed, running, interrupted, failed or crashed
     status_reason: str
     repeated_steps: list[int]  # train steps logged more than once
+    unreadable_lines: list[int]  # lines of metrics.jsonl that hold no record (`runlog.Log`)
 
     @cached_property
     def extremes(self) -> dict[str, tuple | None]:
@@ -106,13 +112,15 @@ def load_run(run_dir: Path) -> LoggedRun:
     series = log.series
     status, reason = run_status(log.last, rundir.is_held(run_dir),
                                 max(series["step"], default=None), run_config.get("steps"))
-    if not log.train:
-        raise NoRecords(_no_records_message(run_dir, status, reason))
-    return LoggedRun(
+    run = LoggedRun(
         name=run_dir.name, path=run_dir, config=run_config, config_note=config_note,
         train=log.train, series=series, evals=_of_kind(log.others, "eval"),
         resumes=_resumes(run_dir, _of_kind(log.others, "resume")), status=status,
-        status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]))
+        status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]),
+        unreadable_lines=log.unreadable)
+    if not log.train:
+        raise NoRecords(_no_records_message(run_dir, status, reason), run)
+    return run
 
 
 def _of_kind(records: list[dict], kind: str) -> list[dict]:
@@ -184,8 +192,9 @@ def _read_config(run_dir: Path) -> tuple[dict, str | None]:
         return {}, f"{rundir.CONFIG_FILE} does not load ({err}); settings not shown"
 
 
-def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[str]]:
-    """The runs that have train records, and a note for each that has none yet.
+def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[NoRecords]]:
+    """The runs that have train records, and the NoRecords of each that has none yet (a run
+    that failed at its first step, or is still starting).
 
     Raises the first error of a directory that is no run (UserError), and NoRecords when
     no run has records.
@@ -200,4 +209,4 @@ def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[str]]:
             skipped.append(err)
     if not runs and skipped:
         raise skipped[0]
-    return runs, [f"skipped {err}" for err in skipped]
+    return runs, skipped

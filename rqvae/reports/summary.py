@@ -6,14 +6,20 @@ be added, none renamed or dropped. Values are as logged; a non-finite loss print
 Infinity, as Python's json writes it.
 
 - run: the run directory's name
+- group: the settings that set the run's group apart among the runs reported together (runs
+  differing only in their seed share one, "all" if every run does; null without a config)
 - path: the run directory as given
 - config: the always-shown keys (lambdas, steps, model shape, data set), then every other key of
   config.toml that differs from the default, flat ("model.num_codes"); {} without a config.toml
   or when it does not load
 - config_note: why config is empty (no config.toml, or the error loading it), else null
-- status: completed, running, interrupted, failed or crashed (see `rqvae.reports.runs`)
+- status: completed, running, interrupted, failed or crashed (see `rqvae.reports.runs`); a run
+  that has no train record (one that failed at its first step, or is starting) is listed too,
+  with empty final, best, levels and history
 - status_reason: the end record's reason, or what the status was inferred from
 - repeated_steps: train steps the log holds more than once, ascending ([] normally)
+- unreadable_lines: numbers (from 1) of lines of metrics.jsonl that hold no record and were
+  skipped ([] normally; a last line still being written is not counted)
 - steps_logged: the highest step of any record in the log
 - final: the last train record's loss terms, {term: value}
 - best: the lowest logged finite value of each loss term, {term: {"value", "step"}} (first on a
@@ -185,6 +191,8 @@ def select(steps: list[int], points: int = HISTORY_POINTS, last: int | None = No
     records whose step is a multiple of it, and the last; `last` keeps the last N records (of
     those `every` kept, when both are given).
     """
+    if not steps:
+        return []
     if every is None and last is None:
         return evenly_spaced(range(len(steps)), points)
     indices = list(range(len(steps)))
@@ -212,23 +220,25 @@ def _health_entry(record: dict, with_sinkhorn: bool) -> dict:
 
 
 def summarize(run: LoggedRun, points: int = HISTORY_POINTS, *, last: int | None = None,
-              every: int | None = None) -> dict:
+              every: int | None = None, group: str | None = None) -> dict:
     """A JSON-ready summary of one run; its keys are listed in the module docstring.
 
     `points`, `last` and `every` choose the train records of history and health (see `select`).
     """
     shown = [run.train[i] for i in select(run.series["step"], points, last, every)]
-    final = run.train[-1]
+    final = run.train[-1] if run.train else {}
     with_sinkhorn = wasserstein_on(run)
     return {
         "run": run.name,
+        "group": group,
         "path": str(run.path),
         "config": config_brief(run.config),
         "config_note": run.config_note,
         "status": run.status,
         "status_reason": run.status_reason,
         "repeated_steps": run.repeated_steps,
-        "steps_logged": max(max(run.series["step"]),
+        "unreadable_lines": run.unreadable_lines,
+        "steps_logged": max(max(run.series["step"], default=0),
                             max((r["step"] for r in run.evals), default=0)),
         "final": {term: final[term] for term in LOSS_TERMS if term in final},
         "best": _best(run),

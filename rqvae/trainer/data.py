@@ -177,7 +177,12 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         with loaded:
             return {key: loaded[key] for key in loaded.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path} is not a readable .npz of plain arrays ({err})") from None
+        if "allow_pickle" in str(err):  # numpy's fallback for what is no archive, or objects
+            raise UserError(f"{path} is not an .npz archive of plain arrays (corrupt, or it holds "
+                            f"pickled objects); write it with np.savez(path, train=array) from "
+                            f"numeric arrays") from None
+        raise UserError(f"{path} is not a readable .npz archive ({err}); write it again with "
+                        f"np.savez(path, train=array)") from None
 
 
 def _checked_examples(examples: np.ndarray, what: str) -> tuple[np.ndarray, str]:

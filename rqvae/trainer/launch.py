@@ -107,6 +107,9 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
     elif explicit is not None and holds_run(explicit):
         raise UserError(f"{explicit} already holds a run; pass --resume to continue it, or "
                         f"choose a new --run-dir")
+    elif explicit is not None and explicit.is_dir() and any(explicit.iterdir()):
+        raise UserError(f"{explicit} holds other files and no run; choose a new or empty "
+                        f"--run-dir, so the run's files are not mixed with them")
     dataset = data.load(cfg.data)
     cfg = with_data_shape(cfg, dataset)
     if cfg.batch_size > len(dataset.train):

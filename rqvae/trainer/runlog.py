@@ -119,15 +119,19 @@ class Log:
     train: Sequence[dict]  # the train records, in log order, each parsed when asked for
     others: list[dict]  # every other record (eval, resume, end), in log order
     last: dict | None  # the log's last record of any kind; None if it holds none
+    unreadable: list[int]  # numbers (from 1) of whole lines that hold no record, blank ones aside
 
 
 def read_log(run_dir: str | Path) -> Log:
     """A run's records with the train records' step and loss terms as columns, in one pass
     over the log that keeps no dict per train record (see the module's docstring)."""
-    train_lines, rows, others, last = [], [], [], None
+    train_lines, rows, others, last, unreadable = [], [], [], None, []
     with cycle_collection_paused():
-        for line in _lines(run_dir):
+        for number, line in enumerate(_lines(run_dir), 1):
             if (record := _parse(line)) is None:
+                # A last line without its newline is a record still being written, not garbage.
+                if line.strip() and line.endswith(b"\n"):
+                    unreadable.append(number)
                 continue
             last = record
             if record.get("kind") == "train":
@@ -140,7 +144,8 @@ def read_log(run_dir: str | Path) -> Log:
                 others.append(_renamed(record))
         columns = list(zip(*rows)) or [()] * len(SERIES_KEYS)
     return Log(series=dict(zip(SERIES_KEYS, columns)), train=_LineRecords(train_lines),
-               others=others, last=None if last is None else _renamed(last))
+               others=others, last=None if last is None else _renamed(last),
+               unreadable=unreadable)
 
 
 class _LineRecords(Sequence):

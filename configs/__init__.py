@@ -1,0 +1,1 @@
+"""The presets: TOML configs shipped with the package, for `rqvae train -c NAME`."""

@@ -1,0 +1,95 @@
+"""`rqvae sweep`: a grid of short runs on CPU, its names, groups and failures, and a resume after
+SIGTERM that retrains nothing that finished."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rqvae import sweep
+from rqvae.trainer import runlog
+from rqvae.trainer.errors import ConfigError
+
+TRAIN = ["--steps", "6", "--set", "run.eval_every=6", "--set", "run.checkpoint_every=3",
+         "--set", "run.log_every=3"]
+
+
+def _sweep(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "rqvae.cli", "sweep", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env={**os.environ,
+                                                                        "COLUMNS": "80"})
+
+
+def test_grid_and_seed_arguments():
+    assert sweep.parse_grid(["lambda_wasserstein=0,0.5", "data.dataset=digits,npz:x.npz"]) == {
+        "lambda_wasserstein": [0, 0.5], "data.dataset": ["digits", "npz:x.npz"]}
+    assert sweep.parse_seeds("0,1,2") == [0, 1, 2]
+    for bad, message in [(["lambda_wasserstein"], "--grid takes KEY=VALUE"),
+                         (["a=1", "a=2"], "given twice"), (["a=1,,2"], "empty value")]:
+        with pytest.raises(ConfigError, match=message):
+            sweep.parse_grid(bad)
+    with pytest.raises(ConfigError, match="--seeds takes integers"):
+        sweep.parse_seeds("0,one")
+    plan = sweep.Plan(None, {"lambda_wasserstein": [0, 0.5], "model.num_codes": [8]}, [0, 1], [])
+    assert [run.name for run in sweep.runs_of(plan)] == [
+        "lw0-codes8-seed0", "lw0-codes8-seed1", "lw0.5-codes8-seed0", "lw0.5-codes8-seed1"]
+
+
+def test_a_sweep_trains_every_run_reports_groups_and_the_failed_ones(tiny_toml, tmp_path):
+    # 2 learning rates x 2 codebook sizes x 2 seeds; a learning rate of 1e30 diverges at once.
+    out = tmp_path / "sw"
+    result = _sweep("-c", tiny_toml, "--grid", "learning_rate=0.001,1e30", "--grid",
+                    "model.num_codes=8,16", "--seeds", "0,1", "--out", out, "--parallel", 2,
+                    *TRAIN, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "4 of 8 runs completed; failed: lr1e+30-codes16-seed0, lr1e+30-codes16-seed1" \
+        in result.stderr
+    assert max(map(len, result.stdout.splitlines())) <= 80
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "logs") == sorted(
+        f"lr{lr}-codes{k}-seed{s}" for lr in ("0.001", "1e+30") for k in (8, 16) for s in (0, 1))
+    listed = json.loads(subprocess.run([sys.executable, "-m", "rqvae.cli", "report", out,
+                                        "--json"], capture_output=True, text=True).stdout)
+    status = {s["run"]: (s["status"], s["group"]) for s in listed}
+    assert status["lr1e+30-codes8-seed1"] == ("failed", "lr1e+30 codes8")
+    assert status["lr0.001-codes16-seed0"] == ("completed", "lr0.001 codes16")
+    # The group's mean and standard deviation are numpy's over its runs' own logs.
+    heldout = [[r for r in runlog.read(out / f"lr0.001-codes16-seed{s}") if r["kind"] == "eval"]
+               [-1]["heldout_recon"] for s in (0, 1)]
+    row = next(line for line in result.stdout.splitlines() if "lr0.001 codes16" in line)
+    mean, std = np.mean(heldout), np.std(heldout, ddof=1)
+    assert f"{mean:.4g} ± {std:.2g}" in row
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_without_retraining_finished_runs(tiny_toml, tmp_path):
+    out = tmp_path / "sw"
+    args = ["-c", tiny_toml, "--grid", "lambda_wasserstein=0,0.5", "--seeds", "0", "--out", out,
+            *TRAIN]
+    process = subprocess.Popen([sys.executable, "-m", "rqvae.cli", "sweep", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)
+    first = out / "lw0-seed0"
+    deadline = time.time() + 120
+    while not (first / "metrics.jsonl").is_file() or not any(
+            r["kind"] == "end" for r in runlog.read(first)):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # while the second run trains, or is about to start
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "continue with the same command and --resume" in err
+    finished = (first / "metrics.jsonl").read_bytes()
+    result = _sweep(*args, "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (first / "metrics.jsonl").read_bytes() == finished  # not trained again
+    assert "2 of 2 runs completed" in result.stderr
+    second = [r for r in runlog.read(out / "lw0.5-seed0") if r["kind"] == "end"]
+    assert second[-1]["status"] == "completed" and second[-1]["step"] == 6
+    # Another grid in the same folder is refused, and nothing is written.
+    refused = _sweep("-c", tiny_toml, "--grid", "lambda_wasserstein=1", "--out", out, "--resume",
+                     *TRAIN, cwd=tmp_path)
+    assert refused.returncode == 2 and "holds another sweep" in refused.stderr

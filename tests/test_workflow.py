@@ -1,0 +1,77 @@
+"""The GPU-box workflow's pieces that need no training: presets from any directory, automatic
+run names from the settings a command changes, run names whole in tables."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from synthetic_runs import make_run, plain, tiny_cfg
+from typer.testing import CliRunner
+
+from rqvae import cli
+from rqvae.reports.runs import load_run
+from rqvae.trainer import config, launch, names, presets
+from rqvae.trainer.errors import ConfigError, UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+runner = CliRunner()
+
+
+def test_presets_ship_with_the_package_and_load_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    listed = dict(presets.listing())
+    assert set(listed) == {p.stem for p in CONFIGS.glob("*.toml")}
+    for name in ("hybrid", "hybrid.toml"):
+        cfg = cli._train_config(Path(name), None, [], {}, resume=False)
+        assert cfg == config.load(CONFIGS / "hybrid.toml")
+    result = runner.invoke(cli.app, ["configs"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert len(lines) == len(listed) and all(len(line) <= 80 for line in lines)
+    assert any(re.match(r"hybrid\s+\S", line) for line in lines)
+    with pytest.raises(UserError, match="not found; pass a TOML file or a preset: default, "):
+        cli._train_config(Path("nonesuch"), None, [], {}, resume=False)
+
+
+def test_each_preset_states_its_purpose_on_its_first_line():
+    for path in CONFIGS.glob("*.toml"):
+        first = path.read_text().splitlines()[0]
+        # `rqvae configs` prints it after a 12-column name: 80 columns in all
+        assert first.startswith("# ") and first.endswith(".") and len(first) <= 68, path.name
+        assert tomllib.loads(path.read_text()) is not None
+
+
+def test_run_names_carry_the_settings_the_command_changed():
+    changed = {"loss.lambda_wasserstein": 0.1, "model.num_codes": 1024, "run.log_every": 5,
+               "data.dataset": "npz:/data/sets/patches8.npz", "transport.encoder_grad": True,
+               "model.encoder_hidden": [512, 256]}
+    assert names.run_name("hybrid", changed) == "hybrid-lw0.1-codes1024-datapatches8-encon"
+    assert names.run_name("default", {}) == "default"
+
+
+def test_train_names_its_run_from_the_config_and_the_flags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def open_run(cfg, *, name, resume):
+        seen["name"] = name
+        raise ConfigError("stopped before training")
+
+    monkeypatch.setattr(launch, "open_run", open_run)
+    result = runner.invoke(cli.app, ["train", "-c", "hybrid", "--lambda-wasserstein", "0.1",
+                                     "--set", "model.num_codes=1024"])
+    assert result.exit_code == 2 and seen["name"] == "hybrid-lw0.1-codes1024"
+    runner.invoke(cli.app, ["train", "-c", "hybrid", "--lambda-wasserstein", "0.5"])
+    assert seen["name"] == "hybrid"  # the preset's own value: nothing changed
+
+
+def test_run_names_are_never_broken_across_lines_in_the_comparison(tmp_path):
+    long_names = ["hybrid-lw0.1-codes1024-eps0.1-seed2-20261205-090000",
+                  "traditional-codes1024-eps0.1-seed2-20261205-090001"]
+    runs = [load_run(make_run(tmp_path, name, tiny_cfg(seed=i)))
+            for i, name in enumerate(long_names)]
+    text = plain(runs, 80)
+    for name in long_names:
+        assert text.count(name) >= 2, name  # whole, in the settings table and the results
+    assert max(map(len, text.splitlines())) <= 80
