@@ -9,6 +9,7 @@ are kept, interrupted ones resumed from their checkpoints, the rest started.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -20,7 +21,11 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
+
+from rqvae import cli_support as support
 from rqvae.trainer import names, rundir, runlog
 from rqvae.trainer.errors import ConfigError, UserError
 
@@ -230,9 +235,75 @@ def execute(plan: Plan, out: Path, parallel: int, steps: int | None, say
     return outcomes, bad_input
 
 
+def _steps(train_args: list[str]) -> int | None:
+    """The --steps among the train flags, if given."""
+    for i, word in enumerate(train_args):
+        if word == "--steps" or word.startswith("--steps="):
+            text = word.partition("=")[2] or (train_args[i + 1] if i + 1 < len(train_args) else "")
+            if not text.isdigit():
+                raise ConfigError(f"--steps takes a number of steps, got '{text}'")
+            return int(text)
+    return None
+
+
 def _outcome(returncode: int) -> str:
     if returncode == 0:
         return "completed"
     if returncode >= 128:
         return "interrupted"
     return "failed"
+
+
+def sweep_command(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The sweep's folder: sweep.json, a run directory per run, logs/.")],
+    grid: Annotated[list[str], typer.Option("--grid", metavar="KEY=V1,V2", help="A config key and its values; repeat for a grid.")],
+    seeds: Annotated[str, typer.Option(metavar="S1,S2", help="Seeds of each setting.")] = "0",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="Base config file or preset.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, metavar="N", help="Runs at a time on CPU (one per GPU where GPUs are visible).")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out: keep finished runs, resume stopped ones.")] = False,
+):
+    """Train every combination of the --grid values with each seed, then report the sweep.
+
+    Any other `rqvae train` flag (--steps 2000, --set model.num_codes=256) goes to every run.
+    Runs are named by the values they set (lw0.5-eps0.1-seed1); a failed run does not stop the
+    others. Exit 0 when every run completed, 1 when one failed.
+
+    Examples:
+
+    \b
+      rqvae sweep --grid lambda_wasserstein=0,0.1,0.5 --seeds 0,1,2 --out runs/sw\\
+          --steps 2000
+      rqvae sweep -c hybrid --grid transport.epsilon=0.02,0.05 --out runs/eps \\
+          --parallel 2
+      rqvae sweep --resume ...   # the same arguments: finishes the sweep
+    """
+    with support.user_errors():
+        plan = Plan(config=None if config is None else str(config), grid=parse_grid(grid),
+                    seeds=parse_seeds(seeds), train_args=list(ctx.args))
+        for run in runs_of(plan):  # every run's config checked before any starts
+            support.train_config(config, None, [], dict(run.settings), resume=False)
+        steps = _steps(plan.train_args) or support.train_config(config, None, [], {},
+                                                                resume=False).steps
+        prepare(out, plan, resume)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    try:
+        outcomes, bad_input = execute(plan, out, parallel, steps, say)
+    except Interrupted as err:
+        support.fail(f"{err}; continue with the same command and --resume", code=128 + err.signum)
+    if bad_input:
+        support.fail(f"a run was refused, and every run would be: {bad_input.splitlines()[-1]}")
+    failed = sorted(name for name, outcome in outcomes.items() if outcome != "completed"
+                    and outcome != "done")
+    from rqvae.reports import report as report_lib
+
+    with support.user_errors():
+        report_lib.main([out], as_json=False, console=support.console())
+    done = len(outcomes) - len(failed)
+    say(f"sweep {out}: {done} of {len(outcomes)} runs completed"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)

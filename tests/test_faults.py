@@ -212,7 +212,7 @@ def test_signals_act_within_a_step_or_two_of_a_slow_run(tmp_path):
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr
-    assert "SIGTERM: stopping after the step under way" in stdout
+    assert "SIGTERM: stopping once the steps under way end" in stdout
     saved = checkpoint.latest_step(run_dir)
     assert signalled_at < saved <= signalled_at + 3, (signalled_at, saved)
     assert runlog.read(run_dir)[-1]["status"] == "interrupted"
@@ -222,7 +222,7 @@ def test_signals_act_within_a_step_or_two_of_a_slow_run(tmp_path):
     _wait_for(lambda: len(_logged_steps(run_dir)) >= 3, process, timeout=300)
     signalled_at = _logged_steps(run_dir)[-1]
     process.send_signal(signal.SIGINT)
-    while "SIGINT: stopping after the step under way" not in process.stdout.readline():
+    while "SIGINT: stopping once the steps under way end" not in process.stdout.readline():
         pass  # the first one is taken, and the step under way goes on: now the second
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)

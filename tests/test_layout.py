@@ -44,7 +44,10 @@ GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
 
 
 def _room(module: str) -> int | None:
+    """The room of a module; the modules directly under rqvae/ (cli, sweep) are the CLI's."""
     parts = module.split(".")
+    if len(parts) == 2 and parts[1] not in ROOMS and (PACKAGE / f"{parts[1]}.py").is_file():
+        return ROOMS.index("cli")
     return ROOMS.index(parts[1]) if len(parts) > 1 and parts[1] in ROOMS else None
 
 

@@ -204,3 +204,17 @@ def test_check_out_refuses_to_overwrite_pngs_unless_forced(tmp_path):
     plot.check_out(tmp_path, force=True)
     # Several runs write only losses.png, so another run's code_use.png is not in the way.
     plot.check_out(tmp_path, force=False, names=plot.png_names(2))
+
+
+def test_dead_codes_of_several_runs_side_by_side_per_level(tmp_path):
+    runs = [_write_run(tmp_path / "a"), _write_run(tmp_path / "b", lambda_wasserstein=0.5)]
+    fig = plot.dead_codes_figure(runs)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["level 1", "level 2"]
+    for level, ax in enumerate(axes):
+        lines = ax.get_lines()
+        assert len(lines) == 4  # per run: the window's counts and the full passes'
+        train = [r for r in plot.runlog.read(runs[0]) if r["kind"] == "train"]
+        assert list(lines[0].get_ydata()) == [r["window_dead"][level] for r in train]
+        evals = [r for r in plot.runlog.read(runs[0]) if r["kind"] == "eval"]
+        assert list(lines[1].get_ydata()) == [r["train_dead"][level] for r in evals]

@@ -159,3 +159,9 @@ def test_notice_prints_above_the_live_line_and_quiet_prints_nothing():
         display.log(TRAIN)
         display.notice("stopping")
     assert console.file.getvalue() == ""
+
+
+def test_an_80_column_line_shows_the_dead_codes_after_the_total():
+    line = status_line(80, 3300, 80000, 95.0, 128, TRAIN).plain
+    assert len(line) <= 80
+    assert re.search(r"total 0\.5348  dead \[1, 0, 3\]", line), line

@@ -141,3 +141,12 @@ def test_the_sparklines_shrink_to_fit_a_narrow_console(tmp_path):
         line = re.search(r"│ recon\s*│ (\S+) ", trends).group(1)
         assert len(line) == points and line[0] == "█" and line[-1] == "▁"
         assert max(map(cell_len, trends.splitlines())) == width if points < 40 else width > 80
+
+
+def test_last_shows_only_the_chosen_steps(tmp_path):
+    run = load_run(make_run(tmp_path, "run", tiny_cfg()))
+    text = plain([run], 120, last=2)
+    assert text.startswith("run run: step 40 of 40, completed")
+    assert "config (" not in text and "codebook health per level" not in text
+    history = section(text, "losses over the run", "codebook health over the run")
+    assert [re.findall(r"[\d.]+", row)[0] for row in rows_of(history, r"\d\d")] == ["30", "40"]

@@ -6,7 +6,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from rqvae import cli
+from rqvae import cli_support
 from rqvae.trainer import config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transport_matrix.sh"
@@ -24,7 +24,7 @@ def _dry_run(tmp_path, *args, **env) -> list[list[str]]:
 def _config(command: list[str]):
     """The config `rqvae train` would train on for this command line, as the CLI builds it."""
     assert command[:2] == ["rqvae", "train"]
-    flags = {flag: key for key, (flag, _) in cli.TRAIN_FLAGS.items()}
+    flags = {flag: key for key, (flag, _) in cli_support.TRAIN_FLAGS.items()}
     config_file = run_dir = None
     assignments, overrides = [], {}
     words = iter(command[2:])
@@ -40,7 +40,7 @@ def _config(command: list[str]):
             assignments.append(value)
         else:
             overrides.update(config.parse_assignments([f"{flags[word]}={value}"]))
-    return cli._train_config(config_file, run_dir, assignments, overrides, resume=False)
+    return cli_support.train_config(config_file, run_dir, assignments, overrides, resume=False)
 
 
 def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(tmp_path):

@@ -145,7 +145,8 @@ def test_four_devices_and_two_hosts_train_like_one_device(tmp_path):
     assert "batch_size 10 does not split evenly across 4 devices" in stdout
     devices = json.loads(stdout.strip().splitlines()[-1])
     assert devices == {str(tmp_path / "four"): [4, True], str(tmp_path / "one"): [1, False]}
-    assert "final losses" in outputs[1][0] and "final losses" not in outputs[2][0]  # process 0
+    # Process 0 alone prints the (quiet, one-line) summary.
+    assert "next: rqvae report" in outputs[1][0] and "next: rqvae report" not in outputs[2][0]
     one = _losses(tmp_path / "one")
     assert [s for s, _ in one] == list(range(1, 21))
     for run in ("four", "hosts"):

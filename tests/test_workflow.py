@@ -9,9 +9,9 @@ import pytest
 from synthetic_runs import make_run, plain, tiny_cfg
 from typer.testing import CliRunner
 
-from rqvae import cli
+from rqvae import cli, cli_support
 from rqvae.reports.runs import load_run
-from rqvae.trainer import config, launch, names, presets
+from rqvae.trainer import config, launch, names, presets, runlog
 from rqvae.trainer.errors import ConfigError, UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -23,7 +23,7 @@ def test_presets_ship_with_the_package_and_load_from_any_directory(tmp_path, mon
     listed = dict(presets.listing())
     assert set(listed) == {p.stem for p in CONFIGS.glob("*.toml")}
     for name in ("hybrid", "hybrid.toml"):
-        cfg = cli._train_config(Path(name), None, [], {}, resume=False)
+        cfg = cli_support.train_config(Path(name), None, [], {}, resume=False)
         assert cfg == config.load(CONFIGS / "hybrid.toml")
     result = runner.invoke(cli.app, ["configs"])
     assert result.exit_code == 0
@@ -31,7 +31,7 @@ def test_presets_ship_with_the_package_and_load_from_any_directory(tmp_path, mon
     assert len(lines) == len(listed) and all(len(line) <= 80 for line in lines)
     assert any(re.match(r"hybrid\s+\S", line) for line in lines)
     with pytest.raises(UserError, match="not found; pass a TOML file or a preset: default, "):
-        cli._train_config(Path("nonesuch"), None, [], {}, resume=False)
+        cli_support.train_config(Path("nonesuch"), None, [], {}, resume=False)
 
 
 def test_each_preset_states_its_purpose_on_its_first_line():
@@ -75,3 +75,52 @@ def test_run_names_are_never_broken_across_lines_in_the_comparison(tmp_path):
     for name in long_names:
         assert text.count(name) >= 2, name  # whole, in the settings table and the results
     assert max(map(len, text.splitlines())) <= 80
+
+
+def _events(folder):
+    """Every scalar of the event files in `folder`: {tag: [(step, value)]}, read back through
+    tensorboardX's own record format and protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_export_holds_every_logged_value(tmp_path):
+    run_dir = make_run(tmp_path, "hybrid-run", tiny_cfg(lambda_wasserstein=0.5))
+    result = runner.invoke(cli.app, ["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    scalars = _events(tmp_path / "tb" / "hybrid-run")
+    records = runlog.read(run_dir)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert scalars["loss/total"] == [(r["step"], pytest.approx(r["total"])) for r in train]
+    assert scalars["level2/window_dead"] == [(r["step"], r["window_dead"][1]) for r in train]
+    assert scalars["eval/heldout_recon"] == [(r["step"], pytest.approx(r["heldout_recon"]))
+                                             for r in evals]
+    assert scalars["level1/train_dead"] == [(r["step"], r["train_dead"][0]) for r in evals]
+    # A second export into the same folder is refused, and the first stays.
+    again = runner.invoke(cli.app, ["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")])
+    assert again.exit_code == 2 and "already holds event files" in again.output
+    assert _events(tmp_path / "tb" / "hybrid-run") == scalars
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "report", "eval", "encode", "plot",
+                                     "export", "configs"])
+def test_help_fits_80_columns(command):
+    result = runner.invoke(cli.app, [command, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    assert max(map(len, result.output.splitlines())) <= 80, result.output
+    if command == "train":  # each named flag says its default
+        assert "Default: the config's value (0.0 without" in " ".join(result.output.split())

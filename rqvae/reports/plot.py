@@ -25,6 +25,7 @@ LOSSES_PNG = "losses.png"
 CODE_USE_PNG = "code_use.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 CODEBOOKS_PNG = "codebooks.png"
+DEAD_CODES_PNG = "dead_codes.png"
 PNG_NAMES = (LOSSES_PNG, CODE_USE_PNG, RECONSTRUCTIONS_PNG, CODEBOOKS_PNG)
 
 # What each loss term measures, as its panel's y label (losses.py defines the terms). Short, so
@@ -43,8 +44,9 @@ DEAD_COLOR = "tab:red"
 
 
 def png_names(run_count: int) -> tuple[str, ...]:
-    """The PNGs `rqvae plot` writes: all four for one run, only the loss curves for several."""
-    return PNG_NAMES if run_count == 1 else (LOSSES_PNG,)
+    """The PNGs `rqvae plot` writes: all four for one run; for several, the loss curves and the
+    dead codes of each level over time, side by side."""
+    return PNG_NAMES if run_count == 1 else (LOSSES_PNG, DEAD_CODES_PNG)
 
 
 def check_out(out: Path, force: bool, names: Sequence[str] = PNG_NAMES) -> None:
@@ -154,6 +156,36 @@ def _shared_legend(fig) -> None:
 
 def loss_curves(run_dirs: Sequence[Path], out: Path, log_scale: bool = False) -> Path:
     return _save(losses_figure(run_dirs, log_scale), Path(out) / LOSSES_PNG)
+
+
+def dead_codes_figure(run_dirs: Sequence[Path]):
+    """One panel per level: codes dead over the last run.dead_window steps (train records) and
+    codes no training image picks (eval records, markers), against step; runs by colour."""
+    names = [Path(d).resolve().name for d in run_dirs]
+    records = [runlog.read(d) for d in run_dirs]
+    levels = max((len(r.get("window_dead") or []) for rs in records for r in rs), default=0)
+    fig = _new_figure(figsize=(4.6 * max(levels, 1), 3.6))
+    axes = fig.subplots(1, max(levels, 1), squeeze=False)[0]
+    for k, (name, run_records) in enumerate(zip(names, records)):
+        color = f"C{k % 10}"
+        for level, ax in enumerate(axes[:levels]):
+            train = [r for r in run_records if r["kind"] == "train"
+                     and len(r.get("window_dead") or []) > level]
+            evals = [r for r in run_records if r["kind"] == "eval"
+                     and len(r.get("train_dead") or []) > level]
+            ax.plot([r["step"] for r in train], [r["window_dead"][level] for r in train],
+                    color=color, label=name)
+            ax.plot([r["step"] for r in evals], [r["train_dead"][level] for r in evals],
+                    color=color, **HELDOUT_STYLE, label=f"{name}, full pass")
+    for level, ax in enumerate(axes[:levels]):
+        ax.set(xlabel="step", ylabel="dead codes", title=f"level {level + 1}")
+    _shared_legend(fig)
+    _title(fig, "dead codes (lines: last window; markers: full pass at evals)", names)
+    return fig
+
+
+def dead_codes(run_dirs: Sequence[Path], out: Path) -> Path:
+    return _save(dead_codes_figure(run_dirs), Path(out) / DEAD_CODES_PNG)
 
 
 # -- pictures from a checkpoint ---------------------------------------------------------------

@@ -250,12 +250,16 @@ def _print_health_over_time(summary: dict, run: LoggedRun, note: str, console: C
 
 def render_run(run: LoggedRun, console: Console, points: int, last: int | None,
                every: int | None) -> None:
-    """Every table of one run, top to bottom; `points`, `last` and `every` choose the rows of
-    the two tables over the run (see `summary.select`)."""
+    """Every table of one run, top to bottom; `last` and `every` ask for the steps they choose
+    (see `summary.select`), so only the heading and the two tables over the run follow."""
     summary = summarize(run, points, last=last, every=every)
     terms = _shown_terms(run)
     note = _selection_note(last, every)
     _print_heading(summary, run, console)
+    if last is not None or every is not None:
+        _print_history(summary, terms, note, console)
+        _print_health_over_time(summary, run, note, console)
+        return
     _print_config(summary, run, console)
     _print_resumes(summary, console)
     _print_losses(summary, terms, console)

@@ -57,9 +57,9 @@ class _Signals:
         step, kept = self._where()
         if self.signum is None:
             self.signum = signum
-            self._display.notice(f"{signal.Signals(signum).name}: stopping after the step under "
-                                 f"way (step {step} done) and saving a checkpoint; again to quit "
-                                 f"without saving")
+            self._display.notice(f"{signal.Signals(signum).name}: stopping once the steps under "
+                                 f"way end (the compiled call that began after step {step}), "
+                                 f"then saving a checkpoint; again to quit without saving")
             return
         raise Interrupted(signum, step, saved=False, kept=kept)
 

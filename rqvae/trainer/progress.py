@@ -105,16 +105,16 @@ def status_line(width: int, step: int, total: int, steps_per_s: float | None, ba
     """The live line: bar, step/total, ETA, rate, then what fits of the latest train record.
 
     At most `width` columns. Fields are whole or absent: one that does not fit is shortened
-    (fewer digits) or dropped, in this order of importance: total, recon, dead, commit, codebook,
-    wasserstein, used.
+    (fewer digits) or dropped, in this order of importance: total, dead, recon, commit, codebook,
+    wasserstein, used. The dead codes come second: they are what the run is watched for.
     """
     head = [f"{step:,}/{total:,}", _eta(step, total, steps_per_s), _rate(steps_per_s, batch_size)]
     fields = [(text,) for text in head if text]
     if record is not None:
         losses = _loss_fields(record)
-        fields += losses[:2] + [(f"dead {_levels(record['window_dead'])}",)] + losses[2:]
+        fields += losses[:1] + [(f"dead {_levels(record['window_dead'])}",)] + losses[1:]
         fields.append((f"used {_levels(record['batch_used'])}",))
-    bar_width = min(BAR_MAX_WIDTH, width // 4)
+    bar_width = min(BAR_MAX_WIDTH, width // 8)
     line = _bar(bar_width, step, total) if bar_width >= 5 else Text()
     for forms in fields:
         prefix = SEPARATOR if line else ""
@@ -225,11 +225,18 @@ class Display:
             self._live = None
 
 
-def print_summary(summary: dict, run_dir: Path, console) -> None:
-    """The end-of-run table and the command to run next."""
+def print_summary(summary: dict, run_dir: Path, console, quiet: bool = False) -> None:
+    """The end-of-run table and the command to run next; quiet, one line of both."""
     from rich.table import Table
 
     final, last_eval = summary.get("train"), summary.get("eval")
+    if quiet:
+        dead = (f"dead (train split) {' / '.join(map(str, last_eval['train_dead']))}, "
+                f"heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else
+                f"dead (window) {' / '.join(map(str, final['window_dead']))}")
+        console.print(f"run {run_dir.name}: step {final['step']}, total {final['total']:.4g}, "
+                      f"{dead}; next: rqvae report {run_dir}", highlight=False, soft_wrap=True)
+        return
     table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
     for column in ("level", "used (batch)", "dead (window)", "dead (train split)", "perplexity"):
         table.add_column(column, justify="right")

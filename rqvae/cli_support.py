@@ -1,0 +1,149 @@
+"""What the commands of `rqvae` share: one-line errors, the console, and the config a run
+trains on (defaults, file or preset, --set, the named flags) with its automatic name."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from rqvae.trainer import config as config_lib
+from rqvae.trainer.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def console() -> Console:
+    """COLUMNS wide if set, else the terminal's width, else 80 (a log file or pipe)."""
+    from rqvae.reports.report import make_console
+
+    return make_console()
+
+
+def fail(message: str, code: int = 2):
+    from rich.console import Console
+    from rich.markup import escape
+
+    stderr = Console(stderr=True)
+    # One line in a file or pipe; on a terminal wrapped between words, not mid-word.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                 soft_wrap=not stderr.is_terminal)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Bad input, whatever the module that found it, as one line and exit 2."""
+    try:
+        yield
+    except (ConfigError, UserError) as err:
+        fail(str(err))
+
+
+def use_compilation_cache():
+    """Keeps compiled programs on disk, so a second run (or a resume) starts in seconds.
+
+    JAX_COMPILATION_CACHE_DIR chooses the place; the default is under XDG_CACHE_HOME or ~/.cache.
+    """
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_home / "rqvae" / "xla"))
+
+
+# The named flags of `rqvae train`: config key -> (flag, help). The flag's type is the config
+# field's, its default None (the config's value). Every other key is reached with --set.
+TRAIN_FLAGS = {
+    "loss.lambda_wasserstein": ("--lambda-wasserstein", "Weight of the transport term."),
+    "transport.epsilon": ("--sinkhorn-epsilon", "Entropic regularization of the transport term: "
+                          "a fraction of each level's mean cost."),
+    "loss.lambda_commit": ("--lambda-commit", "Weight of the commitment loss."),
+    "loss.lambda_codebook": ("--lambda-codebook", "Weight of the codebook loss."),
+    "optimizer.learning_rate": ("--learning-rate", "Adam step size."),
+    "steps": ("--steps", "Optimizer steps in the run."),
+    "batch_size": ("--batch-size", "Images per step."),
+    "seed": ("--seed", "Seed of parameters and batches."),
+    "data.dataset": ("--dataset", "'digits', 'tfds:<name>' or 'npz:<path>'."),
+}
+
+
+def _parameter_name(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _flag_parameter(key: str, flag: str, help_text: str) -> inspect.Parameter:
+    kind = typing.get_type_hints(config_lib.section_of(key))[key.rpartition(".")[2]]
+    default = config_lib.flatten(config_lib.to_dict(config_lib.TrainerConfig()))[key]
+    help_text += f" Default: the config's value ({default} without one)."
+    option = typer.Option(flag, help=help_text,
+                          metavar=kind.__name__.upper() if kind is not str else "TEXT")
+    return inspect.Parameter(_parameter_name(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[kind], option])
+
+
+def with_config_flags(flags: dict[str, tuple[str, str]]):
+    """Adds a named option per entry of `flags` to a command, and passes their values to it as
+    `overrides` ({config key: value}, only the flags given)."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        added = [_flag_parameter(key, flag, text) for key, (flag, text) in flags.items()]
+        kept = [p for p in signature.parameters.values() if p.name != "overrides"]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {key: kwargs.pop(_parameter_name(flag)) for key, (flag, _) in flags.items()}
+            return command(overrides={k: v for k, v in values.items() if v is not None},
+                           **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
+        wrapper.__annotations__ = {p.name: p.annotation for p in (*kept, *added)}
+        return wrapper
+
+    return decorate
+
+
+def run_name(config: Path | None, cfg: config_lib.TrainerConfig) -> str:
+    """The automatic run name: the config's name, then the settings the command line changed."""
+    from rqvae.trainer import launch, names, presets
+
+    path = None if config is None else (presets.find(str(config)) or config)
+    stem = "default" if config is None else Path(config).stem
+    loaded = config_lib.load(path)
+    return names.run_name(stem, {k: new for k, (_, new) in
+                                 launch.differences(loaded, cfg).items()})
+
+
+def train_config(config: Path | None, run_dir: Path | None, assignments: list[str],
+                  overrides: dict, resume: bool) -> config_lib.TrainerConfig:
+    """The config a run trains on: the defaults, or the file (on a resume without one, the run's
+    own config.toml), then --set, then the named flags."""
+    from rqvae.trainer import rundir
+
+    base = config
+    if resume and base is None:
+        base = run_dir / rundir.CONFIG_FILE
+        if not base.is_file():
+            raise UserError(f"{run_dir} holds no run to resume (no {rundir.CONFIG_FILE}); check "
+                            f"--run-dir")
+    elif base is not None and base.is_dir():
+        raise UserError(f"--config {base} is a directory; pass a TOML file, e.g. "
+                        f"{base / 'hybrid.toml'}")
+    elif base is not None and not base.exists():
+        from rqvae.trainer import presets
+
+        base = presets.find(str(base)) or base
+        if not base.exists():
+            names = ", ".join(name for name, _ in presets.listing())
+            raise UserError(f"config file {base} not found; pass a TOML file or a preset: "
+                            f"{names} (rqvae configs lists them)")
+    merged = {**config_lib.parse_assignments(assignments), **overrides}
+    if run_dir is not None:
+        merged["run.run_dir"] = str(run_dir)
+    saved = resume and config is None  # the run's own config.toml, as it trained
+    return config_lib.replace((config_lib.load_saved if saved else config_lib.load)(base), merged)
