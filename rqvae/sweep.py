@@ -289,7 +289,7 @@ def sweep_command(
     from rich.console import Console
 
     console = Console(stderr=True)
-    say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    say = functools.partial(console.print, highlight=False, markup=False)  # wraps at the width
     try:
         outcomes, bad_input = execute(plan, out, parallel, steps, say)
     except Interrupted as err:

@@ -48,8 +48,8 @@ def test_a_sweep_trains_every_run_reports_groups_and_the_failed_ones(tiny_toml, 
                     *TRAIN, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "4 of 8 runs completed; failed: lr1e+30-codes16-seed0, lr1e+30-codes16-seed1" \
-        in result.stderr
-    assert max(map(len, result.stdout.splitlines())) <= 80
+        in " ".join(result.stderr.split())
+    assert max(map(len, (result.stdout + result.stderr).splitlines())) <= 80
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "logs") == sorted(
         f"lr{lr}-codes{k}-seed{s}" for lr in ("0.001", "1e+30") for k in (8, 16) for s in (0, 1))
     listed = json.loads(subprocess.run([sys.executable, "-m", "rqvae.cli", "report", out,
@@ -81,12 +81,12 @@ def test_a_sweep_stopped_by_sigterm_resumes_without_retraining_finished_runs(tin
     process.send_signal(signal.SIGTERM)  # while the second run trains, or is about to start
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
-    assert "continue with the same command and --resume" in err
+    assert "continue with the same command and --resume" in " ".join(err.split())
     finished = (first / "metrics.jsonl").read_bytes()
     result = _sweep(*args, "--resume", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (first / "metrics.jsonl").read_bytes() == finished  # not trained again
-    assert "2 of 2 runs completed" in result.stderr
+    assert "2 of 2 runs completed" in " ".join(result.stderr.split())
     second = [r for r in runlog.read(out / "lw0.5-seed0") if r["kind"] == "end"]
     assert second[-1]["status"] == "completed" and second[-1]["step"] == 6
     # Another grid in the same folder is refused, and nothing is written.

@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,8 +170,9 @@ def _load_and_print(run_dirs: list[Path], as_json: bool, as_csv: bool, console: 
     if choosing and len(runs) > 1:
         raise ConfigError(f"{choosing} chooses the rows of one run's report, and {len(runs)} runs "
                           f"are compared; pass one run, or --json")
-    for err in skipped:
-        print(f"note: skipped {err}", file=sys.stderr)
+    for err in skipped:  # wrapped to the console's width, as the tables are
+        print(textwrap.fill(f"note: skipped {err}", console.width, subsequent_indent="  ",
+                            break_on_hyphens=False), file=sys.stderr)
     if as_csv:
         write_csv(runs, sys.stdout)
     else:
