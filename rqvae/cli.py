@@ -150,8 +150,10 @@ def configs():
     """
     from rqvae.trainer import presets
 
-    for name, purpose in presets.listing():
-        print(f"{name:12s} {purpose}")
+    listed = presets.listing()
+    width = max(len(name) for name, _ in listed) + 1
+    for name, purpose in listed:
+        print(f"{name:{width}s} {purpose}")
 
 
 @app.command(short_help="Tables of runs' losses and codebook health.")
@@ -247,8 +249,9 @@ def encode(
         rundir.write_atomically(out, lambda file: np.save(file, codes))
     except OSError as err:
         support.fail(f"cannot write {out} ({err.strerror}); choose another --out")
-    Console().print(f"wrote {out}: {codes.shape[0]} images x {codes.shape[1]} levels of codes "
-                    f"(step {step}, {split} split)", highlight=False)
+    grid = "".join(f" x {n}" for n in codes.shape[1:-1])  # a grid latent's positions
+    Console().print(f"wrote {out}: {codes.shape[0]} images{grid} x {codes.shape[-1]} levels of "
+                    f"codes (step {step}, {split} split)", highlight=False)
 
 
 @app.command(short_help="Write PNGs of runs' curves, codes and reconstructions.")

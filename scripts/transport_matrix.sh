@@ -16,6 +16,8 @@
 #                                latent 64), batch 256, 1500 steps
 #   semantic-ids-3x256           the 8x8 patches read as 64-d vectors, latent 32, batch 1024,
 #                                1500 steps
+#   tokens16-2x1024              16x16 patches on a 4x4 grid of latents (configs/tokens-patches
+#                                .toml: conv, latent 16, batch 128), 1000 steps
 # The patches come from scripts/make_patches.py (pip install -e '.[study]'), written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
 # Runs already in DIR that reached their final step are kept, so a stopped matrix continues.
@@ -35,7 +37,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
-all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256"
+all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"
@@ -64,10 +66,12 @@ cell_args() {  # cell -> the cell's config and data arguments
       npz:$out/patches16.npz $shape_args" ;;
     semantic-ids-*) echo "-c configs/traditional.toml --dataset npz:$out/vectors64.npz
       --batch-size 1024 --set model.latent_dim=32 $shape_args" ;;
+    tokens16-*) echo "-c configs/tokens-patches.toml --lambda-wasserstein 0 --dataset
+      npz:$out/patches16.npz $shape_args" ;;
   esac
 }
 cell_steps() {  # cell -> its steps: the digits are small, so they train longer
-  case $1 in digits-*) echo 3000 ;; *) echo 1500 ;; esac
+  case $1 in digits-*) echo 3000 ;; tokens16-*) echo 1000 ;; *) echo 1500 ;; esac
 }
 method_args() {  # method -> what it sets on top of the cell
   case $1 in
@@ -80,7 +84,7 @@ method_args() {  # method -> what it sets on top of the cell
 seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes, else the first
   case $1/$2 in
     */hybrid-every-code | patches8-4x1024/* | patches8-2x4096/* | patches16-2x1024/* \
-      | semantic-ids-*/*) echo "${all_seeds[0]}" ;;
+      | semantic-ids-*/* | tokens16-*/*) echo "${all_seeds[0]}" ;;
     *) echo "${all_seeds[*]}" ;;
   esac
 }

@@ -218,3 +218,14 @@ def test_dead_codes_of_several_runs_side_by_side_per_level(tmp_path):
         assert list(lines[0].get_ydata()) == [r["window_dead"][level] for r in train]
         evals = [r for r in plot.runlog.read(runs[0]) if r["kind"] == "eval"]
         assert list(lines[1].get_ydata()) == [r["train_dead"][level] for r in evals]
+
+
+def test_a_grid_run_shows_each_image_beside_its_level_1_code_map():
+    rng = np.random.default_rng(0)
+    images, recons = rng.uniform(size=(4, 64)), rng.uniform(size=(4, 64))
+    maps = rng.integers(0, 16, size=(4, 4, 4))
+    fig = plot.reconstructions_figure(images, recons, (8, 8, 1), count=4, code_maps_NxHxW=maps)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 12 and [axes[i].get_ylabel() for i in (0, 4, 8)] == [
+        "held out", "L1 codes", "recon"]
+    np.testing.assert_array_equal(axes[5].get_images()[0].get_array(), maps[1])

@@ -227,27 +227,36 @@ def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path, run_name: str = "
 
 
 def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 10,
-                           run_name: str = ""):
-    """Held-out images (top row) above their reconstructions (bottom row)."""
+                           run_name: str = "", code_maps_NxHxW=None):
+    """Held-out images (top row) above their reconstructions (bottom row); for a grid latent,
+    their level-1 code maps between (a colour per code)."""
     count = min(count, len(originals_NxP))
-    fig = _new_figure(figsize=(1.2 * count, 3.0))
-    axes = fig.subplots(2, count, squeeze=False)
+    rows = [("held out", originals_NxP), ("recon", recons_NxP)]
+    if code_maps_NxHxW is not None:
+        rows.insert(1, ("L1 codes", code_maps_NxHxW))
+    fig = _new_figure(figsize=(1.2 * count, 1.5 * len(rows)))
+    axes = fig.subplots(len(rows), count, squeeze=False)
     for column in range(count):
-        for row, images in enumerate((originals_NxP, recons_NxP)):
-            image = np.clip(images[column].reshape(image_shape), 0, 1)
+        for row, (label, images) in enumerate(rows):
             ax = axes[row][column]
-            ax.imshow(image[..., 0] if image_shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            if label == "L1 codes":
+                ax.imshow(images[column], cmap="nipy_spectral", interpolation="nearest")
+            else:
+                image = np.clip(images[column].reshape(image_shape), 0, 1)
+                ax.imshow(image[..., 0] if image_shape[-1] == 1 else image, cmap="gray",
+                          vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0][0].set_ylabel("held out")
-    axes[1][0].set_ylabel("recon")
+    for row, (label, _) in enumerate(rows):
+        axes[row][0].set_ylabel(label)
     _title(fig, "held-out reconstructions", [run_name] if run_name else [])
     return fig
 
 
 def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: int = 10,
-                    run_name: str = "") -> Path:
-    fig = reconstructions_figure(originals_NxP, recons_NxP, image_shape, count, run_name)
+                    run_name: str = "", code_maps_NxHxW=None) -> Path:
+    fig = reconstructions_figure(originals_NxP, recons_NxP, image_shape, count, run_name,
+                                 code_maps_NxHxW)
     return _save(fig, Path(out) / RECONSTRUCTIONS_PNG)
 
 
@@ -308,6 +317,9 @@ def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
 
     cfg, step_cfg, dataset, params, _ = launch.load_trained(run_dir)
     codes = encode_images(params, dataset.train, step_cfg)
+    codes = codes.reshape(-1, codes.shape[-1])  # a grid latent: each position is a point
+    shown = encode_images(params, dataset.heldout[:10], step_cfg)
+    code_maps = shown[..., 0] if shown.ndim == 4 else None  # level 1 of each grid
     apply = jax.jit(make_model(step_cfg).apply)
     recon, _ = apply(params, dataset.heldout[:10])
     sample = dataset.train[:2000]
@@ -315,7 +327,7 @@ def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
     return [
         code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
         reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape, out,
-                        run_name=run_dir.name),
+                        run_name=run_dir.name, code_maps_NxHxW=code_maps),
         codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
-                  codes[: len(sample)], out, run_name=run_dir.name),
+                  codes[: aux["level_inputs"].shape[1]], out, run_name=run_dir.name),
     ]

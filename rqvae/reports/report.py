@@ -171,7 +171,8 @@ def _load_and_print(run_dirs: list[Path], as_json: bool, as_csv: bool, console: 
         raise ConfigError(f"{choosing} chooses the rows of one run's report, and {len(runs)} runs "
                           f"are compared; pass one run, or --json")
     for err in skipped:  # wrapped to the console's width, as the tables are
-        print(textwrap.fill(f"note: skipped {err}", console.width, subsequent_indent="  ",
+        print(textwrap.fill(f"note: skipped {err.brief()}", console.width,
+                            subsequent_indent="  ", break_long_words=False,
                             break_on_hyphens=False), file=sys.stderr)
     if as_csv:
         write_csv(runs, sys.stdout)

@@ -34,6 +34,10 @@ class NoRecords(UserError):
         super().__init__(message)
         self.run = run
 
+    def brief(self) -> str:
+        """The message with the run's name for its path: a note among several runs."""
+        return _no_records_message(Path(self.run.name), self.run.status, self.run.status_reason)
+
 
 @dataclass(frozen=True)
 class LoggedRun:

@@ -1,8 +1,7 @@
-"""The frozen config tree, loaded from TOML and overridden by CLI flags; no JAX (the report reads
-it). Sections by the part that reads them: `[loss]`, `[transport]` (the library's LossWeights
-and Transport), `[remedies]`, `[optimizer]` (the step), `[model]`, `[data]`, `[run]` (the loop).
-Scalars and tuples only, so a config is a static jit argument. Keys of earlier versions still
-load (`MOVED`, `RETIRED`, `BEFORE_KEY_EXISTED`)."""
+"""The frozen config tree, from TOML and CLI flags; no JAX (the report reads it). Sections by what
+reads them: `[loss]`, `[transport]` (the library's LossWeights and Transport), `[remedies]`,
+`[optimizer]` (the step), `[model]`, `[data]`, `[run]` (the loop). Scalars and tuples only, so a
+config is a static jit argument. Earlier versions' keys load (`MOVED`, `RETIRED`, ...)."""
 
 from __future__ import annotations
 
@@ -25,10 +24,11 @@ class ModelConfig:
     image_shape: tuple[int, ...] = (8, 8, 1)  # height, width, channels; set from the data set
     data_kind: str = "images"  # "images" in [0, 1] (sigmoid output) or "vectors" (linear
     #   output); set from the data set
-    architecture: str = "mlp"  # "mlp" or "conv" (two stride-2 convolutions each way)
+    architecture: str = "mlp"  # "mlp" or "conv" (stride-2 convolutions each way)
+    latent: str = "vector"  # "vector": one per image; "grid" (conv): one per feature-map position
     encoder_hidden: tuple[int, ...] = (256, 128)  # mlp: widths of the encoder's hidden layers
     decoder_hidden: tuple[int, ...] = ()  # mlp: decoder widths; empty mirrors encoder_hidden
-    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the two encoder convolutions
+    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of each stride-2 convolution
     latent_dim: int = 16  # dimension of z_e and of every codebook entry
     num_levels: int = 2  # residual quantization levels
     num_codes: int = 64  # entries per codebook
@@ -242,9 +242,8 @@ RETIRED = {
     "model.codebook_init_scale": 0.0,
 }
 
-# Keys added to the flat format after runs were first saved, each with the value that reproduces
-# how a run saved before it existed trained. A run's config.toml lists every key it knew, so a
-# missing one dates the run.
+# Keys added to the flat format after runs were first saved, with the values that reproduce how a
+# run saved before trained: a run's config.toml lists every key it knew.
 BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
                       "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole",
                       "sinkhorn_overrelaxation": 1.0, "wasserstein_anchor_window": 0}

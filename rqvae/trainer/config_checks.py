@@ -58,7 +58,20 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
            "model.architecture = \"mlp\"")
     _check(len(m.image_shape) == 3 and all(d >= 1 for d in m.image_shape),
            f"model.image_shape must be [height, width, channels], got {list(m.image_shape)}")
-    _check(len(m.conv_channels) == 2, "model.conv_channels needs two channel counts")
+    _check(m.latent in ("vector", "grid"),
+           f"model.latent must be 'vector' or 'grid', got '{m.latent}'")
+    _check(m.latent == "vector" or m.architecture == "conv",
+           "model.latent 'grid' needs model.architecture = \"conv\"")
+    if m.latent == "grid":  # a feature map 2^stages times smaller a side
+        stages = len(m.conv_channels)
+        factor = 2**stages
+        _check(stages >= 1, "model.conv_channels needs at least one channel count")
+        _check(m.image_shape[0] % factor == 0 and m.image_shape[1] % factor == 0,
+               f"a grid latent downsamples by {factor} ({stages} stride-2 stages), and images of "
+               f"{m.image_shape[0]}x{m.image_shape[1]} do not divide by it; use fewer "
+               f"model.conv_channels or another image size")
+    else:
+        _check(len(m.conv_channels) == 2, "model.conv_channels needs two channel counts")
     for name in ("encoder_hidden", "decoder_hidden", "conv_channels"):
         widths = getattr(m, name)
         _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")

@@ -38,7 +38,9 @@ def _chunks(images_NxP: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 @functools.partial(jax.jit, static_argnames="cfg")
 def _eval_chunk(params, x_BxP, valid_B, *, cfg: StepConfig):
     x_recon, aux = make_model(cfg).apply(params, x_BxP)
-    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes, valid_B)
+    positions = aux["indices"].shape[1] // x_BxP.shape[0]  # of a grid latent; 1 for a vector
+    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes,
+                                     jnp.repeat(valid_B, positions))
     squared_error = jnp.sum(valid_B * jnp.mean((x_BxP - x_recon) ** 2, axis=-1))
     return counts_LxK, squared_error
 
@@ -82,11 +84,11 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _encode_chunk(params, x_BxP, *, cfg: StepConfig):
-    return make_model(cfg).apply(params, x_BxP, method=RQVAE.encode).T
+    return make_model(cfg).apply(params, x_BxP, method=RQVAE.encode)
 
 
 def encode(params, images_NxP: np.ndarray, cfg: StepConfig) -> np.ndarray:
-    """Per-level code indices of every image, (N, L) int32."""
+    """Per-level code indices of every image: (N, L) int32, or (N, H', W', L) for a grid."""
     parts = [np.asarray(_encode_chunk(params, x, cfg=cfg))[valid.astype(bool)]
              for x, valid in _chunks(images_NxP)]
     return np.concatenate(parts).astype(np.int32)

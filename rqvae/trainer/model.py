@@ -140,13 +140,50 @@ class ConvDecoder(nn.Module):
         return x[:, :height, :width, :].reshape(x.shape[0], -1).astype(jnp.float32)
 
 
+class GridEncoder(nn.Module):
+    """Stride-2 convolutions, then a 1x1 projection to the latent at every position:
+    (B, H*W*C) -> (B, H / 2^S, W / 2^S, D) for S = len(channels)."""
+
+    image_shape: tuple[int, ...]
+    channels: tuple[int, ...]
+    latent_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxP):
+        x = x_BxP.reshape(-1, *self.image_shape)
+        for i, width in enumerate(self.channels):
+            x = nn.relu(StridedConv(width, self.dtype, name=f"Conv_{i}")(x))
+        return _dense(self.latent_dim, self.dtype)(x).astype(jnp.float32)  # 1x1: per position
+
+
+class GridDecoder(nn.Module):
+    """The mirror of GridEncoder: (B, H', W', D) -> (B, H*W*C) pre-sigmoid logits."""
+
+    image_shape: tuple[int, ...]
+    channels: tuple[int, ...]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z_BxHxWxD):
+        x = nn.relu(_dense(self.channels[-1], self.dtype)(z_BxHxWxD))  # 1x1
+        widths = (*reversed(self.channels[:-1]), self.image_shape[-1])
+        for i, width in enumerate(widths):
+            x = StridedConvTranspose(width, self.dtype, name=f"ConvTranspose_{i}")(x)
+            x = nn.relu(x) if i < len(widths) - 1 else x
+        return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
 class RQVAE(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
-        if cfg.architecture == "conv":
+        if cfg.latent == "grid":
+            self.encoder = GridEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim, dtype)
+            self.decoder = GridDecoder(cfg.image_shape, cfg.conv_channels, dtype)
+        elif cfg.architecture == "conv":
             self.encoder = ConvEncoder(cfg.image_shape, cfg.conv_channels, cfg.latent_dim, dtype)
             self.decoder = ConvDecoder(cfg.image_shape, cfg.conv_channels, dtype)
         else:
@@ -165,22 +202,27 @@ class RQVAE(nn.Module):
     def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
         """Returns the reconstruction (images: in [0, 1]) and an aux dict of the latents and codes.
 
-        aux: z_e (B, D) encoder output; z_q (B, D) sum of the picked codes; codebook (L, K, D);
-        indices (L, B); level_inputs (L, B, D), what each level quantized; level_codes (L, B, D),
-        the code each level picked; level_distances (L, B, K), each input's squared distance to
-        every code of its level (no gradient).
+        The quantizer sees N points: one per image (vector latent), or one per position of each
+        image's feature map (grid latent, N = B * H' * W'). aux: z_e (N, D) encoder output; z_q
+        (N, D) sum of the picked codes; codebook (L, K, D); indices (L, N); level_inputs (L, N,
+        D), what each level quantized; level_codes (L, N, D), the code each level picked;
+        level_distances (L, N, K), each input's squared distance to every code of its level (no
+        gradient).
         """
         z_e = self.encoder(x_BxP)
-        z_q, aux = quantize(z_e, self.codebook)
+        z_e_NxD = z_e.reshape(-1, z_e.shape[-1])
+        z_q, aux = quantize(z_e_NxD, self.codebook)
         # Straight-through: the decoder sees z_q, the encoder gets the decoder's gradient as if
         # it had seen z_e.
-        z_st = z_e + jax.lax.stop_gradient(z_q - z_e)
-        x_recon = self.decoder(z_st)
+        z_st = z_e_NxD + jax.lax.stop_gradient(z_q - z_e_NxD)
+        x_recon = self.decoder(z_st.reshape(z_e.shape))
         if self.cfg.data_kind == "images":  # pixels in [0, 1]; vectors are any reals
             x_recon = nn.sigmoid(x_recon)
-        aux.update(z_e=z_e, z_q=z_q, codebook=self.codebook)
+        aux.update(z_e=z_e_NxD, z_q=z_q, codebook=self.codebook)
         return x_recon, aux
 
     def encode(self, x_BxP: jax.Array) -> jax.Array:
-        """Per-level code indices, shape (L, B)."""
-        return quantize(self.encoder(x_BxP), self.codebook)[1]["indices"]
+        """Per-level code indices of each image: (B, L), or (B, H', W', L) for a grid latent."""
+        z_e = self.encoder(x_BxP)
+        indices_LxN = quantize(z_e.reshape(-1, z_e.shape[-1]), self.codebook)[1]["indices"]
+        return jnp.moveaxis(indices_LxN.reshape(-1, *z_e.shape[:-1]), 0, -1)

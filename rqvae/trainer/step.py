@@ -220,8 +220,9 @@ def kmeans_init(state: TrainState, images_NxP, *, cfg: StepConfig) -> TrainState
         batch_BxP, perm = next_batch(walker.replace(step=jnp.int32(i)), images_NxP, cfg)
         batches.append(batch_BxP)
         walker = walker.replace(perm=perm)
-    z_NxD = make_model(cfg).apply(state.params, jnp.concatenate(batches),
-                                  method=lambda model, x: model.encoder(x))
+    z_e = make_model(cfg).apply(state.params, jnp.concatenate(batches),
+                                method=lambda model, x: model.encoder(x))
+    z_NxD = z_e.reshape(-1, z_e.shape[-1])  # a grid latent's positions are points too
     m = cfg.model
     codebook_LxKxD = codebook.kmeans_codebooks(z_NxD, m.num_levels, m.num_codes,
                                                stream_key(cfg.seed, Stream.KMEANS))
