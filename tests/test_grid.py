@@ -89,3 +89,33 @@ def test_eval_counts_codes_over_positions_and_encode_writes_grids(tiny_cfg, digi
     result = evaluate.evaluate(params, digits, cfg)
     used = [len(np.unique(codes[..., level])) for level in range(2)]
     assert result["train_used"] == used  # every position of every image counted, no padding
+
+
+def test_one_codebook_shared_by_every_level(tiny_cfg, digits):
+    # RQ-VAE's tokenizer (Lee et al. 2022): one codebook, its gradient the levels' sum; restart
+    # and re-anchoring keep one codebook, re-seeded where no level picks a code.
+    from rqvae.trainer import step
+
+    shared = config.step_config(config.replace(tiny_cfg, {
+        "model.architecture": "conv", "model.latent": "grid", "model.conv_channels": [4],
+        "model.shared_codebook": True, "model.num_codes": 64, "batch_size": 8,
+        "transport.anchor_window": 2}))
+    state = step.init_state(shared, len(digits.train))
+    assert state.params["params"]["codebook"].shape == (1, 64, 4)
+    x = jnp.asarray(digits.train[:8])
+    model = step.make_model(shared)
+    _, aux = model.apply(state.params, x)
+    assert aux["codebook"].shape == (2, 64, 4)
+    np.testing.assert_array_equal(aux["codebook"][0], aux["codebook"][1])
+    params = state.params
+    far = params["params"]["codebook"] + 50.0
+    state = state.replace(params={**params, "params": {**params["params"], "codebook": far}})
+    update = jax.jit(step._update_on_device_data, static_argnames="cfg")
+    picked = jnp.zeros((64,), bool)
+    for _ in range(12):
+        state, outcome = update(state, jnp.asarray(digits.train), cfg=shared)
+        picked |= (outcome["counts"] > 0).any(0)
+    assert state.params["params"]["codebook"].shape == (1, 64, 4)
+    assert bool(picked.all()), int((~picked).sum())
+    fitted = step.kmeans_init(step.init_state(shared, len(digits.train)), digits.train, cfg=shared)
+    assert fitted.params["params"]["codebook"].shape == (1, 64, 4)

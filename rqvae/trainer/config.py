@@ -32,11 +32,11 @@ class ModelConfig:
     latent_dim: int = 16  # dimension of z_e and of every codebook entry
     num_levels: int = 2  # residual quantization levels
     num_codes: int = 64  # entries per codebook
+    shared_codebook: bool = False  # one codebook for every level (RQ-VAE, Lee et al. 2022)
     compute_dtype: str = "float32"  # or "bfloat16": encoder and decoder products; all else float32
 
     @property
-    def input_dim(self) -> int:
-        """Pixels per flattened image."""
+    def input_dim(self) -> int:  # pixels per flattened image
         return math.prod(self.image_shape)
 
 

@@ -193,11 +193,19 @@ class RQVAE(nn.Module):
         # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
         # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
         scale = 1.0 / cfg.num_codes
-        self.codebook = self.param(
+        self.codebook_param = self.param(
             "codebook",
             lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -scale, scale),
-            (cfg.num_levels, cfg.num_codes, cfg.latent_dim),
+            (1 if cfg.shared_codebook else cfg.num_levels, cfg.num_codes, cfg.latent_dim),
         )
+
+    @property
+    def codebook(self) -> jax.Array:
+        """(L, K, D): one codebook a level, or the shared one seen by every level (its gradient
+        the sum of the levels')."""
+        cfg = self.cfg
+        return jnp.broadcast_to(self.codebook_param,
+                                (cfg.num_levels, cfg.num_codes, cfg.latent_dim))
 
     def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
         """Returns the reconstruction (images: in [0, 1]) and an aux dict of the latents and codes.

@@ -176,6 +176,16 @@ def _reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cf
     each (drawn by `row_weights_LxB` if given), with fresh Adam moments: dead-code restart, and
     the transport term's re-anchoring on the points its plan serves worst."""
     key = jax.random.fold_in(stream_key(cfg.seed, stream), step)
+    if cfg.model.shared_codebook:  # a shared code is stale if no level picks it; re-seeded on
+        # the encoder's outputs (level 1's inputs), and fresh at every level
+        used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
+        codebook_1xKxD, used_1xK, reseeded_1xK = codebook.restart_dead_codes(
+            params["params"]["codebook"], used_1xK, step, level_inputs_LxBxD[:1], key,
+            threshold=threshold,
+            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
+        return (_with_codebook(params, codebook_1xKxD),
+                codebook.reset_adam_moments(opt_state, reseeded_1xK),
+                jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
     codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
         params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
         threshold=threshold, row_weights_LxB=row_weights_LxB)
@@ -226,6 +236,8 @@ def kmeans_init(state: TrainState, images_NxP, *, cfg: StepConfig) -> TrainState
     m = cfg.model
     codebook_LxKxD = codebook.kmeans_codebooks(z_NxD, m.num_levels, m.num_codes,
                                                stream_key(cfg.seed, Stream.KMEANS))
+    if m.shared_codebook:  # the shared codebook starts as level 1's
+        codebook_LxKxD = codebook_LxKxD[:1]
     return state.replace(params=_with_codebook(state.params, codebook_LxKxD))
 
 
