@@ -30,7 +30,7 @@ def test_presets_ship_with_the_package_and_load_from_any_directory(tmp_path, mon
     lines = result.output.splitlines()
     assert len(lines) == len(listed) and all(len(line) <= 80 for line in lines)
     assert any(re.match(r"hybrid\s+\S", line) for line in lines)
-    with pytest.raises(UserError, match="not found; pass a TOML file or a preset: default, "):
+    with pytest.raises(UserError, match="not found; pass a TOML file or a preset: cifar10-tokens, "):
         cli_support.train_config(Path("nonesuch"), None, [], {}, resume=False)
 
 
