@@ -6,7 +6,7 @@
 # --set transport.anchor_window=0, one seed), then prints the `rqvae report` comparison of each
 # cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
 #
-#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 16 min on 2 CPU cores
+#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 30 min on 2 CPU cores
 #
 # Cells (levels x codes), SEEDS ("0 1 2") where a cell runs in minutes on 2 CPU cores, seed 0
 # elsewhere:
@@ -16,7 +16,7 @@
 #                                latent 64), batch 256, 1500 steps
 #   semantic-ids-3x256           the 8x8 patches read as 64-d vectors, latent 32, batch 1024,
 #                                1500 steps
-#   tokens16-2x1024              16x16 patches on a 4x4 grid of latents (configs/tokens-patches
+#   tokens16-2x1024, -2x4096     16x16 patches on a 4x4 grid of latents (configs/tokens-patches
 #                                .toml: conv, latent 16, batch 128), 1000 steps
 # The patches come from scripts/make_patches.py (pip install -e '.[study]'), written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
@@ -37,7 +37,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
-all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024"
+all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024 tokens16-2x4096"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"

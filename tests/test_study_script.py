@@ -49,7 +49,7 @@ def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(t
     cells = {cell for cell, _ in runs}
     assert cells == {"digits-2x64", "digits-2x256", "patches8-2x1024", "patches8-4x1024",
                      "patches8-2x4096", "patches16-2x512", "patches16-2x1024",
-                     "semantic-ids-3x256", "tokens16-2x1024"}
+                     "semantic-ids-3x256", "tokens16-2x1024", "tokens16-2x4096"}
     for (cell, run), cfg in runs.items():
         m = cfg.model
         assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
