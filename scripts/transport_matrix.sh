@@ -8,8 +8,7 @@
 #
 #   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 30 min on 2 CPU cores
 #
-# Cells (levels x codes), SEEDS ("0 1 2") where a cell runs in minutes on 2 CPU cores, seed 0
-# elsewhere:
+# Cells (levels x codes), each method with SEEDS ("0 1 2"; hybrid-every-code with the first):
 #   digits-2x64, digits-2x256    embedded digits, default model (latent 16), batch 128, 3000 steps
 #   patches8-2x1024, -4x1024, -2x4096    8x8 image patches, latent 16, batch 256, 1500 steps
 #   patches16-2x512, -2x1024     16x16 patches, configs/mnist.toml's model (MLP 512-256,
@@ -81,10 +80,9 @@ method_args() {  # method -> what it sets on top of the cell
     hybrid-every-code) echo "--lambda-wasserstein 0.5 --set transport.anchor_window=0" ;;
   esac
 }
-seeds_of() {  # cell method -> its seeds: every seed where a cell takes minutes, else the first
-  case $1/$2 in
-    */hybrid-every-code | patches8-4x1024/* | patches8-2x4096/* | patches16-2x1024/* \
-      | semantic-ids-*/* | tokens16-*/*) echo "${all_seeds[0]}" ;;
+seeds_of() {  # cell method -> its seeds: every seed, but the first alone for the term as it was
+  case $2 in
+    hybrid-every-code) echo "${all_seeds[0]}" ;;
     *) echo "${all_seeds[*]}" ;;
   esac
 }

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae.quantizer.codebook import restart_dead_codes
+from rqvae.quantizer.codebook import restart_dead_codes, stale_window
 from rqvae.quantizer.losses import compute_losses, wasserstein_levels
 from rqvae.trainer import config, evaluate, step
 from rqvae.trainer.config import step_config
@@ -233,19 +233,55 @@ def _codes_picked(cfg, state, images, num_steps):
 def test_the_transport_term_brings_far_codes_into_use_where_plain_vq_leaves_them(
         tiny_cfg, digits, lambda_wasserstein):
     # 512 codes from batches of 64 (K / B = 8), every code 50 away from the data on every axis.
-    window = tiny_cfg.transport.anchor_window
     cfg = step_config(config.replace(tiny_cfg, {
-        "loss.lambda_wasserstein": lambda_wasserstein, "batch_size": 64, "model.num_codes": 512}))
+        "loss.lambda_wasserstein": 0.5, "batch_size": 64, "model.num_codes": 512}))
+    window = step.anchor_window(cfg)  # 20 sweeps of the codebook: 160 steps
+    assert window == 20 * 512 // 64
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(
+        cfg.loss, lambda_wasserstein=lambda_wasserstein))
     images = jnp.asarray(digits.train)
     state = _far_codebook(step.init_state(cfg, len(digits.train)))
-    # The window, then K / B steps to anchor every code and 9 x K / B for each to be picked (all
-    # were by 80 steps on level 1 and 100 on level 2; the first anchored codes die again as the
-    # encoder moves, and wait another window).
-    picked, _ = _codes_picked(cfg, state, images, window + 10 * 512 // 64)
+    # The window, then K / B steps to anchor every code and 9 x K / B for each to be picked; the
+    # codes first anchored that die again as the encoder moves wait a window more, twice (all
+    # were picked by step 536 of these 560: 60 and 80 per level were left after the first
+    # window, 0 and 13 after the second). Plain VQ is shown its first window and more.
+    steps = 3 * window + 10 * 512 // 64 if lambda_wasserstein else window + 10 * 512 // 64
+    picked, _ = _codes_picked(cfg, state, images, steps)
     if lambda_wasserstein:
         assert picked.all(), f"never picked, per level: {(~picked).sum(1)}"
     else:  # plain VQ: only the few codes nearest the data are ever picked
         assert picked.sum(1).max() <= 8, picked.sum(1)
+
+
+def test_the_solve_is_skipped_where_it_moves_nothing_and_never_changes_the_run(tiny_cfg, digits):
+    # 128 codes from batches of 64 with an 8-step window: a code is stale after the steps of 8
+    # sweeps of the codebook (8 x 128 / 64 = 16), stale codes are re-anchored every 4th step,
+    # and a step that is neither logged nor re-anchors skips the solve. Far codes make the
+    # re-anchoring busy. 40 steps in one call (only the last logged) and 40 calls of one step
+    # (every step logged, so every step solves) give bitwise the same state.
+    cfg = step_config(config.replace(tiny_cfg, {
+        "loss.lambda_wasserstein": 0.5, "batch_size": 64, "model.num_codes": 128,
+        "transport.anchor_window": 8}))
+    assert step.anchor_window(cfg) == 16
+    images = jnp.asarray(digits.train)
+    start = _far_codebook(step.init_state(cfg, len(digits.train)))
+    whole, _ = step.run_steps(jax.tree.map(jnp.copy, start), images, 40, cfg=cfg)
+    single, solved_at = jax.tree.map(jnp.copy, start), []
+    for _ in range(40):
+        anchor_now, _, solve = step._anchor_schedule(single, cfg, logged=False)
+        solved_at.append(bool(solve))
+        single, _ = step.run_steps(single, images, 1, cfg=cfg)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole), jax.device_get(single))
+    # Never-picked codes are stale once 16 steps are taken, at the end of step 15.
+    assert not any(solved_at[:15]) and solved_at[15] and not all(solved_at[16:])
+    assert int(single.step) == 40 and bool(jnp.all(single.last_used >= 0))
+
+
+@pytest.mark.parametrize(("codes", "points", "expected"),
+                         [(64, 128, 20), (512, 64, 160), (4096, 256, 320), (100, 64, 32)])
+def test_the_stale_window_counts_sweeps_of_the_codebook_where_a_step_sees_fewer_points(
+        codes, points, expected):
+    assert stale_window(20, codes, points) == expected
 
 
 def test_the_transport_gradient_reaches_only_stale_codes_and_never_the_encoder(tiny_cfg, digits):

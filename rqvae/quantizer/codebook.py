@@ -76,6 +76,16 @@ def stale_codes(last_used_LxK: jax.Array, step, threshold: int) -> jax.Array:
     return last_used_LxK <= step - threshold
 
 
+def stale_window(window: int, num_codes: int, points_per_step: int) -> int:
+    """The steps a code may go unpicked before it is stale: `window` steps, or, where a step
+    quantizes fewer points than there are codes, the steps over which `window` x `num_codes`
+    points pass. A code picked at its fair share, one point in `num_codes`, then expects
+    `window` picks in the window whatever the codebook's size, so only codes used at a small
+    fraction of it (about 1 / `window`) go stale; a window counted in steps alone would flag
+    most codes of a large codebook (docs/results.md, "Why this design")."""
+    return max(window, -(-window * num_codes // points_per_step))
+
+
 @functools.partial(jax.jit, static_argnames="threshold")
 def restart_dead_codes(
     codebook_LxKxD: jax.Array,

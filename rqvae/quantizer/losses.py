@@ -4,6 +4,7 @@ transport term (each level's entropic OT cost to its codebook, solved by `sinkho
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,28 +31,55 @@ def _sinkhorn_cost(points_NxD, codebook_MxD, epsilon, num_iters, *, solver="scal
     cost is that of sum(plan * C) with the plan constant (Danskin's envelope theorem), so nothing
     of the iterations is stored and memory is O(points x codes) whatever num_iters.
     """
+    summary = _plan_summary(points_NxD, codebook_MxD, epsilon, num_iters, solver=solver,
+                            epsilon_mode=epsilon_mode, tolerance=tolerance, cost_NxM=cost_NxM,
+                            overrelaxation=overrelaxation)
+    return _cost_of_plan(points_NxD, codebook_MxD, summary, movable_M)
+
+
+class _PlanSummary(NamedTuple):
+    """What the cost and its gradient need of a plan, O(N + M x D): its row and column sums,
+    the points it carries to each code (plan^T x, differentiable in the points only), its
+    per-point costs sum_j plan_ij C_ij, and the solve's row-marginal error and epsilon."""
+
+    row_mass: jax.Array
+    code_mass: jax.Array
+    transported: jax.Array
+    point_cost: jax.Array
+    marginal_error: jax.Array
+    epsilon: jax.Array
+
+
+def _plan_summary(points_NxD, codebook_MxD, epsilon, num_iters, *, solver, epsilon_mode,
+                  tolerance, cost_NxM, overrelaxation) -> _PlanSummary:
     points_NxD, codebook_MxD = points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32)
     if cost_NxM is None:
-        cost_NxM = squared_distances(points_NxD, codebook_MxD)
+        cost_NxM = squared_distances(sg(points_NxD), sg(codebook_MxD))
     epsilon = effective_epsilon(cost_NxM, epsilon, epsilon_mode)
     result = sinkhorn_plan(sg(cost_NxM), epsilon, num_iters, None, solver, tolerance,
                            overrelaxation)
     plan_NxM = sg(result.plan)
-    # sum(P * C) expanded as sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with
-    # r, s the plan's marginals: its gradient needs no further pass over the N x M plan. The value
-    # itself is taken from the direct sum, which has no cancellation.
+    return _PlanSummary(jnp.sum(plan_NxM, axis=1), jnp.sum(plan_NxM, axis=0),
+                        jnp.einsum("nm,nd->md", plan_NxM, points_NxD),
+                        jnp.sum(plan_NxM * sg(cost_NxM), axis=1), result.marginal_error, epsilon)
+
+
+def _cost_of_plan(points_NxD, codebook_MxD, summary: _PlanSummary, movable_M=None):
+    """The `_sinkhorn_cost` outputs from a plan's summary. sum(P * C) expanded as
+    sum_i r_i |x_i|^2 + sum_j s_j |c_j|^2 - 2 sum_j c_j . (P^T x)_j, with r, s the plan's
+    marginals: its gradient needs no pass over the N x M plan. The value itself is the direct
+    sum, which has no cancellation."""
+    points_NxD, codebook_MxD = points_NxD.astype(jnp.float32), codebook_MxD.astype(jnp.float32)
     if movable_M is not None:
         codebook_MxD = jnp.where(movable_M[:, None], codebook_MxD, sg(codebook_MxD))
-    transported_MxD = jnp.einsum("nm,nd->md", plan_NxM, points_NxD)
     expanded = (
-        jnp.sum(jnp.sum(plan_NxM, axis=1) * jnp.sum(points_NxD**2, axis=1))
-        + jnp.sum(jnp.sum(plan_NxM, axis=0) * jnp.sum(codebook_MxD**2, axis=1))
-        - 2.0 * jnp.sum(codebook_MxD * transported_MxD)
+        jnp.sum(summary.row_mass * jnp.sum(points_NxD**2, axis=1))
+        + jnp.sum(summary.code_mass * jnp.sum(codebook_MxD**2, axis=1))
+        - 2.0 * jnp.sum(codebook_MxD * summary.transported)
     )
-    per_point_N = jnp.sum(plan_NxM * sg(cost_NxM), axis=1)
-    direct = jnp.sum(per_point_N)
-    return (sg(direct - expanded) + expanded, result.marginal_error, epsilon,
-            per_point_N * cost_NxM.shape[0])
+    direct = jnp.sum(summary.point_cost)
+    return (sg(direct - expanded) + expanded, summary.marginal_error, summary.epsilon,
+            summary.point_cost * points_NxD.shape[0])
 
 
 def sinkhorn_loss(
@@ -121,7 +149,7 @@ def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, ja
 
 
 def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: Transport, *,
-               solver: str = "scaling", stale_LxK=None) -> dict[str, jax.Array]:
+               solver: str = "scaling", stale_LxK=None, solve=None) -> dict[str, jax.Array]:
     """All loss terms of a forward pass and their weighted total.
 
     `aux` is the model's: z_e (B, D), codebook (L, K, D), level_inputs (L, B, D), what each
@@ -135,7 +163,8 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: T
     not computed at all (the per-level values are zeros). `stale_LxK` (bool): the codes the
     term's gradient reaches; None: every code. With the term on, also transport_row_cost
     (L, B): each batch point's transport cost under its level's plan, which the re-anchoring
-    draws rows by.
+    draws rows by. `solve` (traced bool): whether to solve the term at all; where False its
+    values are zeros and it moves nothing, as it would with no stale code (None: always).
     """
     z_e, codebook_LxKxD = aux["z_e"], aux["codebook"]
     losses = {"recon": jnp.mean((x_BxP - x_recon_BxP) ** 2),
@@ -147,10 +176,23 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: T
         level_inputs_LxBxD = aux["level_inputs"]
         if not transport.encoder_grad:
             level_inputs_LxBxD = sg(level_inputs_LxBxD)
-        cost_L, marginal_error_L, epsilon_L, row_cost_LxB = wasserstein_levels(
-            level_inputs_LxBxD, codebook_LxKxD, transport.epsilon, transport.iters, solver,
-            "relative", transport.tolerance, aux.get("level_distances"),
-            transport.overrelaxation, stale_LxK)
+        solve_args = (transport.epsilon, transport.iters, solver, "relative",
+                      transport.tolerance)
+        if solve is None:
+            cost_L, marginal_error_L, epsilon_L, row_cost_LxB = wasserstein_levels(
+                level_inputs_LxBxD, codebook_LxKxD, *solve_args, aux.get("level_distances"),
+                transport.overrelaxation, stale_LxK)
+        else:  # the solve in a branch; the cost and its gradient from its O(N + K D) summary
+            summarize = functools.partial(_plan_summary, epsilon=transport.epsilon,
+                                          num_iters=transport.iters, solver=solver,
+                                          epsilon_mode="relative", tolerance=transport.tolerance,
+                                          cost_NxM=None, overrelaxation=transport.overrelaxation)
+            summarized = functools.partial(jax.vmap(summarize), sg(level_inputs_LxBxD),
+                                           sg(codebook_LxKxD))
+            summary = lax.cond(solve, summarized, lambda: jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(summarized)))
+            cost_L, marginal_error_L, epsilon_L, row_cost_LxB = jax.vmap(_cost_of_plan)(
+                level_inputs_LxBxD, codebook_LxKxD, summary, stale_LxK)
         cost_L = cost_L / latent_dim
         losses["transport_row_cost"] = row_cost_LxB
     losses.update(wasserstein=jnp.sum(cost_L), transport_cost=cost_L,

@@ -39,6 +39,13 @@ class ModelConfig:
     def input_dim(self) -> int:  # pixels per flattened image
         return math.prod(self.image_shape)
 
+    @property
+    def points_per_image(self) -> int:  # latents each image gives a level: 1, or the grid's
+        if self.latent != "grid":
+            return 1
+        factor = 2 ** len(self.conv_channels)
+        return (self.image_shape[0] // factor) * (self.image_shape[1] // factor)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:

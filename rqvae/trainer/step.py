@@ -79,10 +79,10 @@ def init_state(cfg: StepConfig, num_train: int) -> TrainState:
     )
 
 
-def loss_fn(params, batch_BxP, cfg: StepConfig, stale_LxK=None):
+def loss_fn(params, batch_BxP, cfg: StepConfig, stale_LxK=None, solve=None):
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
     losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, cfg.transport, solver=cfg.solver,
-                        stale_LxK=stale_LxK)
+                        stale_LxK=stale_LxK, solve=solve)
     return losses["total"], (losses, aux)
 
 
@@ -96,11 +96,14 @@ def train_step(state: TrainState, batch_BxP, *, cfg: StepConfig):
     return new_state, step_metrics(new_state, outcome, cfg)
 
 
-def _update(state: TrainState, batch_BxP, cfg: StepConfig):
+def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
-    code counts and index). The loop carries only that, and summarizes the last step once."""
+    code counts and index). The loop carries only that, and summarizes the last step once.
+    `logged` (traced bool): whether the step's values are read; a step that is not read skips
+    the transport solve where it would move nothing (`_anchor_schedule`)."""
+    anchor_now, movable_LxK, solve = _anchor_schedule(state, cfg, logged)
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, batch_BxP, cfg, _stale_before_step(state, cfg))
+        state.params, batch_BxP, cfg, movable_LxK, solve)
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
@@ -115,10 +118,12 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig):
                 params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
                 stream=Stream.RESTART, threshold=cfg.remedies.dead_code_threshold)
         if _anchoring(cfg):  # the transport term's: rows drawn by their transport cost
-            params, opt_state, last_used = _reseed_codes(
-                params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
-                stream=Stream.ANCHOR, threshold=cfg.transport.anchor_window,
-                row_weights_LxB=losses["transport_row_cost"])
+            params, opt_state, last_used = where_ok(
+                anchor_now, functools.partial(
+                    _reseed_codes, params, opt_state, last_used, state.step,
+                    aux["level_inputs"], cfg, stream=Stream.ANCHOR, threshold=anchor_window(cfg),
+                    row_weights_LxB=losses["transport_row_cost"]),
+                (params, opt_state, last_used), guard=cfg.guard)
         return params, opt_state, last_used
 
     params, opt_state, last_used = where_ok(
@@ -197,23 +202,67 @@ def _anchoring(cfg: StepConfig) -> bool:
     return cfg.loss.lambda_wasserstein > 0 and cfg.transport.anchor_window > 0
 
 
-def _stale_before_step(state: TrainState, cfg: StepConfig):
-    """The codes the transport term's gradient reaches: those the nearest-code rule has not
-    picked over the last `transport.anchor_window` steps before this one (None: every code).
-    Codes the rule serves follow the codebook loss alone; a term that also pulled them toward an
-    even share of the batch would trade reconstruction for balance (docs/results.md). Without a
-    codebook loss (pure Wasserstein) the term moves every code, or the served ones would not move.
+def anchor_window(cfg: StepConfig) -> int:
+    """The steps a code may go unpicked before the transport term takes it as stale:
+    `transport.anchor_window` steps, longer where a step quantizes fewer points than there are
+    codes (`codebook.stale_window`). A shared codebook serves every level's points."""
+    return codebook.stale_window(cfg.transport.anchor_window, cfg.model.num_codes,
+                                 _points_per_step(cfg))
+
+
+def _points_per_step(cfg: StepConfig) -> int:
+    m = cfg.model
+    return cfg.batch_size * m.points_per_image * (m.num_levels if m.shared_codebook else 1)
+
+
+# Stale codes are re-anchored, and take the term's gradient, at every
+# `anchor_window(cfg) // ANCHOR_PERIODS`-th step, or as soon as a step's worth of them waits: a
+# stale code waits at most a quarter of its window more, and the steps between skip the solve
+# (docs/results.md, "Why this design").
+ANCHOR_PERIODS = 4
+
+
+def _anchor_schedule(state: TrainState, cfg: StepConfig, logged):
+    """What the transport term does at this step: (anchor_now, movable_LxK, solve).
+
+    anchor_now (traced bool; None without re-anchoring): whether stale codes are re-anchored at
+    the end of the step: at every `anchor_window // ANCHOR_PERIODS`-th step, and at any step
+    where some level has as many stale codes as a step has points.
+
+    movable_LxK: the codes the term's gradient reaches. At an anchor step, those unpicked over
+    the window before it; none at other steps. None (every code, every step) without a codebook
+    loss (pure Wasserstein, where the served codes move by the term alone) or without
+    re-anchoring. Codes the nearest-code rule serves follow the codebook loss alone: a term that
+    also pulled them toward an even share of the batch would trade reconstruction for balance
+    (docs/results.md).
+
+    solve (traced bool; None: always): whether the step solves the transport problem. A step
+    whose term moves nothing and re-anchors nothing skips it unless its values are `logged`;
+    only under the "branch" guard (CPU), where a branch runs one side (on accelerators it would
+    stall the device). The state never depends on `logged`.
     """
-    if not _anchoring(cfg) or cfg.loss.lambda_codebook == 0:
-        return None
-    return codebook.stale_codes(state.last_used, state.step - 1, cfg.transport.anchor_window)
+    if not _anchoring(cfg):
+        return None, None, None
+    window = anchor_window(cfg)
+    last_used_LxK = state.last_used
+    if cfg.model.shared_codebook:  # stale when no level picked it
+        last_used_LxK = jnp.max(last_used_LxK, axis=0, keepdims=True)
+    stale_by_end_LxK = codebook.stale_codes(last_used_LxK, state.step, window)
+    anchor_now = ((state.step % max(1, window // ANCHOR_PERIODS) == 0)
+                  | jnp.any(jnp.sum(stale_by_end_LxK, axis=1) >= _points_per_step(cfg)))
+    if cfg.loss.lambda_codebook == 0:
+        return anchor_now, None, None
+    movable_LxK = anchor_now & codebook.stale_codes(state.last_used, state.step - 1, window)
+    if cfg.transport.encoder_grad or cfg.guard != "branch":
+        return anchor_now, movable_LxK, None
+    return anchor_now, movable_LxK, logged | (anchor_now & jnp.any(stale_by_end_LxK))
 
 
 def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
     """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
     if not _anchoring(cfg):
         return jnp.zeros(cfg.model.num_levels, jnp.int32)
-    stale_LxK = codebook.stale_codes(new_state.last_used, step, cfg.transport.anchor_window)
+    stale_LxK = codebook.stale_codes(new_state.last_used, step, anchor_window(cfg))
     return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
 
 
@@ -262,9 +311,10 @@ def next_batch(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=No
     return jnp.take(images_NxP, index_B, axis=0), perm
 
 
-def _update_on_device_data(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None):
+def _update_on_device_data(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None,
+                           logged=True):
     batch_BxP, perm = next_batch(state, images_NxP, cfg, batch_sharding)
-    return _update(state.replace(perm=perm), batch_BxP, cfg)
+    return _update(state.replace(perm=perm), batch_BxP, cfg, logged)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
@@ -279,6 +329,7 @@ def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: StepConfig, batc
     step = functools.partial(_update_on_device_data, cfg=cfg, batch_sharding=batch_sharding)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(step, state, images_NxP)[1])
-    state, outcome = jax.lax.fori_loop(0, num_steps, lambda _, carry: step(carry[0], images_NxP),
-                                       (state, zeros))
+    state, outcome = jax.lax.fori_loop(
+        0, num_steps, lambda i, carry: step(carry[0], images_NxP, logged=i == num_steps - 1),
+        (state, zeros))
     return state, step_metrics(state, outcome, cfg)
