@@ -229,3 +229,16 @@ def test_a_grid_run_shows_each_image_beside_its_level_1_code_map():
     assert len(axes) == 12 and [axes[i].get_ylabel() for i in (0, 4, 8)] == [
         "held out", "L1 codes", "recon"]
     np.testing.assert_array_equal(axes[5].get_images()[0].get_array(), maps[1])
+
+
+def test_three_levels_show_the_reconstruction_of_each_partial_sum():
+    rng = np.random.default_rng(0)
+    images, levels = rng.uniform(size=(4, 64)), rng.uniform(size=(3, 4, 64))
+    fig = plot.reconstructions_figure(images, levels[-1], (8, 8, 1), count=4,
+                                      level_recons_LxNxP=levels)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [axes[i].get_ylabel() for i in (0, 4, 8, 12)] == ["held out", "L1", "L1-2", "recon"]
+    np.testing.assert_allclose(axes[6].get_images()[0].get_array(),
+                               levels[0][2].reshape(8, 8))
+    np.testing.assert_allclose(axes[13].get_images()[0].get_array(),
+                               levels[2][1].reshape(8, 8))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rqvae.quantizer.codebook import restart_dead_codes, stale_window
-from rqvae.quantizer.losses import compute_losses, wasserstein_levels
+from rqvae.quantizer.state import CodebookState, transport_schedule
+from rqvae.quantizer.losses import compute_losses, loss_terms, wasserstein_levels
 from rqvae.trainer import config, evaluate, step
 from rqvae.trainer.config import step_config
 from rqvae.trainer.runlog import LOSS_TERMS
@@ -268,8 +269,10 @@ def test_the_solve_is_skipped_where_it_moves_nothing_and_never_changes_the_run(t
     whole, _ = step.run_steps(jax.tree.map(jnp.copy, start), images, 40, cfg=cfg)
     single, solved_at = jax.tree.map(jnp.copy, start), []
     for _ in range(40):
-        anchor_now, _, solve = step._anchor_schedule(single, cfg, logged=False)
-        solved_at.append(bool(solve))
+        schedule = transport_schedule(
+            CodebookState(single.last_used, single.step), cfg.loss, cfg.transport,
+            num_codes=128, points=64, logged=False, branch=True)
+        solved_at.append(bool(schedule.solve))
         single, _ = step.run_steps(single, images, 1, cfg=cfg)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole), jax.device_get(single))
     # Never-picked codes are stale once 16 steps are taken, at the end of step 15.
@@ -292,7 +295,9 @@ def test_the_transport_gradient_reaches_only_stale_codes_and_never_the_encoder(t
     stale = jnp.arange(levels * codes).reshape(levels, codes) % 3 == 0
 
     def transport(p):
-        return step.loss_fn(p, batch, cfg, stale_LxK=stale)[1][0]["wasserstein"]
+        x_recon, aux = step.make_model(cfg).apply(p, batch)
+        return loss_terms(batch, x_recon, aux, cfg.loss, cfg.transport,
+                          stale_LxK=stale)["wasserstein"]
 
     grads = jax.grad(transport)(params)["params"]
     moved = np.asarray(jnp.abs(grads["codebook"]).sum(-1) > 0)

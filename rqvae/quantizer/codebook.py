@@ -174,19 +174,18 @@ def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
     steps in, as for any never-picked code that gets picked late.
 
     `opt_state` is an optax state holding `ScaleByAdamState`s whose moments are shaped like the
-    model's params, `{"params": {"codebook": (L, K, D), ...}}`. `restarted_LxK` is what
-    `restart_dead_codes` returns last (its last_used alone cannot tell a restarted code from one
-    picked at the same step).
+    model's params, with one leaf named `codebook` (L, K, D) (`codebook_of`). `restarted_LxK` is
+    what `restart_dead_codes` returns last (its last_used alone cannot tell a restarted code from
+    one picked at the same step).
     """
     is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
     if not any(is_adam(node) for node in jax.tree.leaves(opt_state, is_leaf=is_adam)):
         raise ValueError("opt_state holds no ScaleByAdamState to reset")
 
     def zero_rows(moments):
-        codebook_LxKxD = moments["params"]["codebook"]
-        zeroed = jnp.where(restarted_LxK[..., None], jnp.zeros_like(codebook_LxKxD),
-                           codebook_LxKxD)
-        return {**moments, "params": {**moments["params"], "codebook": zeroed}}
+        codebook_LxKxD = codebook_of(moments)
+        return with_codebook(moments, jnp.where(restarted_LxK[..., None],
+                                                jnp.zeros_like(codebook_LxKxD), codebook_LxKxD))
 
     def reset(node):
         if is_adam(node):
@@ -194,3 +193,24 @@ def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
         return node
 
     return jax.tree.map(reset, opt_state, is_leaf=is_adam)
+
+
+def codebook_of(params) -> jax.Array:
+    """The one leaf of a params tree named `codebook` (the `ResidualVQ`'s), wherever the model
+    nests it."""
+    found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+             if _is_codebook(path)]
+    if len(found) != 1:
+        raise ValueError(f"params hold {len(found)} leaves named 'codebook'; the codebook's "
+                         "upkeep needs exactly one (the ResidualVQ's)")
+    return found[0]
+
+
+def with_codebook(params, codebook_array: jax.Array):
+    """A params tree with its `codebook` leaf replaced."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: codebook_array if _is_codebook(path) else leaf, params)
+
+
+def _is_codebook(path) -> bool:
+    return bool(path) and getattr(path[-1], "key", None) == "codebook"

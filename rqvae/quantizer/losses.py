@@ -11,10 +11,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from rqvae.quantizer.settings import LOSS_TERMS, LossWeights, Transport
+from rqvae.quantizer.state import CodebookState, Schedule, points_per_step, transport_schedule
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 
-__all__ = ["LOSS_TERMS", "compute_losses", "loss_terms", "sinkhorn_loss", "vq_per_level",
-           "wasserstein_levels"]
+__all__ = ["LOSS_TERMS", "compute_losses", "loss_terms", "quantizer_losses", "sinkhorn_loss",
+           "vq_per_level", "wasserstein_levels"]
 
 sg = lax.stop_gradient
 
@@ -148,27 +149,58 @@ def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, ja
     }
 
 
+def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
+                     transport: Transport = Transport(), *, state: CodebookState | None = None,
+                     logged=True, branch: bool | None = None,
+                     solver: str | None = None) -> dict[str, jax.Array]:
+    """The quantizer's loss terms from a `ResidualVQ`'s aux, and their weighted sum `total`:
+    add your reconstruction loss to it.
+
+    Keys: commit and codebook (`vq_per_level`); wasserstein, the transport term: the levels'
+    transport costs summed; per level (L,): transport_cost, each level's sum(plan * C) /
+    latent_dim, a mean squared difference per latent dimension like commit and codebook;
+    sinkhorn_marginal_error; solve_epsilon, the epsilon each solve used in squared latent units.
+    With the term on, also transport_row_cost (L, N), each point's transport cost under its
+    level's plan, and with a `state`, anchor_now: whether `update_codebook` re-anchors stale
+    codes after this step. At `weights.lambda_wasserstein == 0` the term is not computed at all
+    (its values are zeros).
+
+    `state`: the `CodebookState` across steps, which `transport_schedule` reads: the term's
+    gradient then reaches only stale codes, at anchor steps, and steps with nothing to move skip
+    the solve unless `logged`. Without it the term moves every code at every step and nothing is
+    re-anchored (the term as it was). `branch`: allow `lax.cond` (default: on CPU). `solver`:
+    "scaling" (default on CPU) or "logdomain" (elsewhere). The level inputs are held out of the
+    term's gradient unless `transport.encoder_grad`.
+    """
+    cpu = jax.default_backend() == "cpu"
+    branch = cpu if branch is None else branch
+    solver = ("scaling" if cpu else "logdomain") if solver is None else solver
+    schedule = Schedule(None, None, None) if state is None else transport_schedule(
+        state, weights, transport, num_codes=aux["codebook"].shape[1],
+        points=points_per_step(aux, state), logged=logged, branch=branch)
+    losses = _quantizer_terms(aux, weights, transport, solver, schedule.movable, schedule.solve)
+    if schedule.anchor_now is not None:
+        losses["anchor_now"] = schedule.anchor_now
+    return losses
+
+
 def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: Transport, *,
                solver: str = "scaling", stale_LxK=None, solve=None) -> dict[str, jax.Array]:
-    """All loss terms of a forward pass and their weighted total.
+    """All loss terms of a forward pass: recon (MSE), the quantizer's terms (`quantizer_losses`)
+    and their weighted total (LOSS_TERMS), with the transport term's gradient on `stale_LxK`
+    (bool; None: every code) and, where `solve` (traced bool) is False, no solve at all (its
+    values zeros; None: always solve)."""
+    recon = jnp.mean((x_BxP - x_recon_BxP) ** 2)
+    losses = _quantizer_terms(aux, weights, transport, solver, stale_LxK, solve)
+    return {**losses, "recon": recon, "total": recon + losses["total"]}
 
-    `aux` is the model's: z_e (B, D), codebook (L, K, D), level_inputs (L, B, D), what each
-    level quantized, level_codes (L, B, D), what it picked, and level_distances (L, B, K), the
-    squared distances between them. Keys: the LOSS_TERMS (total, recon (MSE), commit and
-    codebook (`vq_per_level`), wasserstein: the levels' transport costs summed) and per level
-    (L,): transport_cost, each level's sum(plan * C) / latent_dim, a mean squared difference
-    per latent dimension like commit and codebook; sinkhorn_marginal_error; solve_epsilon, the
-    epsilon each solve used in squared latent units. The level inputs are held out of the
-    gradient unless `transport.encoder_grad`. At `weights.lambda_wasserstein == 0` the term is
-    not computed at all (the per-level values are zeros). `stale_LxK` (bool): the codes the
-    term's gradient reaches; None: every code. With the term on, also transport_row_cost
-    (L, B): each batch point's transport cost under its level's plan, which the re-anchoring
-    draws rows by. `solve` (traced bool): whether to solve the term at all; where False its
-    values are zeros and it moves nothing, as it would with no stale code (None: always).
-    """
+
+def _quantizer_terms(aux, weights, transport, solver, movable_LxK, solve):
+    """`quantizer_losses` for a given `movable_LxK` (the codes the term's gradient reaches; None:
+    all) and `solve` (traced bool: where False, no solve, the term's values zeros; None:
+    always)."""
     z_e, codebook_LxKxD = aux["z_e"], aux["codebook"]
-    losses = {"recon": jnp.mean((x_BxP - x_recon_BxP) ** 2),
-              **vq_per_level(z_e, aux["level_inputs"], aux["level_codes"])}
+    losses = vq_per_level(z_e, aux["level_inputs"], aux["level_codes"])
     num_levels, _, latent_dim = codebook_LxKxD.shape
     if weights.lambda_wasserstein == 0:
         cost_L = marginal_error_L = epsilon_L = jnp.zeros((num_levels,), jnp.float32)
@@ -181,7 +213,7 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: T
         if solve is None:
             cost_L, marginal_error_L, epsilon_L, row_cost_LxB = wasserstein_levels(
                 level_inputs_LxBxD, codebook_LxKxD, *solve_args, aux.get("level_distances"),
-                transport.overrelaxation, stale_LxK)
+                transport.overrelaxation, movable_LxK)
         else:  # the solve in a branch; the cost and its gradient from its O(N + K D) summary
             summarize = functools.partial(_plan_summary, epsilon=transport.epsilon,
                                           num_iters=transport.iters, solver=solver,
@@ -192,17 +224,14 @@ def loss_terms(x_BxP, x_recon_BxP, aux: dict, weights: LossWeights, transport: T
             summary = lax.cond(solve, summarized, lambda: jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(summarized)))
             cost_L, marginal_error_L, epsilon_L, row_cost_LxB = jax.vmap(_cost_of_plan)(
-                level_inputs_LxBxD, codebook_LxKxD, summary, stale_LxK)
+                level_inputs_LxBxD, codebook_LxKxD, summary, movable_LxK)
         cost_L = cost_L / latent_dim
         losses["transport_row_cost"] = row_cost_LxB
     losses.update(wasserstein=jnp.sum(cost_L), transport_cost=cost_L,
                   sinkhorn_marginal_error=marginal_error_L, solve_epsilon=epsilon_L)
-    losses["total"] = (
-        losses["recon"]
-        + weights.lambda_commit * losses["commit"]
-        + weights.lambda_codebook * losses["codebook"]
-        + weights.lambda_wasserstein * losses["wasserstein"]
-    )
+    losses["total"] = (weights.lambda_commit * losses["commit"]
+                       + weights.lambda_codebook * losses["codebook"]
+                       + weights.lambda_wasserstein * losses["wasserstein"])
     return losses
 
 

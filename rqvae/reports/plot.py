@@ -8,6 +8,7 @@ name without the suffix writes it as a PNG into the --out folder.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import textwrap
@@ -227,13 +228,19 @@ def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path, run_name: str = "
 
 
 def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 10,
-                           run_name: str = "", code_maps_NxHxW=None):
+                           run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None):
     """Held-out images (top row) above their reconstructions (bottom row); for a grid latent,
-    their level-1 code maps between (a colour per code)."""
+    their level-1 code maps between (a colour per code); with `level_recons_LxNxP` (the
+    reconstruction from the first l levels' codes, l = 1 .. L), a row for each level before the
+    last, labelled by the levels it sums ("L1", "L1-2", ...)."""
     count = min(count, len(originals_NxP))
-    rows = [("held out", originals_NxP), ("recon", recons_NxP)]
+    rows = [("held out", originals_NxP)]
     if code_maps_NxHxW is not None:
-        rows.insert(1, ("L1 codes", code_maps_NxHxW))
+        rows.append(("L1 codes", code_maps_NxHxW))
+    if level_recons_LxNxP is not None:
+        rows += [("L1" if level == 0 else f"L1-{level + 1}", recons)
+                 for level, recons in enumerate(level_recons_LxNxP[:-1])]
+    rows.append(("recon", recons_NxP))
     fig = _new_figure(figsize=(1.2 * count, 1.5 * len(rows)))
     axes = fig.subplots(len(rows), count, squeeze=False)
     for column in range(count):
@@ -254,9 +261,9 @@ def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 
 
 
 def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: int = 10,
-                    run_name: str = "", code_maps_NxHxW=None) -> Path:
+                    run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None) -> Path:
     fig = reconstructions_figure(originals_NxP, recons_NxP, image_shape, count, run_name,
-                                 code_maps_NxHxW)
+                                 code_maps_NxHxW, level_recons_LxNxP)
     return _save(fig, Path(out) / RECONSTRUCTIONS_PNG)
 
 
@@ -321,13 +328,15 @@ def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
     shown = encode_images(params, dataset.heldout[:10], step_cfg)
     code_maps = shown[..., 0] if shown.ndim == 4 else None  # level 1 of each grid
     apply = jax.jit(make_model(step_cfg).apply)
-    recon, _ = apply(params, dataset.heldout[:10])
+    level_recons = np.asarray(jax.jit(functools.partial(
+        make_model(step_cfg).apply, method="reconstruct_levels"))(params, dataset.heldout[:10]))
     sample = dataset.train[:2000]
     _, aux = apply(params, sample)
     return [
         code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
-        reconstructions(dataset.heldout[:10], np.asarray(recon), cfg.model.image_shape, out,
-                        run_name=run_dir.name, code_maps_NxHxW=code_maps),
+        reconstructions(dataset.heldout[:10], level_recons[-1], cfg.model.image_shape, out,
+                        run_name=run_dir.name, code_maps_NxHxW=code_maps,
+                        level_recons_LxNxP=level_recons),
         codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
                   codes[: aux["level_inputs"].shape[1]], out, run_name=run_dir.name),
     ]

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rqvae.quantizer.residual import quantize
+from rqvae.quantizer.layer import ResidualVQ
 from rqvae.trainer.config import ModelConfig
 
 
@@ -190,47 +190,33 @@ class RQVAE(nn.Module):
             self.encoder = MLP((*cfg.encoder_hidden, cfg.latent_dim), dtype)
             decoder_hidden = cfg.decoder_hidden or tuple(reversed(cfg.encoder_hidden))
             self.decoder = MLP((*decoder_hidden, cfg.input_dim), dtype)
-        # The classic VQ-VAE init: codes start in a tiny cube around the origin, far from where
-        # the encoder's outputs go, which is what lets plain VQ training leave codes dead.
-        scale = 1.0 / cfg.num_codes
-        self.codebook_param = self.param(
-            "codebook",
-            lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -scale, scale),
-            (1 if cfg.shared_codebook else cfg.num_levels, cfg.num_codes, cfg.latent_dim),
-        )
-
-    @property
-    def codebook(self) -> jax.Array:
-        """(L, K, D): one codebook a level, or the shared one seen by every level (its gradient
-        the sum of the levels')."""
-        cfg = self.cfg
-        return jnp.broadcast_to(self.codebook_param,
-                                (cfg.num_levels, cfg.num_codes, cfg.latent_dim))
+        # The library's layer, in this module's scope: its `codebook` parameter is the
+        # model's own (params["params"]["codebook"]).
+        self.quantizer = ResidualVQ(cfg.num_levels, cfg.num_codes, cfg.latent_dim,
+                                    cfg.shared_codebook)
+        nn.share_scope(self, self.quantizer)
 
     def __call__(self, x_BxP: jax.Array) -> tuple[jax.Array, dict]:
-        """Returns the reconstruction (images: in [0, 1]) and an aux dict of the latents and codes.
-
-        The quantizer sees N points: one per image (vector latent), or one per position of each
-        image's feature map (grid latent, N = B * H' * W'). aux: z_e (N, D) encoder output; z_q
-        (N, D) sum of the picked codes; codebook (L, K, D); indices (L, N); level_inputs (L, N,
-        D), what each level quantized; level_codes (L, N, D), the code each level picked;
-        level_distances (L, N, K), each input's squared distance to every code of its level (no
-        gradient).
-        """
-        z_e = self.encoder(x_BxP)
-        z_e_NxD = z_e.reshape(-1, z_e.shape[-1])
-        z_q, aux = quantize(z_e_NxD, self.codebook)
-        # Straight-through: the decoder sees z_q, the encoder gets the decoder's gradient as if
-        # it had seen z_e.
-        z_st = z_e_NxD + jax.lax.stop_gradient(z_q - z_e_NxD)
-        x_recon = self.decoder(z_st.reshape(z_e.shape))
+        """Returns the reconstruction (images: in [0, 1]) and the quantizer's aux
+        (`ResidualVQ`): the quantizer sees one point per image (vector latent), or one per
+        position of each image's feature map (grid latent, N = B * H' * W')."""
+        z_q, _, aux = self.quantizer(self.encoder(x_BxP))
+        x_recon = self.decoder(z_q)
         if self.cfg.data_kind == "images":  # pixels in [0, 1]; vectors are any reals
             x_recon = nn.sigmoid(x_recon)
-        aux.update(z_e=z_e_NxD, z_q=z_q, codebook=self.codebook)
         return x_recon, aux
+
+    def reconstruct_levels(self, x_BxP: jax.Array) -> jax.Array:
+        """The reconstruction from the codes of the first l levels, for l = 1 .. L: (L, B, P);
+        the last is the model's reconstruction."""
+        z_e = self.encoder(x_BxP)
+        _, _, aux = self.quantizer(z_e)
+        partial_sums_LxNxD = jnp.cumsum(aux["level_codes"], axis=0)
+        recons = [self.decoder(z_NxD.reshape(z_e.shape)) for z_NxD in partial_sums_LxNxD]
+        if self.cfg.data_kind == "images":
+            recons = [nn.sigmoid(x) for x in recons]
+        return jnp.stack(recons)
 
     def encode(self, x_BxP: jax.Array) -> jax.Array:
         """Per-level code indices of each image: (B, L), or (B, H', W', L) for a grid latent."""
-        z_e = self.encoder(x_BxP)
-        indices_LxN = quantize(z_e.reshape(-1, z_e.shape[-1]), self.codebook)[1]["indices"]
-        return jnp.moveaxis(indices_LxN.reshape(-1, *z_e.shape[:-1]), 0, -1)
+        return self.quantizer(self.encoder(x_BxP))[1]

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from rqvae.quantizer import codebook, metrics
-from rqvae.quantizer.losses import LOSS_TERMS, loss_terms
+from rqvae.quantizer import state as quantizer_state
+from rqvae.quantizer.losses import LOSS_TERMS, quantizer_losses
+from rqvae.quantizer.state import CodebookState, update_codebook
 from rqvae.trainer.config import KMEANS_BATCHES, StepConfig
 from rqvae.trainer.model import RQVAE
 from rqvae.trainer.runlog import TRANSPORT_PER_LEVEL
@@ -79,10 +81,16 @@ def init_state(cfg: StepConfig, num_train: int) -> TrainState:
     )
 
 
-def loss_fn(params, batch_BxP, cfg: StepConfig, stale_LxK=None, solve=None):
+def loss_fn(params, batch_BxP, cfg: StepConfig, codebook_state: CodebookState | None = None,
+            logged=True):
+    """The step's loss: the reconstruction's MSE plus the library's `quantizer_losses` on the
+    model's aux, reading the codes' use across steps (`codebook_state`; None: the transport
+    term moves every code). Returns the total and (the loss terms, the aux)."""
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
-    losses = loss_terms(batch_BxP, x_recon, aux, cfg.loss, cfg.transport, solver=cfg.solver,
-                        stale_LxK=stale_LxK, solve=solve)
+    recon = jnp.mean((batch_BxP - x_recon) ** 2)
+    losses = quantizer_losses(aux, cfg.loss, cfg.transport, state=codebook_state, logged=logged,
+                              branch=cfg.guard == "branch", solver=cfg.solver)
+    losses.update(recon=recon, total=recon + losses["total"])
     return losses["total"], (losses, aux)
 
 
@@ -100,11 +108,11 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
     code counts and index). The loop carries only that, and summarizes the last step once.
     `logged` (traced bool): whether the step's values are read; a step that is not read skips
-    the transport solve where it would move nothing (`_anchor_schedule`)."""
-    anchor_now, movable_LxK, solve = _anchor_schedule(state, cfg, logged)
+    the transport solve where it would move nothing (`rqvae.quantizer.state.transport_schedule`)."""
+    codebook_state = CodebookState(state.last_used, state.step, cfg.model.shared_codebook)
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, batch_BxP, cfg, movable_LxK, solve)
-    counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes)
+        state.params, batch_BxP, cfg, codebook_state, logged)
+    counts_LxK = aux["counts"]
     finite_terms = jnp.stack([jnp.isfinite(losses[k]) for k in LOSS_TERMS])
     healthy = state.failed_step < 0
     ok = healthy & jnp.all(finite_terms)
@@ -112,19 +120,13 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True):
     def advance():
         updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        last_used = metrics.update_last_used(state.last_used, counts_LxK, state.step)
-        if cfg.remedies.dead_code_threshold:  # the comparator remedy
-            params, opt_state, last_used = _reseed_codes(
-                params, opt_state, last_used, state.step, aux["level_inputs"], cfg,
-                stream=Stream.RESTART, threshold=cfg.remedies.dead_code_threshold)
-        if _anchoring(cfg):  # the transport term's: rows drawn by their transport cost
-            params, opt_state, last_used = where_ok(
-                anchor_now, functools.partial(
-                    _reseed_codes, params, opt_state, last_used, state.step,
-                    aux["level_inputs"], cfg, stream=Stream.ANCHOR, threshold=anchor_window(cfg),
-                    row_weights_LxB=losses["transport_row_cost"]),
-                (params, opt_state, last_used), guard=cfg.guard)
-        return params, opt_state, last_used
+        # The picks recorded, then the comparator remedy (restart) and the transport term's
+        # re-anchoring, each with its own random stream.
+        params, opt_state, upkept = update_codebook(
+            params, opt_state, codebook_state, aux, losses, _step_key(cfg, Stream.ANCHOR, state),
+            transport=cfg.transport, restart_threshold=cfg.remedies.dead_code_threshold,
+            restart_key=_step_key(cfg, Stream.RESTART, state), branch=cfg.guard == "branch")
+        return params, opt_state, upkept.last_used
 
     params, opt_state, last_used = where_ok(
         ok, advance, (state.params, state.opt_state, state.last_used), guard=cfg.guard)
@@ -175,99 +177,24 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
     return result
 
 
-def _reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, cfg: StepConfig,
-                  *, stream: Stream, threshold: int, row_weights_LxB=None):
-    """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
-    each (drawn by `row_weights_LxB` if given), with fresh Adam moments: dead-code restart, and
-    the transport term's re-anchoring on the points its plan serves worst."""
-    key = jax.random.fold_in(stream_key(cfg.seed, stream), step)
-    if cfg.model.shared_codebook:  # a shared code is stale if no level picks it; re-seeded on
-        # the encoder's outputs (level 1's inputs), and fresh at every level
-        used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
-        codebook_1xKxD, used_1xK, reseeded_1xK = codebook.restart_dead_codes(
-            params["params"]["codebook"], used_1xK, step, level_inputs_LxBxD[:1], key,
-            threshold=threshold,
-            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
-        return (_with_codebook(params, codebook_1xKxD),
-                codebook.reset_adam_moments(opt_state, reseeded_1xK),
-                jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
-    codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
-        params["params"]["codebook"], last_used_LxK, step, level_inputs_LxBxD, key,
-        threshold=threshold, row_weights_LxB=row_weights_LxB)
-    return (_with_codebook(params, codebook_LxKxD),
-            codebook.reset_adam_moments(opt_state, reseeded_LxK), last_used_LxK)
-
-
-def _anchoring(cfg: StepConfig) -> bool:
-    return cfg.loss.lambda_wasserstein > 0 and cfg.transport.anchor_window > 0
+def _step_key(cfg: StepConfig, stream: Stream, state: TrainState) -> jax.Array:
+    return jax.random.fold_in(stream_key(cfg.seed, stream), state.step)
 
 
 def anchor_window(cfg: StepConfig) -> int:
-    """The steps a code may go unpicked before the transport term takes it as stale:
-    `transport.anchor_window` steps, longer where a step quantizes fewer points than there are
-    codes (`codebook.stale_window`). A shared codebook serves every level's points."""
-    return codebook.stale_window(cfg.transport.anchor_window, cfg.model.num_codes,
-                                 _points_per_step(cfg))
-
-
-def _points_per_step(cfg: StepConfig) -> int:
+    """The steps a code may go unpicked before the transport term takes it as stale
+    (`rqvae.quantizer.state.anchor_window`), from the config's batch, grid and codebook."""
     m = cfg.model
-    return cfg.batch_size * m.points_per_image * (m.num_levels if m.shared_codebook else 1)
-
-
-# Stale codes are re-anchored, and take the term's gradient, at every
-# `anchor_window(cfg) // ANCHOR_PERIODS`-th step, or as soon as a step's worth of them waits: a
-# stale code waits at most a quarter of its window more, and the steps between skip the solve
-# (docs/results.md, "Why this design").
-ANCHOR_PERIODS = 4
-
-
-def _anchor_schedule(state: TrainState, cfg: StepConfig, logged):
-    """What the transport term does at this step: (anchor_now, movable_LxK, solve).
-
-    anchor_now (traced bool; None without re-anchoring): whether stale codes are re-anchored at
-    the end of the step: at every `anchor_window // ANCHOR_PERIODS`-th step, and at any step
-    where some level has as many stale codes as a step has points.
-
-    movable_LxK: the codes the term's gradient reaches. At an anchor step, those unpicked over
-    the window before it; none at other steps. None (every code, every step) without a codebook
-    loss (pure Wasserstein, where the served codes move by the term alone) or without
-    re-anchoring. Codes the nearest-code rule serves follow the codebook loss alone: a term that
-    also pulled them toward an even share of the batch would trade reconstruction for balance
-    (docs/results.md).
-
-    solve (traced bool; None: always): whether the step solves the transport problem. A step
-    whose term moves nothing and re-anchors nothing skips it unless its values are `logged`;
-    only under the "branch" guard (CPU), where a branch runs one side (on accelerators it would
-    stall the device). The state never depends on `logged`.
-    """
-    if not _anchoring(cfg):
-        return None, None, None
-    window = anchor_window(cfg)
-    last_used_LxK = state.last_used
-    if cfg.model.shared_codebook:  # stale when no level picked it
-        last_used_LxK = jnp.max(last_used_LxK, axis=0, keepdims=True)
-    stale_by_end_LxK = codebook.stale_codes(last_used_LxK, state.step, window)
-    anchor_now = ((state.step % max(1, window // ANCHOR_PERIODS) == 0)
-                  | jnp.any(jnp.sum(stale_by_end_LxK, axis=1) >= _points_per_step(cfg)))
-    if cfg.loss.lambda_codebook == 0:
-        return anchor_now, None, None
-    movable_LxK = anchor_now & codebook.stale_codes(state.last_used, state.step - 1, window)
-    if cfg.transport.encoder_grad or cfg.guard != "branch":
-        return anchor_now, movable_LxK, None
-    return anchor_now, movable_LxK, logged | (anchor_now & jnp.any(stale_by_end_LxK))
+    points = cfg.batch_size * m.points_per_image * (m.num_levels if m.shared_codebook else 1)
+    return quantizer_state.anchor_window(cfg.transport, m.num_codes, points)
 
 
 def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
     """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
-    if not _anchoring(cfg):
+    if cfg.loss.lambda_wasserstein == 0 or cfg.transport.anchor_window == 0:
         return jnp.zeros(cfg.model.num_levels, jnp.int32)
     stale_LxK = codebook.stale_codes(new_state.last_used, step, anchor_window(cfg))
     return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
-
-
-def _with_codebook(params, codebook_LxKxD):
-    return {**params, "params": {**params["params"], "codebook": codebook_LxKxD}}
 
 
 @functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
@@ -287,7 +214,7 @@ def kmeans_init(state: TrainState, images_NxP, *, cfg: StepConfig) -> TrainState
                                                stream_key(cfg.seed, Stream.KMEANS))
     if m.shared_codebook:  # the shared codebook starts as level 1's
         codebook_LxKxD = codebook_LxKxD[:1]
-    return state.replace(params=_with_codebook(state.params, codebook_LxKxD))
+    return state.replace(params=codebook.with_codebook(state.params, codebook_LxKxD))
 
 
 def next_batch(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None):

@@ -1,0 +1,165 @@
+"""What the transport term keeps across steps, and the codebook's upkeep after each step.
+
+`CodebookState` is the step at which each code was last picked, and the step count: a pytree of
+two int32 arrays that checkpoints with the rest of a train state. `transport_schedule` reads it
+to decide which codes the term moves at a step and whether the step must solve at all;
+`update_codebook` records the step's picks and re-anchors the stale codes (and, as a comparator,
+restarts dead ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rqvae.quantizer import codebook
+from rqvae.quantizer.metrics import update_last_used
+from rqvae.quantizer.settings import LossWeights, Transport
+
+# Stale codes are re-anchored, and take the term's gradient, at every `window //
+# ANCHOR_PERIODS`-th step, or as soon as a step's worth of them waits: a stale code waits at most
+# a quarter of its window more, and the steps between skip the solve (docs/results.md, "Why this
+# design").
+ANCHOR_PERIODS = 4
+
+
+@flax.struct.dataclass
+class CodebookState:
+    """The codes' use across steps. `last_used` (L, K) int32: the step at which each code was
+    last picked, -1 never; `step` int32: steps taken. `shared`: the quantizer's
+    `shared_codebook` (static), where a code is stale only when no level picks it."""
+
+    last_used: jax.Array
+    step: jax.Array
+    shared: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @classmethod
+    def create(cls, num_levels: int, num_codes: int, shared_codebook: bool = False):
+        return cls(jnp.full((num_levels, num_codes), -1, jnp.int32), jnp.zeros((), jnp.int32),
+                   shared_codebook)
+
+    def picked_last(self) -> jax.Array:
+        """(L, K), or (1, K) for a shared codebook: when each code was last picked by any level
+        it serves."""
+        return jnp.max(self.last_used, axis=0, keepdims=True) if self.shared else self.last_used
+
+
+class Schedule(NamedTuple):
+    """What the transport term does at a step (`transport_schedule`)."""
+
+    anchor_now: jax.Array | None  # bool: re-anchor stale codes after this step; None: never
+    movable: jax.Array | None  # (L, K) bool: the codes the term's gradient reaches; None: all
+    solve: jax.Array | None  # bool: whether the step solves; None: always
+
+
+def points_per_step(aux: dict, state: CodebookState) -> int:
+    """The points each codebook is offered a step: the latents of the batch, times the levels
+    for a shared codebook."""
+    num_levels, num_points = aux["indices"].shape
+    return num_points * (num_levels if state.shared else 1)
+
+
+def anchor_window(transport: Transport, num_codes: int, points: int) -> int:
+    """The steps a code may go unpicked before the term takes it as stale: `anchor_window`
+    steps, longer where a step offers fewer points than there are codes
+    (`codebook.stale_window`)."""
+    return codebook.stale_window(transport.anchor_window, num_codes, points)
+
+
+def transport_schedule(state: CodebookState, weights: LossWeights, transport: Transport, *,
+                       num_codes: int, points: int, logged=True, branch: bool) -> Schedule:
+    """Which codes the transport term moves at this step, whether stale codes are re-anchored
+    after it, and whether it must solve.
+
+    Without the term or with `transport.anchor_window = 0` the term (if on) moves every code at
+    every step and nothing is re-anchored. Otherwise anchor steps come every
+    `window // ANCHOR_PERIODS` steps, and at any step where some level has `points` stale codes
+    waiting. At an anchor step the term's gradient reaches the codes unpicked over the window
+    before it; at other steps none (without a codebook loss, pure Wasserstein, every code at
+    every step: the served codes move by the term alone). Codes the nearest-code rule serves
+    follow the codebook loss: a term that also pulled them toward an even share of the batch
+    would trade reconstruction for balance (docs/results.md).
+
+    `branch`: a step whose term moves nothing and re-anchors nothing skips the solve (a
+    `lax.cond`) unless `logged`; cheap on CPU, where a branch runs one side; on accelerators a
+    branch reads its predicate back to the host, so there every step solves. What a run computes
+    never depends on `logged`.
+    """
+    if weights.lambda_wasserstein == 0 or transport.anchor_window == 0:
+        return Schedule(None, None, None)
+    window = anchor_window(transport, num_codes, points)
+    stale_by_end = codebook.stale_codes(state.picked_last(), state.step, window)
+    anchor_now = ((state.step % max(1, window // ANCHOR_PERIODS) == 0)
+                  | jnp.any(jnp.sum(stale_by_end, axis=1) >= points))
+    if weights.lambda_codebook == 0:
+        return Schedule(anchor_now, None, None)
+    movable = anchor_now & codebook.stale_codes(state.last_used, state.step - 1, window)
+    if transport.encoder_grad or not branch:
+        return Schedule(anchor_now, movable, None)
+    return Schedule(anchor_now, movable, logged | (anchor_now & jnp.any(stale_by_end)))
+
+
+def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: dict,
+                    key: jax.Array, *, transport: Transport = Transport(),
+                    restart_threshold: int = 0, restart_key: jax.Array | None = None,
+                    branch: bool | None = None) -> tuple[Any, Any, CodebookState]:
+    """The codebook's upkeep after the optimizer's update: records which codes the step picked,
+    then re-anchors the stale codes when `quantizer_losses` says so (`losses["anchor_now"]`):
+    each on its own batch point, drawn by the plan's per-point transport cost (the points it
+    serves worst), with fresh Adam moments. Returns params, opt_state and the state one step on.
+
+    `params` holds exactly one leaf named `codebook` (the `ResidualVQ`'s), and `opt_state` the
+    Adam moments shaped like `params`. `restart_threshold` > 0 adds the comparator remedy first:
+    codes unpicked for that many steps re-seeded on random batch points (`restart_key`, by
+    default `key`). `branch`: decide "re-anchor or not" with `lax.cond` (default: on CPU).
+    """
+    branch = jax.default_backend() == "cpu" if branch is None else branch
+    step = state.step
+    last_used = update_last_used(state.last_used, aux["counts"], step)
+    if restart_threshold:
+        params, opt_state, last_used = reseed_codes(
+            params, opt_state, last_used, step, aux["level_inputs"],
+            key if restart_key is None else restart_key, threshold=restart_threshold,
+            shared=state.shared)
+    if "anchor_now" in losses:
+        def anchor():
+            return reseed_codes(
+                params, opt_state, last_used, step, aux["level_inputs"], key,
+                threshold=anchor_window(transport, aux["counts"].shape[1],
+                                        points_per_step(aux, state)),
+                row_weights_LxB=losses["transport_row_cost"], shared=state.shared)
+
+        current = (params, opt_state, last_used)
+        if branch:
+            params, opt_state, last_used = jax.lax.cond(losses["anchor_now"], anchor,
+                                                        lambda: current)
+        else:
+            params, opt_state, last_used = jax.tree.map(
+                lambda new, old: jnp.where(losses["anchor_now"], new, old), anchor(), current)
+    return params, opt_state, state.replace(last_used=last_used, step=step + 1)
+
+
+def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key, *,
+                 threshold: int, row_weights_LxB=None, shared: bool = False):
+    """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
+    each (drawn by `row_weights_LxB` if given), with fresh Adam moments: dead-code restart, and
+    the transport term's re-anchoring on the points its plan serves worst. A shared code is
+    stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
+    Returns params, opt_state and last_used."""
+    codebook_array = codebook.codebook_of(params)
+    if shared:
+        used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
+        codebook_1xKxD, used_1xK, reseeded_1xK = codebook.restart_dead_codes(
+            codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
+            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
+        return (codebook.with_codebook(params, codebook_1xKxD),
+                codebook.reset_adam_moments(opt_state, reseeded_1xK),
+                jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
+    codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
+        codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
+        row_weights_LxB=row_weights_LxB)
+    return (codebook.with_codebook(params, codebook_LxKxD),
+            codebook.reset_adam_moments(opt_state, reseeded_LxK), last_used_LxK)

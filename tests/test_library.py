@@ -1,0 +1,137 @@
+"""The quantizer as a library: the documented example, shapes, transformations, the state."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import rqvae
+from rqvae.quantizer.state import CodebookState
+from rqvae.trainer import config, step
+from rqvae.trainer.config import step_config
+
+LIBRARY_DOC = Path(__file__).resolve().parents[1] / "docs" / "library.md"
+
+
+def _example_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", LIBRARY_DOC.read_text(), re.S)
+
+
+def test_the_documented_example_runs_and_keeps_its_codes_alive():
+    namespace = {}
+    for block in _example_blocks():
+        exec(compile(block, str(LIBRARY_DOC), "exec"), namespace)
+    picked, losses = namespace["picked"], namespace["losses"]
+    # 256 codes a level from batches of 128 digits: the window is 40 steps, so over the last 100
+    # steps every code the data can use is picked (measured: 256 and 256).
+    assert picked.sum(axis=1).min() >= 250, picked.sum(axis=1)
+    assert np.isfinite(float(losses["total"])) and float(losses["wasserstein"]) > 0
+
+
+def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):
+    # The documented step with the trainer's model, weights and optimizer swapped in gives, from
+    # the same state and batch, the trainer's losses, parameters and code use; over 24 steps
+    # with far codes, so that codes go stale and are re-anchored (a 16-step window, anchor steps
+    # every 4th).
+    cfg = step_config(config.replace(tiny_cfg, {
+        "batch_size": 64, "model.num_codes": 128, "transport.anchor_window": 8}))
+    namespace = {}
+    exec(compile(_example_blocks()[0], str(LIBRARY_DOC), "exec"), namespace)
+    namespace.update(model=step.make_model(cfg), optimizer=step.make_optimizer(cfg),
+                     weights=cfg.loss, transport=cfg.transport)
+    example_step = namespace["train_step"]
+    trainer_step = jax.jit(step._update, static_argnames="cfg")
+    images = jnp.asarray(digits.train)
+    state = step.init_state(cfg, len(digits.train))
+    state = state.replace(params=rqvae.with_codebook(
+        state.params, state.params["params"]["codebook"] + 5.0))
+    anchored = 0
+    for _ in range(24):
+        batch, perm = step.next_batch(state, images, cfg)
+        state = state.replace(perm=perm)
+        key = jax.random.fold_in(step.stream_key(cfg.seed, step.Stream.ANCHOR), state.step)
+        params, _, codes, losses, _ = example_step(
+            state.params, state.opt_state, CodebookState(state.last_used, state.step), batch, key)
+        new_state, outcome = trainer_step(state, batch, cfg=cfg)
+        for term in ("commit", "codebook", "wasserstein"):
+            assert float(losses[term]) == pytest.approx(float(outcome[term]), rel=1e-5), term
+        np.testing.assert_array_equal(codes.last_used, new_state.last_used)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                     params, new_state.params)
+        anchored += int(jnp.sum(new_state.last_used == state.step)
+                        - jnp.sum(outcome["counts"] > 0))
+        state = new_state
+    assert anchored > 0  # some code was re-anchored (last_used set without a pick)
+
+
+@pytest.mark.parametrize("shape", [(24, 4), (4, 6, 4), (2, 3, 4, 4)])
+def test_any_leading_shape_quantizes_as_its_rows(shape):
+    layer = rqvae.ResidualVQ(num_levels=3, num_codes=16, latent_dim=4)
+    z = jax.random.normal(jax.random.key(1), shape)
+    params = layer.init(jax.random.key(0), z)
+    # Codes spread like the data, so that every level has real choices to make.
+    params = rqvae.with_codebook(params, jax.random.normal(jax.random.key(2), (3, 16, 4)))
+    z_q, indices, aux = layer.apply(params, z)
+    flat_q, flat_indices, _ = layer.apply(params, z.reshape(-1, 4))
+    assert z_q.shape == shape and indices.shape == (*shape[:-1], 3)
+    np.testing.assert_array_equal(indices.reshape(-1, 3), flat_indices)
+    np.testing.assert_allclose(z_q.reshape(-1, 4), flat_q, rtol=1e-6)
+    assert aux["counts"].shape == (3, 16) and int(aux["counts"].sum()) == 3 * 24
+    assert len(np.unique(flat_indices[:, 0])) > 4
+
+
+def test_jit_grad_and_vmap_over_the_public_functions():
+    layer = rqvae.ResidualVQ(num_levels=2, num_codes=16, latent_dim=4)
+    z_2xBxD = jax.random.normal(jax.random.key(1), (2, 32, 4))
+    params = layer.init(jax.random.key(0), z_2xBxD[0])
+    codes = rqvae.CodebookState.create(2, 16)
+    weights = rqvae.LossWeights(lambda_wasserstein=0.5)
+
+    def total(params, z):
+        _, _, aux = layer.apply(params, z)
+        return rqvae.quantizer_losses(aux, weights, rqvae.Transport(), state=codes)["total"]
+
+    # vmap over two batches of latents is each batch on its own (the branch becomes a select).
+    batched = jax.jit(jax.vmap(total, in_axes=(None, 0)))(params, z_2xBxD)
+    one_by_one = [float(jax.jit(total)(params, z)) for z in z_2xBxD]
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5)
+    # The gradient reaches the codebook and the latents (straight-through), finite.
+    grads = jax.jit(jax.grad(total, argnums=(0, 1)))(params, z_2xBxD[0])
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(grads[0]["params"]["codebook"]).sum()) > 0
+    # sinkhorn_loss over a batch of problems.
+    points = jax.random.normal(jax.random.key(3), (3, 20, 4))
+    book = jax.random.normal(jax.random.key(4), (3, 8, 4))
+    np.testing.assert_allclose(jax.vmap(rqvae.sinkhorn_loss)(points, book),
+                               [float(rqvae.sinkhorn_loss(p, c)) for p, c in zip(points, book)],
+                               rtol=1e-5)
+
+
+def test_the_codebook_state_round_trips_through_a_pytree_checkpoint(tmp_path):
+    state = rqvae.CodebookState.create(2, 8, shared_codebook=True)
+    state = state.replace(last_used=jnp.arange(16, dtype=jnp.int32).reshape(2, 8) - 3,
+                          step=jnp.int32(12))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "codes", state)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "codes",
+                                        rqvae.CodebookState.create(2, 8, shared_codebook=True))
+    assert restored.shared and restored.last_used.dtype == jnp.int32
+    np.testing.assert_array_equal(restored.last_used, state.last_used)
+    assert int(restored.step) == 12
+
+
+def test_the_public_names_are_documented_and_load_without_jax_until_used():
+    for name in rqvae.__all__:
+        assert getattr(rqvae, name).__doc__, name
+    probe = ("import sys, rqvae; assert 'jax' not in sys.modules; rqvae.ResidualVQ; "
+             "assert 'jax' in sys.modules")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        rqvae.nothing  # noqa: B018
