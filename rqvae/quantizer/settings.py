@@ -28,7 +28,9 @@ class Transport:
     iters: int = 200  # most Sinkhorn iterations per level per step
     tolerance: float = 0.005  # a solve stops once its row-marginal error (L1) is at most this
     overrelaxation: float = 1.6  # over-relaxed Sinkhorn updates once plain ones slow; 1: plain
-    anchor_window: int = 20  # steps unpicked after which a code is stale: only stale codes take
-    #   the term's gradient, and they are re-anchored on the points the plan serves worst; 0:
-    #   every code takes the gradient and none is re-anchored
+    anchor_window: int = 20  # steps unpicked after which a code is stale, or, where a step
+    #   quantizes fewer points than there are codes, the steps over which this many sweeps of
+    #   the codebook pass: stale codes alone take the term's gradient, and are re-anchored on the
+    #   points the plan serves worst, every quarter window; 0: every code takes the gradient at
+    #   every step and none is re-anchored
     encoder_grad: bool = False  # true: the term's gradient also reaches the encoder

@@ -150,8 +150,9 @@ _TRANSPORT_LEGEND = {
     "sinkhorn_marginal_error": "; sinkhorn error: the transport plan's row-marginal error",
     "transport_cost": "; transport cost: the level's, per latent dimension",
     "solve_epsilon": "; solve eps: the epsilon of its solve, in squared latent units",
-    "anchor_stale": ("; stale: codes unpicked over the last {window} steps, which the term "
-                     "moves and re-anchors"),
+    "anchor_stale": ("; stale: codes unpicked over the last {window} steps ({window} sweeps "
+                     "of the codebook where a step has fewer points than codes), which the "
+                     "term moves and re-anchors at its next anchor step"),
 }
 
 

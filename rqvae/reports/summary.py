@@ -43,8 +43,8 @@ Infinity, as Python's json writes it.
   - solve_epsilon: the epsilon of the level's solve, in squared latent units (only likewise)
   - wasserstein_levels, sinkhorn_epsilon: transport_cost and solve_epsilon under their first
     names
-  - anchor_stale: codes unpicked over the last transport.anchor_window steps, which the
-    transport term moves and re-anchors (only likewise, and if logged)
+  - anchor_stale: codes unpicked over the stale window (transport.anchor_window steps, or
+    sweeps of the codebook), which the transport term moves and re-anchors (only likewise, and if logged)
 - eval: the last eval record, or null before the first
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split

@@ -13,8 +13,9 @@ This module defines every record's keys and their meaning; writers and readers u
   - solve_epsilon: the entropic regularization the level's solve used, in squared latent units
     (the setting transport.epsilon is a fraction: this is it times the level's mean cost; 0
     likewise)
-  - anchor_stale: codes no batch picked over the last transport.anchor_window steps after the
-    step: those the transport term moves, waiting to be re-anchored (0 with the term or its
+  - anchor_stale: codes no batch picked over the stale window (transport.anchor_window steps,
+    or sweeps of the codebook where a step has fewer points than codes) after the step: those
+    the transport term moves, waiting for its next anchor step (0 with the term or its
     re-anchoring off)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
   "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
