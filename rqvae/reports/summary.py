@@ -44,7 +44,8 @@ Infinity, as Python's json writes it.
   - wasserstein_levels, sinkhorn_epsilon: transport_cost and solve_epsilon under their first
     names
   - anchor_stale: codes unpicked over the stale window (transport.anchor_window steps, or
-    sweeps of the codebook), which the transport term moves and re-anchors (only likewise, and if logged)
+    sweeps of the codebook), which the transport term moves and re-anchors (only likewise,
+    and if logged)
 - eval: the last eval record, or null before the first
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
