@@ -6,7 +6,7 @@
 # --set transport.anchor_window=0, one seed), then prints the `rqvae report` comparison of each
 # cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
 #
-#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 65 min on 2 CPU cores
+#   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 60 min on 2 CPU cores
 #
 # Cells (levels x codes), each method with SEEDS ("0 1 2"; hybrid-every-code with the first):
 #   digits-2x64, digits-2x256    embedded digits, default model (latent 16), batch 128, 3000 steps

@@ -7,6 +7,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rqvae.trainer import checkpoint, devices, runlog
@@ -206,8 +207,10 @@ def fit(run: Run, *, display) -> dict:
             while step < cfg.steps:
                 end = calls.end(step)
                 call_start = time.perf_counter()
-                state, device_metrics = run_steps(state, images, end - step, cfg=step_cfg,
-                                                  batch_sharding=sharding)
+                # Only a call that ends at a log step has its metrics read.
+                state, device_metrics = run_steps(state, images, end - step,
+                                                  jnp.bool_(at(end, cfg.run.log_every)),
+                                                  cfg=step_cfg, batch_sharding=sharding)
                 flush()  # the previous call's metrics, fetched once this call is queued
                 if at(end, cfg.run.log_every):
                     pending = (end, device_metrics)

@@ -245,8 +245,13 @@ def _update_on_device_data(state: TrainState, images_NxP, cfg: StepConfig, batch
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
-def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: StepConfig, batch_sharding=None):
+def run_steps(state: TrainState, images_NxP, num_steps, record_last=True, *, cfg: StepConfig,
+              batch_sharding=None):
     """`num_steps` train steps in one call; returns the new state and the last step's metrics.
+
+    `record_last` (traced bool): whether those metrics are read. A call whose metrics nobody
+    reads (one the loop ends between log steps) gives the transport term's values of its last
+    step only if that step solved anyway; what the steps compute is the same either way.
 
     The steps run in a `lax.fori_loop` whose trip count is an argument, not a constant: XLA makes
     it one while loop, so calls of any length share a single compilation, and the host dispatches
@@ -257,6 +262,7 @@ def run_steps(state: TrainState, images_NxP, num_steps, *, cfg: StepConfig, batc
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(step, state, images_NxP)[1])
     state, outcome = jax.lax.fori_loop(
-        0, num_steps, lambda i, carry: step(carry[0], images_NxP, logged=i == num_steps - 1),
+        0, num_steps,
+        lambda i, carry: step(carry[0], images_NxP, logged=(i == num_steps - 1) & record_last),
         (state, zeros))
     return state, step_metrics(state, outcome, cfg)
