@@ -177,7 +177,8 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
     solver = ("scaling" if cpu else "logdomain") if solver is None else solver
     schedule = Schedule(None, None, None) if state is None else transport_schedule(
         state, weights, transport, num_codes=aux["codebook"].shape[1],
-        points=points_per_step(aux, state), logged=logged, branch=branch)
+        points=points_per_step(aux["indices"].shape[1], aux["indices"].shape[0], state.shared),
+        logged=logged, branch=branch)
     losses = _quantizer_terms(aux, weights, transport, solver, schedule.movable, schedule.solve)
     if schedule.anchor_now is not None:
         losses["anchor_now"] = schedule.anchor_now
@@ -208,23 +209,22 @@ def _quantizer_terms(aux, weights, transport, solver, movable_LxK, solve):
         level_inputs_LxBxD = aux["level_inputs"]
         if not transport.encoder_grad:
             level_inputs_LxBxD = sg(level_inputs_LxBxD)
-        solve_args = (transport.epsilon, transport.iters, solver, "relative",
-                      transport.tolerance)
-        if solve is None:
-            cost_L, marginal_error_L, epsilon_L, row_cost_LxB = wasserstein_levels(
-                level_inputs_LxBxD, codebook_LxKxD, *solve_args, aux.get("level_distances"),
-                transport.overrelaxation, movable_LxK)
-        else:  # the solve in a branch; the cost and its gradient from its O(N + K D) summary
-            summarize = functools.partial(_plan_summary, epsilon=transport.epsilon,
-                                          num_iters=transport.iters, solver=solver,
-                                          epsilon_mode="relative", tolerance=transport.tolerance,
-                                          cost_NxM=None, overrelaxation=transport.overrelaxation)
-            summarized = functools.partial(jax.vmap(summarize), sg(level_inputs_LxBxD),
-                                           sg(codebook_LxKxD))
-            summary = lax.cond(solve, summarized, lambda: jax.tree.map(
-                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(summarized)))
-            cost_L, marginal_error_L, epsilon_L, row_cost_LxB = jax.vmap(_cost_of_plan)(
-                level_inputs_LxBxD, codebook_LxKxD, summary, movable_LxK)
+        summarize = jax.vmap(functools.partial(
+            _plan_summary, epsilon=transport.epsilon, num_iters=transport.iters, solver=solver,
+            epsilon_mode="relative", tolerance=transport.tolerance,
+            overrelaxation=transport.overrelaxation))
+        if solve is None:  # the model's distances serve as the cost matrices
+            summary = summarize(level_inputs_LxBxD, codebook_LxKxD,
+                                cost_NxM=aux.get("level_distances"))
+        else:  # in a branch, which recomputes its cost matrices: passed in, XLA would keep the
+            # model's B x K distances at every step instead of fusing them away
+            solved = functools.partial(summarize, sg(level_inputs_LxBxD), sg(codebook_LxKxD),
+                                       cost_NxM=None)
+            summary = lax.cond(solve, solved, lambda: jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(solved)))
+        # The cost and its gradient from the plans' O(N + K D) summaries.
+        cost_L, marginal_error_L, epsilon_L, row_cost_LxB = jax.vmap(_cost_of_plan)(
+            level_inputs_LxBxD, codebook_LxKxD, summary, movable_LxK)
         cost_L = cost_L / latent_dim
         losses["transport_row_cost"] = row_cost_LxB
     losses.update(wasserstein=jnp.sum(cost_L), transport_cost=cost_L,

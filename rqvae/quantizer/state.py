@@ -55,11 +55,15 @@ class Schedule(NamedTuple):
     solve: jax.Array | None  # bool: whether the step solves; None: always
 
 
-def points_per_step(aux: dict, state: CodebookState) -> int:
-    """The points each codebook is offered a step: the latents of the batch, times the levels
-    for a shared codebook."""
-    num_levels, num_points = aux["indices"].shape
-    return num_points * (num_levels if state.shared else 1)
+def points_per_step(num_points: int, num_levels: int, shared: bool) -> int:
+    """The points each codebook is offered a step: the batch's latents, times the levels for a
+    shared codebook."""
+    return num_points * (num_levels if shared else 1)
+
+
+def reanchors(weights: LossWeights, transport: Transport) -> bool:
+    """Whether the transport term is on and re-anchors stale codes."""
+    return weights.lambda_wasserstein > 0 and transport.anchor_window > 0
 
 
 def anchor_window(transport: Transport, num_codes: int, points: int) -> int:
@@ -88,7 +92,7 @@ def transport_schedule(state: CodebookState, weights: LossWeights, transport: Tr
     branch reads its predicate back to the host, so there every step solves. What a run computes
     never depends on `logged`.
     """
-    if weights.lambda_wasserstein == 0 or transport.anchor_window == 0:
+    if not reanchors(weights, transport):
         return Schedule(None, None, None)
     window = anchor_window(transport, num_codes, points)
     stale_by_end = codebook.stale_codes(state.picked_last(), state.step, window)
@@ -128,8 +132,8 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
         def anchor():
             return reseed_codes(
                 params, opt_state, last_used, step, aux["level_inputs"], key,
-                threshold=anchor_window(transport, aux["counts"].shape[1],
-                                        points_per_step(aux, state)),
+                threshold=anchor_window(transport, aux["counts"].shape[1], points_per_step(
+                    aux["indices"].shape[1], aux["indices"].shape[0], state.shared)),
                 row_weights_LxB=losses["transport_row_cost"], shared=state.shared)
 
         current = (params, opt_state, last_used)

@@ -207,12 +207,11 @@ def fit(run: Run, *, display) -> dict:
             while step < cfg.steps:
                 end = calls.end(step)
                 call_start = time.perf_counter()
-                # Only a call that ends at a log step has its metrics read.
-                state, device_metrics = run_steps(state, images, end - step,
-                                                  jnp.bool_(at(end, cfg.run.log_every)),
+                logged = at(end, cfg.run.log_every)  # only then are the call's metrics read
+                state, device_metrics = run_steps(state, images, end - step, jnp.bool_(logged),
                                                   cfg=step_cfg, batch_sharding=sharding)
                 flush()  # the previous call's metrics, fetched once this call is queued
-                if at(end, cfg.run.log_every):
+                if logged:
                     pending = (end, device_metrics)
                 if calls.wants_timing(call_index):
                     jax.block_until_ready(state.step)

@@ -185,13 +185,14 @@ def anchor_window(cfg: StepConfig) -> int:
     """The steps a code may go unpicked before the transport term takes it as stale
     (`rqvae.quantizer.state.anchor_window`), from the config's batch, grid and codebook."""
     m = cfg.model
-    points = cfg.batch_size * m.points_per_image * (m.num_levels if m.shared_codebook else 1)
+    points = quantizer_state.points_per_step(cfg.batch_size * m.points_per_image, m.num_levels,
+                                             m.shared_codebook)
     return quantizer_state.anchor_window(cfg.transport, m.num_codes, points)
 
 
 def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
     """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
-    if cfg.loss.lambda_wasserstein == 0 or cfg.transport.anchor_window == 0:
+    if not quantizer_state.reanchors(cfg.loss, cfg.transport):
         return jnp.zeros(cfg.model.num_levels, jnp.int32)
     stale_LxK = codebook.stale_codes(new_state.last_used, step, anchor_window(cfg))
     return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
