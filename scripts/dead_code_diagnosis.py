@@ -17,7 +17,11 @@ For each run, at its newest checkpoint, on `--points` training images (all of th
 - the median squared distance from a level input to its code, and the mean cost;
 - for one training batch, the epsilon the run's solve uses and the plan's spread: the median
   over points of exp(entropy) of the point's row of the plan, the number of codes its mass is
-  spread over (at least num_codes / batch_size, when the codebook is larger than the batch).
+  spread over (at least num_codes / batch_size, when the codebook is larger than the batch);
+- over the whole training split (`rqvae eval`'s pass): the dead codes, how many steps before the
+  checkpoint each was last picked in training (a code re-anchored or restarted counts as picked
+  then), and the codes that serve at most 1, 3 and 10 points of the split: codes that die at the
+  end of training are drawn from these, the thinly used.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.trainer import launch
+from rqvae.trainer.evaluate import encode
 from rqvae.trainer.step import make_model
 
 
@@ -38,7 +43,8 @@ def median(values: np.ndarray) -> str:
 
 
 def diagnose(run_dir: Path, num_points: int) -> list[str]:
-    cfg, step_cfg, dataset, params, step = launch.load_trained(run_dir)
+    cfg, step_cfg, dataset, state, step = launch.load_train_state(run_dir)
+    params = state.params
     rng = np.random.default_rng(0)
     images = dataset.train[rng.choice(len(dataset.train), min(num_points, len(dataset.train)),
                                       replace=False)]
@@ -68,7 +74,32 @@ def diagnose(run_dir: Path, num_points: int) -> list[str]:
             f"other code: live {median(duplicate['gap'][alive])}, dead "
             f"{median(duplicate['gap'][~alive])}",
             f"    {_flat_share(images, picked, duplicate['shadowed'])}"]
+    lines += _full_pass(encode(params, dataset.train, step_cfg), np.asarray(state.last_used),
+                        step, cfg.model.num_codes)
     return lines
+
+
+def _full_pass(codes_NxL: np.ndarray, last_used_LxK: np.ndarray, step: int,
+               num_codes: int) -> list[str]:
+    """Per level, over every training point (every grid position of a grid latent): the dead
+    codes with the steps since each was last picked in training, and the thinly used codes."""
+    codes_NxL = codes_NxL.reshape(-1, codes_NxL.shape[-1])
+    lines = [f"  whole training split, {len(codes_NxL)} points:"]
+    for level, last_used_K in enumerate(last_used_LxK):
+        counts_K = np.bincount(codes_NxL[:, level], minlength=num_codes)
+        dead_K = counts_K == 0
+        ages = np.sort(step - last_used_K[dead_K])
+        thin = ", ".join(f"<= {n}: {(counts_K <= n).sum()}" for n in (1, 3, 10))
+        lines.append(f"    L{level + 1}: dead {dead_K.sum()} (last picked steps before: "
+                     f"{_quantiles(ages)}); codes serving {thin}")
+    return lines
+
+
+def _quantiles(values: np.ndarray) -> str:
+    if not len(values):
+        return "-"
+    low, mid, high = np.percentile(values, [0, 50, 100])
+    return f"min {low:.0f}, median {mid:.0f}, max {high:.0f}"
 
 
 def _duplicates(codes_KxD: np.ndarray, alive_K: np.ndarray, input_to_code: float) -> dict:

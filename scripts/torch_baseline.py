@@ -1,6 +1,6 @@
 """PyTorch comparator for the training-throughput benchmarks: the model of an rqvae `ModelConfig`
-(mlp or conv) built with vector-quantize-pytorch's `ResidualVQ`, the library a PyTorch user would
-otherwise pick.
+(mlp, conv or the grid tokenizer) built with vector-quantize-pytorch's `ResidualVQ`, the library
+a PyTorch user would otherwise pick.
 
     pip install torch==2.13.0 vector-quantize-pytorch==1.32.0
     python scripts/torch_baseline.py [--steps 200] [--warmup 20] [--threads N] [--compile]
@@ -8,8 +8,9 @@ otherwise pick.
         --num-codes 64 --latent-dim 16      # the conv model on random 32x32x3 images
 
 Neither package is a dependency of rqvae (scripts/bench_train.py and scripts/bench_scale.py import
-this file only when torch is installed). Measured with torch 2.13.0+cpu and vector-quantize-pytorch
-1.32.0 on Python 3.11. `pip install torch` from PyPI on Linux also pulls the CUDA libraries,
+this file only when torch is installed; scripts/bench_transport.py with --torch). Measured with
+vector-quantize-pytorch 1.32.0 on Python 3.11 and torch 2.13.0+cpu (the MLP and conv figures in
+docs/speed.md) or 2.14.1 (the grid tokenizer's). `pip install torch` from PyPI on Linux also pulls the CUDA libraries,
 gigabytes a CPU box does not need; PyTorch's own CPU-only wheel index (see its install page) avoids
 them where it is reachable.
 
@@ -21,7 +22,10 @@ both levels; Adam lr 1e-3. Data: the scikit-learn digits upsampled to 28x28, hel
 batched by index, as in rqvae's loop. The conv model mirrors rqvae's: two 4x4 stride-2
 convolutions (padding 1: the same output sizes as rqvae's SAME padding), a dense layer to the
 latent, a dense layer back to the quarter-size grid, two 4x4 stride-2 transposed convolutions,
-the output cropped to the image.
+the output cropped to the image. The grid model (`model.latent = "grid"`, as
+configs/tokens-patches.toml) mirrors rqvae's too: the stride-2 convolutions, a 1x1 convolution to
+the latent, every position of the feature map a point of the ResidualVQ (B x H' x W' points), a
+1x1 convolution back and the transposed convolutions.
 
 On a CPU that other processes share, torch's threads wait on each other and the mean step time
 swings; the median step time, or --threads 1, is steadier.
@@ -94,17 +98,58 @@ class ConvDecoder(nn.Module):
         return x.permute(0, 2, 3, 1).flatten(1)
 
 
+class GridEncoder(nn.Module):
+    """rqvae's grid encoder: stride-2 convolutions, then a 1x1 convolution to the latent."""
+
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        widths = (m.image_shape[-1], *m.conv_channels)
+        layers = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(width_in, width_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*layers, nn.Conv2d(widths[-1], m.latent_dim, 1))
+        self.image_shape = m.image_shape
+
+    def forward(self, x_BxP):
+        """(B, H*W*C) -> (B, H'*W', D): every position a point, as ResidualVQ takes them."""
+        x = x_BxP.reshape(-1, *self.image_shape).permute(0, 3, 1, 2)
+        return self.convs(x).flatten(2).transpose(1, 2)
+
+
+class GridDecoder(nn.Module):
+    """The mirror: a 1x1 convolution, then stride-2 transposed convolutions to the image."""
+
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        height, width, channels = m.image_shape
+        factor = 2 ** len(m.conv_channels)
+        self.grid = (height // factor, width // factor)
+        widths = (m.conv_channels[-1], *reversed(m.conv_channels[:-1]), channels)
+        layers = [nn.Conv2d(m.latent_dim, m.conv_channels[-1], 1), nn.ReLU()]
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(width_in, width_out, 4, stride=2, padding=1),
+                       nn.ReLU()]
+        self.convs = nn.Sequential(*layers[:-1])
+
+    def forward(self, z_BxNxD):
+        x = z_BxNxD.transpose(1, 2).reshape(len(z_BxNxD), -1, *self.grid)
+        return self.convs(x).permute(0, 2, 3, 1).flatten(1)
+
+
 class TorchRQVAE(nn.Module):
     def __init__(self, m: ModelConfig = MNIST_MODEL):
         super().__init__()
-        if m.architecture == "conv":
+        if m.latent == "grid":
+            self.encoder, self.decoder = GridEncoder(m), GridDecoder(m)
+        elif m.architecture == "conv":
             self.encoder, self.decoder = ConvEncoder(m), ConvDecoder(m)
         else:
             self.encoder = mlp(m.input_dim, *m.encoder_hidden, m.latent_dim)
             self.decoder = mlp(m.latent_dim, *(m.decoder_hidden or reversed(m.encoder_hidden)),
                                m.input_dim)
         self.quantizer = ResidualVQ(dim=m.latent_dim, num_quantizers=m.num_levels,
-                                    codebook_size=m.num_codes, commitment_weight=0.25)
+                                    codebook_size=m.num_codes, commitment_weight=0.25,
+                                    shared_codebook=m.shared_codebook)
 
     def forward(self, x_BxP):
         """Returns the reconstruction in [0, 1] and the commitment loss summed over levels."""

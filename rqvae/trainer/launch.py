@@ -158,6 +158,13 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
 def load_trained(run_dir: Path, step: int | None = None):
     """The config, step config, data set, parameters and step of a run's checkpoint (default:
     the newest). Raises UserError when the run or the checkpoint is missing."""
+    cfg, step_cfg, dataset, state, step = load_train_state(run_dir, step)
+    return cfg, step_cfg, dataset, state.params, step
+
+
+def load_train_state(run_dir: Path, step: int | None = None):
+    """`load_trained`, with the whole train state (`rqvae.trainer.step.TrainState`) in place of
+    its parameters."""
     from rqvae.trainer import checkpoint, data
     from rqvae.trainer.step import init_state
 
@@ -181,4 +188,4 @@ def load_trained(run_dir: Path, step: int | None = None):
     step_cfg = config_lib.step_config(cfg)
     with checkpoint.manager(run_dir, cfg.run.keep_checkpoints) as mngr:
         state = checkpoint.restore(mngr, step, init_state(step_cfg, len(dataset.train)))
-    return cfg, step_cfg, dataset, state.params, step
+    return cfg, step_cfg, dataset, state, step
