@@ -10,9 +10,9 @@ a PyTorch user would otherwise pick.
 Neither package is a dependency of rqvae (scripts/bench_train.py and scripts/bench_scale.py import
 this file only when torch is installed; scripts/bench_transport.py with --torch). Measured with
 vector-quantize-pytorch 1.32.0 on Python 3.11 and torch 2.13.0+cpu (the MLP and conv figures in
-docs/speed.md) or 2.14.1 (the grid tokenizer's). `pip install torch` from PyPI on Linux also pulls the CUDA libraries,
-gigabytes a CPU box does not need; PyTorch's own CPU-only wheel index (see its install page) avoids
-them where it is reachable.
+docs/speed.md) or 2.14.1 (the grid tokenizer's). `pip install torch` from PyPI on Linux also
+pulls the CUDA libraries, gigabytes a CPU box does not need; PyTorch's own CPU-only wheel index
+(see its install page) avoids them where it is reachable.
 
 The default model is configs/mnist.toml's: MLP encoder 784-512-256-64 (ReLU between layers),
 ResidualVQ(dim 64, 2 levels x 512 codes, commitment_weight 0.25, library defaults otherwise:
