@@ -19,6 +19,8 @@
 #                                .toml: conv, latent 16, batch 128), 1000 steps
 # The patches come from scripts/make_patches.py (pip install -e '.[study]'), written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
+# EXTRA adds its words to every run (e.g. EXTRA="--set transport.anchor_window=40"): give such a
+# run its own --out, since the run names do not record it.
 # Runs already in DIR that reached their final step are kept, so a stopped matrix continues.
 # --dry-run prints the `rqvae train` command of every run, and trains nothing.
 set -euo pipefail
@@ -118,7 +120,7 @@ for cell in "${cells[@]}"; do
     for seed in $(seeds_of "$cell" "$method"); do
       run_dir="$out/$cell/$method-s$seed"
       # shellcheck disable=SC2046  # the cell's and method's words are meant to split
-      args=($(cell_args "$cell") $(method_args "$method") --seed "$seed")
+      args=($(cell_args "$cell") $(method_args "$method") ${EXTRA:-} --seed "$seed")
       steps=$(cell_steps "$cell")
       args+=(--steps "$steps" --set "run.eval_every=$steps" --run-dir "$run_dir" --quiet)
       if [[ $dry == 1 ]]; then

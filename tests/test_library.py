@@ -45,7 +45,7 @@ def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):
     exec(compile(_example_blocks()[0], str(LIBRARY_DOC), "exec"), namespace)
     namespace.update(model=step.make_model(cfg), optimizer=step.make_optimizer(cfg),
                      weights=cfg.loss, transport=cfg.transport)
-    example_step = namespace["train_step"]
+    example_step = jax.jit(namespace["train_step"])
     trainer_step = jax.jit(step._update, static_argnames="cfg")
     images = jnp.asarray(digits.train)
     state = step.init_state(cfg, len(digits.train))
