@@ -18,6 +18,9 @@ batch_size = 16
 [loss]
 lambda_wasserstein = 0.5
 
+[optimizer]
+decay_fraction = 0.0  # a constant rate: a run extended by --resume --steps is the longer run
+
 [model]
 encoder_hidden = [32]
 latent_dim = 4

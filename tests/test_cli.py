@@ -137,6 +137,20 @@ def test_resume_drops_records_written_after_the_last_checkpoint(full_run, tmp_pa
     jax.tree.map(np.testing.assert_array_equal, _params_at(run_dir, 30), _params_at(full_dir, 30))
 
 
+def test_a_resume_that_lengthens_a_decaying_run_says_the_decay_moved(full_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_run[0], run_dir)  # a 30-step run at a constant rate: steps free
+    config_path = run_dir / "config.toml"
+    config_path.write_text(config_path.read_text().replace("decay_fraction = 0.0",
+                                                           "decay_fraction = 0.2"))
+    result = rqvae("train", "--resume", "--run-dir", run_dir, "--steps", 35)
+    assert result.exit_code == 0, result.output
+    assert ("changed on resume: steps 30 -> 35 (the learning rate now decays over the last 20% "
+            "of 35 steps)") in " ".join(result.output.split())
+    resumes = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert resumes[-1]["changed"] == {"steps": [30, 35]}
+
+
 def test_a_resume_records_what_it_changed_and_one_without_a_checkpoint_starts_over(full_run,
                                                                                    tmp_path):
     run_dir, _ = full_run

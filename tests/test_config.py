@@ -103,6 +103,7 @@ def test_the_flag_on_any_config_is_the_hybrid_preset():
         ("[transport]\noverrelaxation = 2.0", "transport.overrelaxation must be in [1, 2)"),
         ("[transport]\noverrelaxation = 0.5", "transport.overrelaxation must be in [1, 2)"),
         ("[transport]\nanchor_window = -1", "transport.anchor_window must be >= 0"),
+        ("[optimizer]\ndecay_fraction = 1.5", "optimizer.decay_fraction must be in [0, 1]"),
         ("sinkhorn_iters = 0", "transport.iters must be >= 1"),  # a flat name of before
         ("sinkhorn_iters = 3\n[transport]\niters = 4", "sinkhorn_iters and transport.iters set "
          "the same value; keep transport.iters"),
@@ -206,3 +207,16 @@ def test_a_run_saved_before_a_key_existed_keeps_the_value_it_trained_with(tmp_pa
     assert saved.transport.anchor_window == 0 and saved.loss.lambda_wasserstein == 0.5
     assert retired_values(tmp_path / "config.toml") == {
         "codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute", "wasserstein_scale": "whole"}
+
+
+def test_a_run_saved_before_the_learning_rate_decayed_resumes_at_a_constant_rate(tmp_path):
+    # A tree-format config.toml written before optimizer.decay_fraction existed trained at a
+    # constant rate, and resumes so; a new config decays by default.
+    cfg = config.replace(config.TrainerConfig(), {"steps": 50})
+    lines = config.dumps(cfg).splitlines()
+    (tmp_path / "config.toml").write_text(
+        "\n".join(line for line in lines if not line.startswith("decay_fraction")))
+    assert config.load_saved(tmp_path / "config.toml").optimizer.decay_fraction == 0.0
+    assert cfg.optimizer.decay_fraction == 0.2
+    (tmp_path / "new.toml").write_text(config.dumps(cfg))
+    assert config.load_saved(tmp_path / "new.toml") == cfg

@@ -79,6 +79,38 @@ def test_a_step_of_the_loop_is_the_single_train_step(tiny_cfg, digits):
                                                          rel=1e-6)
 
 
+def test_the_learning_rate_is_flat_then_falls_along_a_half_cosine():
+    scale = [float(step.learning_rate_scale(s, 100, 0.2)) for s in range(100)]
+    assert scale[:80] == [1.0] * 80  # exactly 1: the flat part is Adam as it was
+    assert scale[90] == pytest.approx(0.5, abs=1e-6) and 0 < scale[99] < 0.01
+    assert all(a > b for a, b in zip(scale[80:], scale[81:]))
+    for total, fraction in ((0, 0.2), (100, 0.0)):  # no run length, or no decay: constant
+        assert float(step.learning_rate_scale(99, total, fraction)) == 1.0
+
+
+def test_the_decay_scales_each_update_by_the_schedule_and_leaves_the_flat_steps_alone(
+        tiny_cfg, digits):
+    # The same 4 steps of a run with its last half decaying, and of a run with no schedule:
+    # bitwise equal over the first 3 (the decay's first step is at the full rate); at the
+    # fourth, every parameter moves by the schedule's factor times what the constant rate moves
+    # it (no code is re-anchored this early).
+    cfg = step_config(config.replace(tiny_cfg, {"optimizer.decay_fraction": 0.5}))
+    images = jnp.asarray(digits.train)
+    start = step.init_state(cfg, len(digits.train))
+    flat, _ = step.run_steps(start, images, 3, total_steps=4, cfg=cfg)
+    constant, _ = step.run_steps(step.init_state(cfg, len(digits.train)), images, 3, cfg=cfg)
+    jax.tree.map(np.testing.assert_array_equal, flat.params, constant.params)
+    before = jax.device_get(flat.params)
+    decayed, _ = step.run_steps(flat, images, 1, total_steps=4, cfg=cfg)
+    undecayed, _ = step.run_steps(constant, images, 1, cfg=cfg)
+    factor = float(step.learning_rate_scale(3, 4, 0.5))  # the half cosine's midpoint
+    assert factor == pytest.approx(0.5, abs=1e-6)
+    # Within float32 rounding of the parameters (about 1e-7), where a step moves them by ~1e-4.
+    jax.tree.map(lambda d, u, b: np.testing.assert_allclose(d - b, factor * (u - b), rtol=1e-4,
+                                                            atol=3e-7),
+                 jax.device_get(decayed.params), jax.device_get(undecayed.params), before)
+
+
 def test_bfloat16_compute_trains_to_float32s_heldout_recon(tiny_cfg, digits):
     """300 steps in bfloat16 reach float32's held-out recon within 3%.
 

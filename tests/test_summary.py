@@ -83,6 +83,7 @@ def test_a_partial_config_toml_shows_defaults_for_the_always_shown_keys(tmp_path
     # were first saved: a run without them trained with their earlier values. Those of them still
     # settings differ from the defaults; the retired ones are not shown.
     later = {config.MOVED[k]: v for k, v in BEFORE_KEY_EXISTED.items() if k in config.MOVED}
+    later.update(config.NESTED_BEFORE_KEY_EXISTED)
     assert set(brief) == ALWAYS_SHOWN | set(later)
     assert {key: brief[key] for key in later} == later
     assert brief["loss.lambda_codebook"] == 0 and brief["model.num_codes"] == 16

@@ -73,6 +73,8 @@ class RunConfig:
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
     learning_rate: float = 1e-3  # Adam step size
+    decay_fraction: float = 0.2  # the learning rate falls to 0 along a half cosine over this
+    #   last fraction of the run's steps (`steps`); 0: constant
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,17 +289,25 @@ def _refuse_retired(retired: dict) -> None:
                           f"measurements); remove the key")
 
 
+# Keys of the nested format that runs written before them lack, with the value those runs used.
+NESTED_BEFORE_KEY_EXISTED = {"optimizer.decay_fraction": 0.0}
+
+
 def _saved(path: str | Path) -> tuple[dict, dict]:
     values = _read_toml(path)
     if "transport" not in values:  # the flat format: a missing key dates the run
         values = {**BEFORE_KEY_EXISTED, **values}
-    return _upgraded(values)
+    nested, retired = _upgraded(values)
+    for dotted, value in NESTED_BEFORE_KEY_EXISTED.items():
+        section, key = dotted.split(".")
+        nested.setdefault(section, {}).setdefault(key, value)
+    return nested, retired
 
 
 def load_saved(path: str | Path) -> TrainerConfig:
     """A run directory's config.toml, as `load` reads it, with two differences for runs of
-    earlier versions: a flat-format file lacking a key of BEFORE_KEY_EXISTED takes the value
-    given there, and a retired setting at another value than today's is dropped rather than
+    earlier versions: a file lacking a key of BEFORE_KEY_EXISTED (flat format) or
+    NESTED_BEFORE_KEY_EXISTED takes the value given there, and a retired setting at another value than today's is dropped rather than
     refused (`retired_values` names them; such a run reports and evaluates, but cannot resume)."""
     return validate(_build(TrainerConfig, _saved(path)[0], ""))
 

@@ -29,6 +29,9 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
                f"loss.{name} must be a finite number >= 0, got {value}")
     lr = cfg.optimizer.learning_rate
     _check(_finite(lr) and lr > 0, f"optimizer.learning_rate must be a finite number > 0, got {lr}")
+    decay = cfg.optimizer.decay_fraction
+    _check(_finite(decay) and 0 <= decay <= 1,
+           f"optimizer.decay_fraction must be in [0, 1] (0: a constant learning rate), got {decay}")
     t = cfg.transport
     _check(_finite(t.epsilon) and t.epsilon > 0,
            f"transport.epsilon must be a finite number > 0, got {t.epsilon}")

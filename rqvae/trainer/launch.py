@@ -132,7 +132,9 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         if resume_from is not None and resume_from >= cfg.steps:
             raise UserError(f"{explicit} already reached step {resume_from}; pass --steps larger "
                             f"than {resume_from} to train further")
-        changed = differences(saved, cfg, ignore=("steps", "run.run_dir"))
+        # Its length is free to change, but where the learning rate decays moves with it.
+        ignore = ("run.run_dir",) if cfg.optimizer.decay_fraction > 0 else ("steps", "run.run_dir")
+        changed = differences(saved, cfg, ignore=ignore)
     devices.sync("rqvae: run directory checked")  # every host checked before process 0 writes
     lock = None
     run_dir = explicit

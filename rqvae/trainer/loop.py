@@ -209,7 +209,8 @@ def fit(run: Run, *, display) -> dict:
                 call_start = time.perf_counter()
                 logged = at(end, cfg.run.log_every)  # only then are the call's metrics read
                 state, device_metrics = run_steps(state, images, end - step, jnp.bool_(logged),
-                                                  cfg=step_cfg, batch_sharding=sharding)
+                                                  jnp.int32(cfg.steps), cfg=step_cfg,
+                                                  batch_sharding=sharding)
                 flush()  # the previous call's metrics, fetched once this call is queued
                 if logged:
                     pending = (end, device_metrics)

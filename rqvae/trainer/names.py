@@ -13,6 +13,7 @@ SHORT_NAMES = {
     "loss.lambda_commit": "lcm",
     "loss.lambda_wasserstein": "lw",
     "optimizer.learning_rate": "lr",
+    "optimizer.decay_fraction": "decay",
     "transport.epsilon": "eps",
     "transport.iters": "iters",
     "transport.tolerance": "tol",

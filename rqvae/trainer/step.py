@@ -62,6 +62,17 @@ def make_optimizer(cfg: StepConfig) -> optax.GradientTransformation:
     return optax.adam(cfg.optimizer.learning_rate)
 
 
+def learning_rate_scale(step, total_steps, decay_fraction: float):
+    """The factor on the learning rate at the step after `step` steps (traced) of a run of
+    `total_steps` (traced; 0: no schedule): 1, then a half cosine from 1 toward 0 over the last
+    `decay_fraction` of the steps. Adam's update is linear in its step size, so scaling the
+    update is Adam with this schedule; the run's length stays out of the compiled program."""
+    decay_steps = jnp.round(total_steps * decay_fraction)
+    into_decay = jnp.clip((step - (total_steps - decay_steps)) / jnp.maximum(decay_steps, 1), 0, 1)
+    scale = 0.5 * (1 + jnp.cos(jnp.pi * into_decay))
+    return jnp.where((total_steps > 0) & (decay_steps > 0), scale, 1.0).astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def init_state(cfg: StepConfig, num_train: int) -> TrainState:
     """The state before step 1. Compiled as one program: eagerly, each of its small operations
@@ -104,11 +115,13 @@ def train_step(state: TrainState, batch_BxP, *, cfg: StepConfig):
     return new_state, step_metrics(new_state, outcome, cfg)
 
 
-def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True):
+def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True, total_steps=0):
     """The step itself: the new state, and what `step_metrics` needs of the step (its losses,
     code counts and index). The loop carries only that, and summarizes the last step once.
     `logged` (traced bool): whether the step's values are read; a step that is not read skips
-    the transport solve where it would move nothing (`rqvae.quantizer.state.transport_schedule`)."""
+    the transport solve where it would move nothing (`rqvae.quantizer.state.transport_schedule`).
+    `total_steps` (traced int): the run's length, for the learning rate's decay
+    (`learning_rate_scale`); 0: a constant learning rate."""
     codebook_state = CodebookState(state.last_used, state.step, cfg.model.shared_codebook)
     grads, (losses, aux) = jax.grad(loss_fn, has_aux=True)(
         state.params, batch_BxP, cfg, codebook_state, logged)
@@ -119,6 +132,8 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True):
 
     def advance():
         updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+        scale = learning_rate_scale(state.step, total_steps, cfg.optimizer.decay_fraction)
+        updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
         # The picks recorded, then the comparator remedy (restart) and the transport term's
         # re-anchoring, each with its own random stream.
@@ -240,19 +255,20 @@ def next_batch(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=No
 
 
 def _update_on_device_data(state: TrainState, images_NxP, cfg: StepConfig, batch_sharding=None,
-                           logged=True):
+                           logged=True, total_steps=0):
     batch_BxP, perm = next_batch(state, images_NxP, cfg, batch_sharding)
-    return _update(state.replace(perm=perm), batch_BxP, cfg, logged)
+    return _update(state.replace(perm=perm), batch_BxP, cfg, logged, total_steps)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch_sharding"), donate_argnums=0)
-def run_steps(state: TrainState, images_NxP, num_steps, record_last=True, *, cfg: StepConfig,
-              batch_sharding=None):
+def run_steps(state: TrainState, images_NxP, num_steps, record_last=True, total_steps=0, *,
+              cfg: StepConfig, batch_sharding=None):
     """`num_steps` train steps in one call; returns the new state and the last step's metrics.
 
     `record_last` (traced bool): whether those metrics are read. A call whose metrics nobody
     reads (one the loop ends between log steps) gives the transport term's values of its last
     step only if that step solved anyway; what the steps compute is the same either way.
+    `total_steps` (traced): the run's length, which sets the learning rate's decay; 0: none.
 
     The steps run in a `lax.fori_loop` whose trip count is an argument, not a constant: XLA makes
     it one while loop, so calls of any length share a single compilation, and the host dispatches
@@ -264,6 +280,7 @@ def run_steps(state: TrainState, images_NxP, num_steps, record_last=True, *, cfg
                          jax.eval_shape(step, state, images_NxP)[1])
     state, outcome = jax.lax.fori_loop(
         0, num_steps,
-        lambda i, carry: step(carry[0], images_NxP, logged=(i == num_steps - 1) & record_last),
+        lambda i, carry: step(carry[0], images_NxP, logged=(i == num_steps - 1) & record_last,
+                              total_steps=total_steps),
         (state, zeros))
     return state, step_metrics(state, outcome, cfg)
