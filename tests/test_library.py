@@ -36,11 +36,11 @@ def test_the_documented_example_runs_and_keeps_its_codes_alive():
 
 def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):
     # The documented step with the trainer's model, weights and optimizer swapped in gives, from
-    # the same state and batch, the trainer's losses, parameters and code use; over 20 steps
-    # with far codes, so that codes go stale and are re-anchored (a 16-step window, anchor steps
-    # every 4th).
+    # the same state and batch, the trainer's losses, parameters and code use; over 12 steps
+    # with far codes, so that codes go stale and are re-anchored (an 8-step window, anchor steps
+    # every 2nd).
     cfg = step_config(config.replace(tiny_cfg, {
-        "batch_size": 64, "model.num_codes": 128, "transport.anchor_window": 8}))
+        "batch_size": 64, "model.num_codes": 128, "transport.anchor_window": 4}))
     namespace = {}
     exec(compile(_example_blocks()[0], str(LIBRARY_DOC), "exec"), namespace)
     namespace.update(model=step.make_model(cfg), optimizer=step.make_optimizer(cfg),
@@ -52,7 +52,7 @@ def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):
     state = state.replace(params=rqvae.with_codebook(
         state.params, state.params["params"]["codebook"] + 5.0))
     anchored = 0
-    for _ in range(20):
+    for _ in range(12):
         batch, perm = step.next_batch(state, images, cfg)
         state = state.replace(perm=perm)
         key = jax.random.fold_in(step.stream_key(cfg.seed, step.Stream.ANCHOR), state.step)

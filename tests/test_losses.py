@@ -176,9 +176,10 @@ def test_the_transport_cost_is_per_latent_dimension():
         return terms(inputs, codes), terms(jnp.repeat(inputs, 2, -1), jnp.repeat(codes, 2, -1))
 
     (total, per_level), (_, wide) = both(level_inputs, codebook)
-    whole = wasserstein_levels(level_inputs, codebook, Transport().epsilon, Transport().iters,
-                               epsilon_mode="relative", tolerance=Transport().tolerance,
-                               overrelaxation=Transport().overrelaxation)[0]
+    whole = jax.jit(lambda inputs, codes: wasserstein_levels(
+        inputs, codes, Transport().epsilon, Transport().iters, epsilon_mode="relative",
+        tolerance=Transport().tolerance, overrelaxation=Transport().overrelaxation)[0])(
+        level_inputs, codebook)
     np.testing.assert_allclose(per_level, whole / D, rtol=1e-5)
     assert float(total) == pytest.approx(float(whole.sum()) / D, rel=1e-5)
     np.testing.assert_allclose(wide, per_level, rtol=1e-4)
