@@ -306,9 +306,10 @@ def _saved(path: str | Path) -> tuple[dict, dict]:
 
 def load_saved(path: str | Path) -> TrainerConfig:
     """A run directory's config.toml, as `load` reads it, with two differences for runs of
-    earlier versions: a file lacking a key of BEFORE_KEY_EXISTED (flat format) or
-    NESTED_BEFORE_KEY_EXISTED takes the value given there, and a retired setting at another value than today's is dropped rather than
-    refused (`retired_values` names them; such a run reports and evaluates, but cannot resume)."""
+    earlier versions: a file lacking a key of BEFORE_KEY_EXISTED (flat format) or of
+    NESTED_BEFORE_KEY_EXISTED takes the value given there, and a retired setting at another
+    value than today's is dropped rather than refused (`retired_values` names them; such a run
+    reports and evaluates, but cannot resume)."""
     return validate(_build(TrainerConfig, _saved(path)[0], ""))
 
 

@@ -197,6 +197,7 @@ def fit(run: Run, *, display) -> dict:
     run_log = runlog.RunLog(run_dir) if primary else _NoLog()
     calls = _CallSize(cfg)
     step, call_index = start, 0
+    total_steps = jnp.int32(cfg.steps)  # where the learning rate decays (step.learning_rate_scale)
     with (run_log as log, _Signals(display, lambda: (step, last_checkpoint)) as signals, mngr,
           display):
         if run.resume_from is not None or run.changed:
@@ -209,7 +210,7 @@ def fit(run: Run, *, display) -> dict:
                 call_start = time.perf_counter()
                 logged = at(end, cfg.run.log_every)  # only then are the call's metrics read
                 state, device_metrics = run_steps(state, images, end - step, jnp.bool_(logged),
-                                                  jnp.int32(cfg.steps), cfg=step_cfg,
+                                                  total_steps, cfg=step_cfg,
                                                   batch_sharding=sharding)
                 flush()  # the previous call's metrics, fetched once this call is queued
                 if logged:

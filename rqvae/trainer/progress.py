@@ -265,6 +265,7 @@ def print_start(run, console, devices, resume: bool) -> None:
     elif resume:
         console.print("no complete checkpoint yet: starting again from step 0", highlight=False)
     for key, (old, new) in run.changed.items():
-        moved = (f" (the learning rate now decays over the last "
-                 f"{run.cfg.optimizer.decay_fraction:.0%} of {new} steps)" if key == "steps" else "")
+        decay = run.cfg.optimizer.decay_fraction
+        moved = (f" (the learning rate now decays over the last {decay:.0%} of {new} steps)"
+                 if key == "steps" else "")
         console.print(f"changed on resume: {key} {old} -> {new}{moved}", highlight=False)
