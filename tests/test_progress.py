@@ -2,6 +2,7 @@
 
 import re
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -145,6 +146,20 @@ def test_plain_output_is_one_line_per_record():
     assert len(lines) == 2
     assert lines[0].startswith("step 1,200/10,000") and "dead [1, 0, 3]" in lines[0]
     assert lines[1].startswith("eval at step 12,000") and "PSNR 19.1 dB" in lines[1]
+
+
+def test_an_eval_no_better_than_a_constant_output_says_the_run_collapsed():
+    healthy = {**EVAL, "constant_recon": 0.0672}
+    assert not any("collapsed" in field for field in progress.eval_fields(healthy))
+    collapsed = {**EVAL, "heldout_recon": 0.1141, "constant_recon": 0.0672}
+    assert progress.eval_fields(collapsed)[-1] == (
+        "collapsed: held-out recon 0.1141 is no better than a constant output's (0.0672, the "
+        "training mean)")
+    console = Console(width=200, file=StringIO())
+    progress.print_summary({"train": TRAIN, "eval": collapsed}, Path("runs/x"), console,
+                           quiet=True)
+    assert "heldout recon 0.1141; collapsed: held-out recon 0.1141 is no better" in (
+        console.file.getvalue())
 
 
 def test_notice_prints_above_the_live_line_and_quiet_prints_nothing():

@@ -7,6 +7,7 @@ import pytest
 from synthetic_runs import (
     TRAIN_LOSSES,
     end_record,
+    eval_record,
     make_run,
     rendered,
     rows_of,
@@ -138,6 +139,27 @@ def test_the_status_comes_from_the_end_record_or_the_lock(tmp_path, ending, held
         assert f"({reason})" in heading and summary["status_reason"] == reason
     if status == "crashed":
         assert "crashed (process ended without a final record)" in heading
+
+
+@pytest.mark.parametrize("heldout, constant, status", [
+    (0.0812, 0.0727, "collapsed"),  # worse than the training mean: an all-black output's 0.114
+    (0.0727, 0.0727, "collapsed"),  # no better
+    (0.0412, 0.0727, "completed"),
+    (0.0812, None, "completed"),  # a log from before the figure was recorded: nothing to say
+])
+def test_a_completed_run_no_better_than_a_constant_output_collapsed(tmp_path, heldout,
+                                                                    constant, status):
+    last_eval = eval_record(40, heldout)
+    if constant is not None:
+        last_eval["constant_recon"] = constant
+    records = [train_record(*losses) for losses in TRAIN_LOSSES] + [last_eval, end_record(40)]
+    run = load_run(make_run(tmp_path, "run", tiny_cfg(), records))
+    assert run.status == summarize(run)["status"] == status
+    heading = rendered([run]).splitlines()[0]
+    if status == "collapsed":
+        assert heading.startswith(f"run run: step 40 of 40, collapsed (held-out recon {heldout} "
+                                  f"is no better than a constant output's ({constant}, the "
+                                  f"training mean))")
 
 
 def test_an_old_log_without_end_records_that_reached_its_steps_completed(tmp_path):

@@ -96,7 +96,7 @@ def render_groups(runs: Sequence[LoggedRun], summaries: dict, console: Console) 
             *(Col(key.replace(" ", "\n") if key != "completed" else "com-\npleted")
               for key in keys)]
     legend = ("mean ± standard deviation over each group's seeds (completed: runs that completed "
-              "of the group's; recon: the last train record's, heldout: the last eval's, dead: "
+              "and did not collapse, of the group's; recon: the last train record's, heldout: the last eval's, dead: "
               "codes no training image picks); * lowest mean held-out recon")
     print_table(console, f"{len(groups)} groups of runs that differ only in their seed", cols,
                 cells, legend)

@@ -40,7 +40,7 @@ def _first(numbers: list[int]) -> str:
 def _status_text(run: LoggedRun) -> str:
     status, reason = run.status, run.status_reason
     text = status + (f" ({reason})" if reason and status in ("interrupted", "failed",
-                                                              "crashed") else "")
+                                                              "crashed", "collapsed") else "")
     if run.repeated_steps:
         text += f"; repeated steps: {_first(run.repeated_steps)} (logged twice)"
     if run.unreadable_lines:

@@ -8,7 +8,8 @@ yet is skipped with a note (`load_runs`). Imports neither JAX, Flax nor numpy.
 A run's status: completed, interrupted or failed (the log's final `end` record says), running (a
 process holds the run directory, `rundir.is_held`) or crashed (neither: the process ended without
 a final record). A log written before `end` records that reached the configured steps counts as
-completed. A train step the log holds twice is marked ("repeated steps").
+completed. A completed run whose last eval is no better than a constant output is collapsed
+(`runlog.collapsed`). A train step the log holds twice is marked ("repeated steps").
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class LoggedRun:
     series: dict[str, Sequence]  # "step" and each loss term over train, None where missing
     evals: list[dict]  # records with kind == "eval", in log order
     resumes: list[dict]  # {"step", "changed"}, oldest first
-    status: str  # completed, running, interrupted, failed or crashed
+    status: str  # completed, collapsed, running, interrupted, failed or crashed
     status_reason: str
     repeated_steps: list[int]  # train steps logged more than once
     unreadable_lines: list[int]  # lines of metrics.jsonl that hold no record (`runlog.Log`)
@@ -116,9 +117,12 @@ def load_run(run_dir: Path) -> LoggedRun:
     series = log.series
     status, reason = run_status(log.last, rundir.is_held(run_dir),
                                 max(series["step"], default=None), run_config.get("steps"))
+    evals = _of_kind(log.others, "eval")
+    if status == "completed" and evals and runlog.collapsed(evals[-1]):
+        status, reason = "collapsed", runlog.collapse_note(evals[-1])
     run = LoggedRun(
         name=run_dir.name, path=run_dir, config=run_config, config_note=config_note,
-        train=log.train, series=series, evals=_of_kind(log.others, "eval"),
+        train=log.train, series=series, evals=evals,
         resumes=_resumes(run_dir, _of_kind(log.others, "resume")), status=status,
         status_reason=reason, repeated_steps=runlog.repeated_steps(series["step"]),
         unreadable_lines=log.unreadable)

@@ -13,7 +13,8 @@ Infinity, as Python's json writes it.
   config.toml that differs from the default, flat ("model.num_codes"); {} without a config.toml
   or when it does not load
 - config_note: why config is empty (no config.toml, or the error loading it), else null
-- status: completed, running, interrupted, failed or crashed (see `rqvae.reports.runs`); a run
+- status: completed, collapsed (completed, no better than a constant output), running,
+  interrupted, failed or crashed (see `rqvae.reports.runs`); a run
   that has no train record (one that failed at its first step, or is starting) is listed too,
   with empty final, best, levels and history
 - status_reason: the end record's reason, or what the status was inferred from

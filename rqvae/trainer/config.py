@@ -34,6 +34,8 @@ class ModelConfig:
     num_codes: int = 64  # entries per codebook
     shared_codebook: bool = False  # one codebook for every level (RQ-VAE, Lee et al. 2022)
     compute_dtype: str = "float32"  # or "bfloat16": encoder and decoder products; all else float32
+    sigmoid_grad: str = "constant"  # images: the output sigmoid's slope in the backward pass,
+    #   "constant" (1/4, its slope at 0) or "exact" (saturates: docs/results.md, "Collapse")
 
     @property
     def input_dim(self) -> int:  # pixels per flattened image
@@ -290,7 +292,7 @@ def _refuse_retired(retired: dict) -> None:
 
 
 # Keys of the nested format that runs written before them lack, with the value those runs used.
-NESTED_BEFORE_KEY_EXISTED = {"optimizer.decay_fraction": 0.0}
+NESTED_BEFORE_KEY_EXISTED = {"optimizer.decay_fraction": 0.0, "model.sigmoid_grad": "exact"}
 
 
 def _saved(path: str | Path) -> tuple[dict, dict]:

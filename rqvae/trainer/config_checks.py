@@ -78,6 +78,8 @@ def validate(cfg: TrainerConfig) -> TrainerConfig:
     for name in ("encoder_hidden", "decoder_hidden", "conv_channels"):
         widths = getattr(m, name)
         _check(all(w >= 1 for w in widths), f"model.{name} widths must be >= 1, got {widths}")
+    _check(m.sigmoid_grad in ("constant", "exact"),
+           f"model.sigmoid_grad must be 'constant' or 'exact', got '{m.sigmoid_grad}'")
     _check(m.compute_dtype in ("float32", "bfloat16"),
            f"model.compute_dtype must be 'float32' or 'bfloat16', got '{m.compute_dtype}'")
     _check(

@@ -74,12 +74,20 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
     return {
         "heldout_recon": mse,
         "heldout_psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+        "constant_recon": constant_recon(dataset),
         "train_used": train_used,
         "train_dead": [cfg.model.num_codes - used for used in train_used],
         "train_perplexity": train_perplexity,
         "heldout_used": heldout_used,
         "heldout_perplexity": heldout_perplexity,
     }
+
+
+def constant_recon(dataset: Dataset) -> float:
+    """The held-out MSE of the training split's mean example: the lowest a model whose output
+    ignores its input can reach (the best constant image, per pixel)."""
+    mean_P = dataset.train.mean(axis=0, dtype=np.float64)
+    return float(np.mean((dataset.heldout - mean_P) ** 2))
 
 
 @functools.partial(jax.jit, static_argnames="cfg")

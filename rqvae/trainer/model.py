@@ -201,10 +201,7 @@ class RQVAE(nn.Module):
         (`ResidualVQ`): the quantizer sees one point per image (vector latent), or one per
         position of each image's feature map (grid latent, N = B * H' * W')."""
         z_q, _, aux = self.quantizer(self.encoder(x_BxP))
-        x_recon = self.decoder(z_q)
-        if self.cfg.data_kind == "images":  # pixels in [0, 1]; vectors are any reals
-            x_recon = nn.sigmoid(x_recon)
-        return x_recon, aux
+        return self._output(self.decoder(z_q)), aux
 
     def reconstruct_levels(self, x_BxP: jax.Array) -> jax.Array:
         """The reconstruction from the codes of the first l levels, for l = 1 .. L: (L, B, P);
@@ -212,11 +209,39 @@ class RQVAE(nn.Module):
         z_e = self.encoder(x_BxP)
         _, _, aux = self.quantizer(z_e)
         partial_sums_LxNxD = jnp.cumsum(aux["level_codes"], axis=0)
-        recons = [self.decoder(z_NxD.reshape(z_e.shape)) for z_NxD in partial_sums_LxNxD]
-        if self.cfg.data_kind == "images":
-            recons = [nn.sigmoid(x) for x in recons]
-        return jnp.stack(recons)
+        return jnp.stack([self._output(self.decoder(z_NxD.reshape(z_e.shape)))
+                          for z_NxD in partial_sums_LxNxD])
+
+    def _output(self, decoded_BxP: jax.Array) -> jax.Array:
+        """The reconstruction from the decoder's output: images through a sigmoid (with
+        `sigmoid_grad = "constant"`, `sigmoid_with_constant_slope`), vectors as they are."""
+        if self.cfg.data_kind != "images":
+            return decoded_BxP
+        if self.cfg.sigmoid_grad == "exact":
+            return nn.sigmoid(decoded_BxP)
+        return sigmoid_with_constant_slope(decoded_BxP)
 
     def encode(self, x_BxP: jax.Array) -> jax.Array:
         """Per-level code indices of each image: (B, L), or (B, H', W', L) for a grid latent."""
         return self.quantizer(self.encoder(x_BxP))[1]
+
+
+@jax.custom_jvp
+def sigmoid_with_constant_slope(logits):
+    """The sigmoid, differentiated as if its slope were 1/4 (its slope at 0) everywhere.
+
+    Under an MSE the exact slope saturates: a pixel whose logit is far below 0 gets a gradient
+    about exp(logit) times its error, so a model pushed into an all-black output never leaves it
+    (a grid tokenizer on digits, whose re-seeded codes multiply the decoder's input tenfold while
+    most of each image is background: docs/results.md, "Collapse"). With the slope held at 1/4
+    each pixel's gradient is (output - target) / 2, the binary cross-entropy's gradient halved: it
+    has the MSE gradient's sign and the same minimum, is the MSE's own gradient wherever the
+    logit is near 0, and never vanishes. The value is the sigmoid's, bit for bit.
+    """
+    return nn.sigmoid(logits)
+
+
+@sigmoid_with_constant_slope.defjvp
+def _sigmoid_with_constant_slope_jvp(primals, tangents):
+    (logits,), (tangent,) = primals, tangents
+    return nn.sigmoid(logits), 0.25 * tangent

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from rqvae.trainer import runlog
 from rqvae.trainer.runlog import LOSS_TERMS
 
 RATE_WINDOW_S = 10.0  # seconds of progress the rate and ETA are measured over
@@ -141,6 +142,8 @@ def eval_fields(record: dict) -> list[str]:
         fields.append(f"PSNR {record['heldout_psnr']:.1f} dB")
     fields += [f"dead (train split) {_levels(record['train_dead'])}",
                f"perplexity (train split) {_perplexity(record['train_perplexity'])}"]
+    if runlog.collapsed(record):
+        fields.append(f"collapsed: {runlog.collapse_note(record)}")
     return fields
 
 
@@ -234,8 +237,11 @@ def print_summary(summary: dict, run_dir: Path, console, quiet: bool = False) ->
         dead = (f"dead (train split) {' / '.join(map(str, last_eval['train_dead']))}, "
                 f"heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else
                 f"dead (window) {' / '.join(map(str, final['window_dead']))}")
+        collapse = (f"; collapsed: {runlog.collapse_note(last_eval)}"
+                    if runlog.collapsed(last_eval) else "")
         console.print(f"run {run_dir.name}: step {final['step']}, total {final['total']:.4g}, "
-                      f"{dead}; next: rqvae report {run_dir}", highlight=False, soft_wrap=True)
+                      f"{dead}{collapse}; next: rqvae report {run_dir}", highlight=False,
+                      soft_wrap=True)
         return
     table = Table(title=f"run {run_dir.name}: step {final['step']}", title_justify="left")
     for column in ("level", "used (batch)", "dead (window)", "dead (train split)", "perplexity"):
@@ -248,6 +254,9 @@ def print_summary(summary: dict, run_dir: Path, console, quiet: bool = False) ->
     losses = "  ".join(f"{k} {final[k]:.4g}" for k in LOSS_TERMS)
     heldout = f"  heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else ""
     console.print(f"final losses: {losses}{heldout}", highlight=False)
+    if runlog.collapsed(last_eval):
+        console.print(f"[bold red]collapsed[/]: {runlog.collapse_note(last_eval)}; the model "
+                      "learned nothing of its input", highlight=False)
     console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
 
 

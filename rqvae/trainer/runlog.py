@@ -18,8 +18,10 @@ This module defines every record's keys and their meaning; writers and readers u
     the transport term moves, waiting for its next anchor step (0 with the term or its
     re-anchoring off)
 - eval (every run.eval_every steps and at the end): "kind": "eval", "step", "time",
-  "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]), and per
-  level the EVAL_PER_LEVEL keys:
+  "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]),
+  "constant_recon" (the held-out MSE of the training split's mean example: what the best output
+  that ignores its input reaches; a run whose heldout_recon is no lower has collapsed,
+  `collapsed`), and per level the EVAL_PER_LEVEL keys:
   - train_used, train_dead: codes some / no training image picks, over a full pass of the
     training split (the definitive dead-code count)
   - train_perplexity: perplexity of the codes over that full pass
@@ -64,9 +66,25 @@ from rqvae.trainer.rundir import METRICS_FILE
 TRANSPORT_PER_LEVEL = ("transport_cost", "sinkhorn_marginal_error", "solve_epsilon")
 TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *TRANSPORT_PER_LEVEL,
                    "anchor_stale")
-EVAL_SCALARS = ("heldout_recon", "heldout_psnr")
+EVAL_SCALARS = ("heldout_recon", "heldout_psnr", "constant_recon")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")
+
+
+def collapsed(eval_record: dict | None) -> bool:
+    """Whether an eval record shows a model no better than a constant output: its held-out recon
+    is at least the training split's mean example's (False for logs without that figure)."""
+    if not eval_record or eval_record.get("constant_recon") is None:
+        return False
+    return eval_record["heldout_recon"] >= eval_record["constant_recon"]
+
+
+def collapse_note(eval_record: dict) -> str:
+    """Why an eval record is `collapsed`, in one phrase."""
+    return (f"held-out recon {eval_record['heldout_recon']:.4g} is no better than a constant "
+            f"output's ({eval_record['constant_recon']:.4g}, the training mean)")
+
+
 # Old key -> new key, by record kind, for logs written before the names above.
 RENAMED = {
     "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead",
