@@ -235,6 +235,9 @@ def encode(
 
     with support.user_errors():
         rundir.check_out_file(out, force)
+    if out.suffix != ".npy":
+        support.fail(f"--out {out}: the codes are written as a NumPy array (np.save); name a "
+                     f".npy file, e.g. {out.with_suffix('.npy')}")
     support.use_compilation_cache()
     import numpy as np
     from rich.console import Console

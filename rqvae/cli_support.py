@@ -72,7 +72,7 @@ TRAIN_FLAGS = {
 }
 
 
-def _parameter_name(flag: str) -> str:
+def parameter_name(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
 
 
@@ -82,7 +82,7 @@ def _flag_parameter(key: str, flag: str, help_text: str) -> inspect.Parameter:
     help_text += f" Default: the config's value ({default} without one)."
     option = typer.Option(flag, help=help_text,
                           metavar=kind.__name__.upper() if kind is not str else "TEXT")
-    return inspect.Parameter(_parameter_name(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
+    return inspect.Parameter(parameter_name(flag), inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[kind], option])
 
 
@@ -97,7 +97,7 @@ def with_config_flags(flags: dict[str, tuple[str, str]]):
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            values = {key: kwargs.pop(_parameter_name(flag)) for key, (flag, _) in flags.items()}
+            values = {key: kwargs.pop(parameter_name(flag)) for key, (flag, _) in flags.items()}
             return command(overrides={k: v for k, v in values.items() if v is not None},
                            **kwargs)
 

@@ -59,6 +59,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
                               f"got '{item}'")
         if key in grid:
             raise ConfigError(f"--grid {key} given twice; list all its values in one --grid")
+        if key == "seed":
+            raise ConfigError(f"--grid {item}: a sweep's seeds are set by --seeds (e.g. --seeds "
+                              f"{text.strip()}), not --grid")
         grid[key] = [_toml_value(word.strip(), item) for word in text.split(",")]
     return grid
 
@@ -247,6 +250,34 @@ def execute(plan: Plan, out: Path, parallel: int, steps: int | None, say
     return outcomes, bad_input
 
 
+# Train flags a sweep sets itself, and what to use instead.
+OWN_FLAGS = {"run_dir": "--out names the sweep's folder, and each run gets a folder in it",
+             "resume": "use the sweep's own --resume with the same arguments",
+             "seed": "use the sweep's --seeds"}
+
+
+def train_flags(ctx: typer.Context, train_args: list[str]) -> tuple[list[str], dict]:
+    """The --set assignments and named flags among the `rqvae train` flags a sweep passes to
+    every run, parsed as `train` parses them, so that a mistyped or misplaced flag is refused
+    before any run starts. Raises UserError."""
+    train = ctx.parent.command.get_command(ctx.parent, "train")
+    try:
+        parsed = train.make_context("train", list(train_args), parent=ctx.parent).params
+    except Exception as err:  # Click's usage errors, which Typer re-exports under its own names
+        if not hasattr(err, "format_message"):
+            raise
+        raise UserError(f"a train flag for every run is wrong: {err.format_message()}; see "
+                        f"rqvae train --help") from None
+    for name, instead in OWN_FLAGS.items():
+        if parsed.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} is not for a sweep's runs: {instead}")
+    flags = {key: parsed[support.parameter_name(flag)]
+             for key, (flag, _) in support.TRAIN_FLAGS.items()
+             if parsed.get(support.parameter_name(flag)) is not None}
+    return list(parsed.get("set_") or []), flags
+
+
 def _steps(train_args: list[str]) -> int | None:
     """The --steps among the train flags, if given."""
     for i, word in enumerate(train_args):
@@ -293,8 +324,10 @@ def sweep_command(
     with support.user_errors():
         plan = Plan(config=None if config is None else str(config), grid=parse_grid(grid),
                     seeds=parse_seeds(seeds), train_args=list(ctx.args))
+        assignments, flags = train_flags(ctx, plan.train_args)
         for run in runs_of(plan):  # every run's config checked before any starts
-            support.train_config(config, None, [], dict(run.settings), resume=False)
+            support.train_config(config, None, assignments, {**dict(run.settings), **flags},
+                                 resume=False)
         steps = _steps(plan.train_args) or support.train_config(config, None, [], {},
                                                                 resume=False).steps
         prepare(out, plan, resume)

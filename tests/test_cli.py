@@ -204,6 +204,8 @@ BAD_INPUTS = [
     (["--set", "ot_queue_size=20"], "ot_queue_size = 20 is no longer a setting"),
     (["--set", "num_codes=4"], "unknown config key 'num_codes'; did you mean 'model.num_codes'?"),
     (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
+    (["--steps", 10**12], "steps must be at most 2,147,483,647 (a 32-bit integer on the device)"),
+    (["--set", "transport.anchor_window=3000000000"], "transport.anchor_window must be at most"),
 ]
 
 
@@ -481,6 +483,7 @@ def test_a_held_run_directory_refuses_a_second_process_and_reports_running(full_
 @pytest.mark.parametrize("args, message", [
     (["encode", "{run}", "--out", "{tmp}/missing/codes.npy"], "folder {tmp}/missing does not exist"),
     (["encode", "{run}", "--out", "{tmp}", "--force"], "is a directory"),
+    (["encode", "{run}", "--out", "{tmp}/codes.txt"], "name a .npy file, e.g. {tmp}/codes.npy"),
     (["plot", "{run}", "--out", "{tmp}/afile"], "afile"),
     (["train", "--dataset", "npz:{tmp}/x.npy", "--run-dir", "{tmp}/r"], "x.npy"),
 ])

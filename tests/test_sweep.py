@@ -33,6 +33,8 @@ def test_grid_and_seed_arguments():
                          (["a=1", "a=2"], "given twice"), (["a=1,,2"], "empty value")]:
         with pytest.raises(ConfigError, match=message):
             sweep.parse_grid(bad)
+    with pytest.raises(ConfigError, match=r"seeds are set by --seeds \(e.g. --seeds 1,2\)"):
+        sweep.parse_grid(["seed=1,2"])
     with pytest.raises(ConfigError, match="--seeds takes integers"):
         sweep.parse_seeds("0,one")
     plan = sweep.Plan(None, {"lambda_wasserstein": [0, 0.5], "model.num_codes": [8]}, [0, 1], [])
@@ -64,6 +66,21 @@ def test_a_sweep_trains_every_run_reports_groups_and_the_failed_ones(tiny_toml, 
     row = next(line for line in result.stdout.splitlines() if "± " in line and "lr0.001" in line)
     mean, std = np.mean(heldout), np.std(heldout, ddof=1)
     assert f"{mean:.4g} ± {std:.2g}" in row
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus-flag", "3"], "a train flag for every run is wrong: No such option: --bogus-flag"),
+    (["--steps", "abc"], "Invalid value for '--steps'"),
+    (["--run-dir", "foo"], "--run-dir is not for a sweep's runs: --out names the sweep's folder"),
+    (["--seed", "3"], "--seed is not for a sweep's runs: use the sweep's --seeds"),
+    (["--set", "model.num_codes=0"], "model.num_codes must be >= 1, got 0"),
+])
+def test_train_flags_for_every_run_are_checked_before_any_starts(tmp_path, args, message):
+    result = _sweep("--grid", "lambda_wasserstein=0,0.5", "--out", tmp_path / "sw", *args,
+                    cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert sorted(tmp_path.iterdir()) == []  # no sweep folder, no ./foo
 
 
 def test_a_sweep_stopped_by_sigterm_resumes_without_retraining_finished_runs(tiny_toml, tmp_path):

@@ -3,6 +3,7 @@ its key and the allowed range."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,28 @@ def _finite(value) -> bool:
     return math.isfinite(value)
 
 
+# Every integer setting reaches the device as (or beside) an int32: the step counter, shapes,
+# seeds, windows.
+INT32_MAX = 2**31 - 1
+
+
+def _check_int32(node, prefix: str = "") -> None:
+    for field in dataclasses.fields(node):
+        value, key = getattr(node, field.name), prefix + field.name
+        if dataclasses.is_dataclass(value):
+            _check_int32(value, key + ".")
+            continue
+        numbers = value if isinstance(value, tuple) else (value,)
+        for number in numbers:
+            if isinstance(number, int) and not isinstance(number, bool):
+                _check(abs(number) <= INT32_MAX,
+                       f"{key} must be at most {INT32_MAX:,} (a 32-bit integer on the device), "
+                       f"got {number}")
+
+
 def validate(cfg: TrainerConfig) -> TrainerConfig:
     """Rejects out-of-range values with a message that names the key and the allowed range."""
+    _check_int32(cfg)
     for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
         value = getattr(cfg.loss, name)
         _check(_finite(value) and value >= 0,
