@@ -259,7 +259,7 @@ def encode(
 
 @app.command(short_help="Write PNGs of runs' curves, codes and reconstructions.")
 def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="One run, or several to overlay their curves.")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="One run, or several to overlay their curves; a folder of runs (a sweep's) stands for them.")],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for the PNGs (created if needed).")],
     log_scale: Annotated[bool, typer.Option("--log", help="Log-scale loss axes.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace PNGs already in --out.")] = False,
@@ -275,10 +275,14 @@ def plot(
       rqvae plot runs/traditional-* runs/hybrid-* --out plots/compare --log
     """
     from rqvae.reports import plot as plot_lib
-    from rqvae.reports.runs import load_run
+    from rqvae.reports.runs import find_runs, load_run
     from rqvae.trainer import rundir
 
+    run_dirs = find_runs(run_dirs)  # a sweep's folder, or runs/, stands for the runs in it
     with support.user_errors():
+        if not run_dirs:
+            raise UserError("no run among the paths given (only a sweep's sweep.json and logs/); "
+                            "pass run directories or the sweep's folder")
         for run_dir in run_dirs:
             if not (run_dir / rundir.METRICS_FILE).is_file():
                 raise UserError(f"{run_dir} holds no {rundir.METRICS_FILE}; pass directories "

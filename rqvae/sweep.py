@@ -29,8 +29,8 @@ from rqvae import cli_support as support
 from rqvae.trainer import names, rundir, runlog
 from rqvae.trainer.errors import ConfigError, UserError
 
-SWEEP_FILE = "sweep.json"
-LOGS_DIR = "logs"
+SWEEP_FILE = rundir.SWEEP_FILE
+LOGS_DIR = rundir.SWEEP_LOGS_DIR
 BAD_INPUT = 2  # `rqvae train`'s exit code for bad input: the same for every run, so the sweep stops
 
 

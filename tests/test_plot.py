@@ -242,3 +242,20 @@ def test_three_levels_show_the_reconstruction_of_each_partial_sum():
                                levels[0][2].reshape(8, 8))
     np.testing.assert_allclose(axes[13].get_images()[0].get_array(),
                                levels[2][1].reshape(8, 8))
+
+
+def test_plot_takes_a_sweeps_folder_or_its_glob(tmp_path):
+    from typer.testing import CliRunner
+
+    from rqvae.cli import app
+
+    sweep = tmp_path / "sw"
+    for name in ("lw0-seed0", "lw0.5-seed0"):
+        _write_run(sweep / name)
+    (sweep / "logs").mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    for i, paths in enumerate([[sweep], sorted(sweep.iterdir())]):  # runs/sw, runs/sw/*
+        out = tmp_path / f"plots{i}"
+        result = CliRunner().invoke(app, ["plot", *map(str, paths), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == ["dead_codes.png", "losses.png"]

@@ -15,7 +15,7 @@ from synthetic_runs import (
     train_record,
 )
 
-from rqvae.reports.runs import NoRecords, finite_extremes, load_run
+from rqvae.reports.runs import NoRecords, find_runs, finite_extremes, load_run, load_runs
 from rqvae.reports.summary import summarize
 from rqvae.trainer import config, rundir, runlog
 from rqvae.trainer.errors import ConfigError, UserError
@@ -108,6 +108,26 @@ def test_a_parent_of_runs_is_named_with_the_runs_below_it(tmp_path):
     below = r"holds no metrics.jsonl but 2 run\(s\) below it \(a, b\)"
     with pytest.raises(UserError, match=below):
         load_run(tmp_path)
+
+
+def test_a_folder_of_runs_and_sweeps_stands_for_every_run_below_it(tmp_path):
+    make_run(tmp_path, "a", tiny_cfg())
+    for sweep in ("sw1", "sw2"):  # sweep folders: runs, sweep.json and logs/ side by side
+        (tmp_path / sweep).mkdir()
+        (tmp_path / sweep / "logs").mkdir()
+        (tmp_path / sweep / "sweep.json").write_text("{}")
+        for name in ("lw0-seed0", f"only-{sweep}"):
+            make_run(tmp_path / sweep, name, tiny_cfg())
+    (tmp_path / "a" / "checkpoints" / "nested").mkdir(parents=True)  # a run is not entered
+    found = find_runs([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a", "sw1/lw0-seed0", "sw1/only-sw1", "sw2/lw0-seed0", "sw2/only-sw2"]
+    runs, _ = load_runs(found)
+    assert [run.name for run in runs] == ["a", "sw1/lw0-seed0", "only-sw1", "sw2/lw0-seed0",
+                                          "only-sw2"]
+    # runs/sw1/* names the sweep's own sweep.json and logs/ too: they are no runs, and no error.
+    assert find_runs(sorted((tmp_path / "sw1").iterdir())) == [tmp_path / "sw1" / "lw0-seed0",
+                                                               tmp_path / "sw1" / "only-sw1"]
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ completed. A completed run whose last eval is no better than a constant output i
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -164,19 +166,44 @@ def _resumes(run_dir: Path, logged: list[dict]) -> list[dict]:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Each path that is a run; for a directory holding runs (runs/), the runs in it by name.
+    """Each path that is a run; for a directory holding runs (runs/, a sweep's folder, runs/
+    holding sweeps), the runs below it by path.
 
     A path that is neither stays, for `load_run` to say what is wrong with it.
     """
     run_dirs = []
     for path in map(Path, paths):
+        if _sweep_bookkeeping(path):  # runs/sw/* names the sweep's own files too
+            continue
         below = [] if (path / rundir.METRICS_FILE).is_file() else _runs_below(path)
         run_dirs += below or [path]
     return run_dirs
 
 
-def _runs_below(path: Path) -> list[Path]:
-    return sorted(log.parent for log in path.glob(f"*/{rundir.METRICS_FILE}") if log.is_file())
+def _sweep_bookkeeping(path: Path) -> bool:
+    """Whether `path` is a sweep folder's record of the sweep or its runs' output."""
+    return (path.name in (rundir.SWEEP_FILE, rundir.SWEEP_LOGS_DIR)
+            and (path.parent / rundir.SWEEP_FILE).is_file())
+
+
+# How deep below a path given to `find_runs` runs are looked for: runs/<sweep>/<run> is 2.
+RUN_DEPTH = 3
+
+
+def _runs_below(path: Path, depth: int = RUN_DEPTH) -> list[Path]:
+    """The runs in the folders below `path`, by path, down to `depth` levels: a run's own
+    folders (checkpoints) are not entered."""
+    try:
+        folders = sorted(child for child in path.iterdir() if child.is_dir())
+    except OSError:  # not a directory, or unreadable: `load_run` says which
+        return []
+    runs = []
+    for folder in folders:
+        if (folder / rundir.METRICS_FILE).is_file():
+            runs.append(folder)
+        elif depth > 1:
+            runs += _runs_below(folder, depth - 1)
+    return runs
 
 
 def _no_log_message(run_dir: Path) -> str:
@@ -217,4 +244,12 @@ def load_runs(run_dirs: list[Path]) -> tuple[list[LoggedRun], list[NoRecords]]:
             skipped.append(err)
     if not runs and skipped:
         raise skipped[0]
-    return runs, skipped
+    return _named_apart(runs), skipped
+
+
+def _named_apart(runs: list[LoggedRun]) -> list[LoggedRun]:
+    """Runs of the same name in different folders (hybrid-s0 of two sweeps) named with their
+    folder too (sweep-a/hybrid-s0)."""
+    counts = Counter(run.name for run in runs)
+    return [dataclasses.replace(run, name=f"{run.path.parent.name}/{run.name}")
+            if counts[run.name] > 1 else run for run in runs]

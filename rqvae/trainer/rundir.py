@@ -29,6 +29,9 @@ METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
+# A sweep's folder (`rqvae sweep`) holds a run directory per run beside these two.
+SWEEP_FILE = "sweep.json"
+SWEEP_LOGS_DIR = "logs"
 
 
 def holds_run(run_dir: Path) -> bool:
