@@ -196,3 +196,13 @@ def test_a_parent_directory_stands_for_every_run_in_it(tmp_path, capsys):
     assert "2 runs side by side" in text
     with pytest.raises(UserError, match=r"notes holds no metrics.jsonl; pass a directory"):
         report.main([tmp_path / "notes"], as_json=True, console=Console())
+
+
+def test_a_groups_column_reads_in_one_fixed_point_format():
+    from rqvae.reports.groups import _cell
+
+    # The spread at the mean's decimals: no 7.6e-05 beside 0.0021.
+    assert _cell((0.02407, 0.0021)) == "0.02407 ± 0.00210"
+    assert _cell((0.02508, 7.6e-05)) == "0.02508 ± 0.00008"
+    assert _cell((41.0, 1.0)) == "41.00 ± 1.00" and _cell((0.0, 0.0)) == "0 ± 0"
+    assert _cell((2048.0, 3.0)) == "2048 ± 3"

@@ -65,7 +65,8 @@ def test_a_sweep_trains_every_run_reports_groups_and_the_failed_ones(tiny_toml, 
                [-1]["heldout_recon"] for s in (0, 1)]
     row = next(line for line in result.stdout.splitlines() if "± " in line and "lr0.001" in line)
     mean, std = np.mean(heldout), np.std(heldout, ddof=1)
-    assert f"{mean:.4g} ± {std:.2g}" in row
+    decimals = 3 - int(np.floor(np.log10(mean)))  # 4 significant digits, fixed point
+    assert f"{mean:.{decimals}f} ± {std:.{decimals}f}" in row
 
 
 @pytest.mark.parametrize("args, message", [

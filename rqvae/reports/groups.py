@@ -74,9 +74,14 @@ def group_rows(groups: dict[str, list[LoggedRun]], summaries: dict) -> list[dict
 
 
 def _cell(value) -> str:
-    """mean ± std, the spread to two significant digits."""
+    """mean ± std in fixed point, the mean to 4 significant digits and the spread to as many
+    decimals, so that a column reads in one format."""
     if isinstance(value, tuple):
-        return f"{fmt(value[0])} ± {value[1]:.2g}"
+        mean, spread = value
+        decimals = max(0, 3 - math.floor(math.log10(abs(mean)))) if mean else 4
+        if spread == 0 and mean == int(mean):  # counts every seed agrees on: 0 dead codes
+            decimals = 0
+        return f"{mean:.{decimals}f} ± {spread:.{decimals}f}"
     return fmt(value)
 
 
@@ -96,7 +101,8 @@ def render_groups(runs: Sequence[LoggedRun], summaries: dict, console: Console) 
             *(Col(key.replace(" ", "\n") if key != "completed" else "com-\npleted")
               for key in keys)]
     legend = ("mean ± standard deviation over each group's seeds (completed: runs that completed "
-              "and did not collapse, of the group's; recon: the last train record's, heldout: the last eval's, dead: "
-              "codes no training image picks); * lowest mean held-out recon")
+              "and did not collapse, of the group's; recon: the last train record's, heldout: "
+              "the last eval's, dead: codes no training image picks); * lowest mean held-out "
+              "recon")
     print_table(console, f"{len(groups)} groups of runs that differ only in their seed", cols,
                 cells, legend)
