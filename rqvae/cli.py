@@ -137,8 +137,10 @@ def export(
     with support.user_errors():
         rundir.check_writable(tensorboard, "--tensorboard")
         runs, _ = load_runs(find_runs(run_dirs))
-        written = to_tensorboard(runs, tensorboard)
-    print(f"wrote {len(written)} runs' event files under {tensorboard}")
+        written, values = to_tensorboard(runs, tensorboard)
+    print(f"wrote {values} new values of {len(written)} runs under {tensorboard} (rerun to add "
+          f"what the runs log next); view them with: tensorboard --logdir {tensorboard} (pip "
+          f"install tensorboard)")
 
 
 @app.command(short_help="List the presets that ship with rqvae.")

@@ -1,12 +1,13 @@
 """The GPU-box workflow's pieces that need no training: presets from any directory, automatic
 run names from the settings a command changes, run names whole in tables."""
 
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
-from synthetic_runs import make_run, plain, tiny_cfg
+from synthetic_runs import make_run, plain, tiny_cfg, train_record
 from typer.testing import CliRunner
 
 from rqvae import cli, cli_support
@@ -110,10 +111,22 @@ def test_tensorboard_export_holds_every_logged_value(tmp_path):
     assert scalars["eval/heldout_recon"] == [(r["step"], pytest.approx(r["heldout_recon"]))
                                              for r in evals]
     assert scalars["level1/train_dead"] == [(r["step"], r["train_dead"][0]) for r in evals]
-    # A second export into the same folder is refused, and the first stays.
+    # Exported again after the run logged more: only the new records are added, once each.
+    with open(run_dir / "metrics.jsonl", "a") as log:
+        log.write(json.dumps(train_record(50, 0.5, 0.3, 0.03, 0.1, 0.02)) + "\n")
     again = runner.invoke(cli.app, ["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")])
-    assert again.exit_code == 2 and "already holds event files" in again.output
-    assert _events(tmp_path / "tb" / "hybrid-run") == scalars
+    new = len(runlog.LOSS_TERMS) + 2 * len(runlog.TRAIN_PER_LEVEL)  # one train record, 2 levels
+    assert again.exit_code == 0 and f"wrote {new} new values of 1 runs" in " ".join(
+        again.output.split()) and "(pip install tensorboard)" in again.output
+    grown = _events(tmp_path / "tb" / "hybrid-run")
+    assert grown["loss/total"] == [*scalars["loss/total"], (50, pytest.approx(0.5))]
+    assert grown["eval/heldout_recon"] == scalars["eval/heldout_recon"]
+    # A folder with event files another program wrote is refused.
+    (tmp_path / "other" / "hybrid-run").mkdir(parents=True)
+    (tmp_path / "other" / "hybrid-run" / "events.out.tfevents.1.host").write_bytes(b"")
+    refused = runner.invoke(cli.app, ["export", str(run_dir), "--tensorboard",
+                                      str(tmp_path / "other")])
+    assert refused.exit_code == 2 and "that rqvae export did not write" in refused.output
 
 
 @pytest.mark.parametrize("command", ["train", "sweep", "report", "eval", "encode", "plot",
