@@ -206,6 +206,8 @@ BAD_INPUTS = [
     (["--set", "run.num_devices=64"], "run.num_devices is 64 but only 1 cpu devices are visible"),
     (["--steps", 10**12], "steps must be at most 2,147,483,647 (a 32-bit integer on the device)"),
     (["--set", "transport.anchor_window=3000000000"], "transport.anchor_window must be at most"),
+    (["--set", "model.num_codes=1000000000"],
+     "this run needs more than a device's"),  # which would hang in allocation
 ]
 
 

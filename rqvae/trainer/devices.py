@@ -55,6 +55,41 @@ def make_mesh(cfg: TrainerConfig) -> Mesh:
     return Mesh(np.array(devices[:count]), (DATA_AXIS,))
 
 
+def check_memory(cfg: TrainerConfig, num_train: int) -> None:
+    """Refuses a run whose largest arrays alone exceed a device's memory, before anything is
+    written or allocated: the codebooks with their two Adam moments, each step's B x K distances
+    per level (a grid latent: every position a point), and the training split placed on the
+    device. A lower bound on what the run needs: XLA would fail, or the host swap, later."""
+    m = cfg.model
+    codebooks = 3 * (1 if m.shared_codebook else m.num_levels) * m.num_codes * m.latent_dim * 4
+    points = cfg.batch_size * m.points_per_image // (cfg.run.num_devices or len(jax.devices()))
+    distances = m.num_levels * points * m.num_codes * 4
+    data = num_train * m.input_dim * 4
+    available = device_memory()
+    if available and codebooks + distances + data > available:
+        raise ConfigError(
+            f"this run needs more than a device's {_gib(available)} of memory: the codebooks "
+            f"and their Adam moments take {_gib(codebooks)}, a step's distances to the codes "
+            f"{_gib(distances)}, the training split {_gib(data)}; lower model.num_codes, "
+            f"model.latent_dim or batch_size")
+
+
+def device_memory() -> int | None:
+    """Bytes a device can hold: an accelerator's limit, the host's memory for the CPU; None if
+    unknown."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
 def replicate(tree, mesh: Mesh):
     """Host or device arrays -> global arrays with a full copy on every device of the mesh.
 

@@ -116,6 +116,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training split of "
                           f"{dataset.name} ({len(dataset.train)} images); lower --batch-size")
     devices.make_mesh(cfg)  # enough devices, and a batch that splits evenly across them
+    devices.check_memory(cfg, len(dataset.train))
     if resume:
         retired = config_lib.retired_values(explicit / CONFIG_FILE)
         if retired:
