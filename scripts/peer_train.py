@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from vector_quantize_pytorch import ResidualVQ
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rqvae.trainer import config as config_lib  # noqa: E402
-from rqvae.trainer import data, launch, rundir  # noqa: E402
-from rqvae.trainer.evaluate import constant_recon  # noqa: E402
+from rqvae.trainer import config as config_lib
+from rqvae.trainer import data, launch, rundir
+from rqvae.trainer.evaluate import constant_recon
 
 _spec = importlib.util.spec_from_file_location(
     "torch_baseline", Path(__file__).with_name("torch_baseline.py"))

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rqvae.trainer import runlog
 
-METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "peer", "wasserstein", "hybrid",
-                "hybrid-every-code",
+METHOD_ORDER = ["traditional", "traditional-sum", "kmeans", "restart", "peer", "wasserstein",
+                "hybrid", "hybrid-every-code",
                 "hybrid-all-levels", "hybrid-relative", "hybrid-relative-eps0.02",
                 "hybrid-relative-queue", "hybrid-relative-encoder-grad", "hybrid-original"]
 
