@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -192,7 +193,8 @@ def prepare(out: Path, plan: Plan, resume: bool) -> None:
 
 class Interrupted(Exception):
     def __init__(self, signum: int):
-        super().__init__(f"sweep interrupted by signal {signum}")
+        super().__init__(f"sweep interrupted by {signal.Signals(signum).name}: the runs under way "
+                         f"stopped after their step with a checkpoint")
         self.signum = signum
 
 
@@ -211,7 +213,7 @@ def execute(plan: Plan, out: Path, parallel: int, steps: int | None, say
         else:
             todo.append((run, state == "resume"))
     free, active = slots(parallel), {}
-    stop = []
+    stop, signalled = [], set()
     previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -220,15 +222,18 @@ def execute(plan: Plan, out: Path, parallel: int, steps: int | None, say
                 run, resume = todo.pop(0)
                 env = free.pop(0)
                 log = open(out / LOGS_DIR / f"{run.name}.log", "a")
+                # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which
+                # passes each run one SIGTERM (a second would quit it without a checkpoint).
                 process = subprocess.Popen(command(plan, run, out / run.name, resume),
                                            stdout=log, stderr=subprocess.STDOUT,
-                                           env={**os.environ, **env})
+                                           env={**os.environ, **env}, start_new_session=True)
                 active[process] = (run, env, log)
                 say(f"started {run.name}" + (" (resuming)" if resume else "")
                     + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env else ""))
             if stop and active:
-                for process in active:
+                for process in set(active) - signalled:
                     process.send_signal(signal.SIGTERM)
+                    signalled.add(process)
             for process in [p for p in active if p.poll() is not None]:
                 run, env, log = active.pop(process)
                 log.close()
@@ -292,7 +297,7 @@ def _steps(train_args: list[str]) -> int | None:
 def _outcome(returncode: int) -> str:
     if returncode == 0:
         return "completed"
-    if returncode >= 128:
+    if returncode >= 128 or returncode < 0:  # a signal's exit code, or killed by one
         return "interrupted"
     return "failed"
 
@@ -338,7 +343,10 @@ def sweep_command(
     try:
         outcomes, bad_input = execute(plan, out, parallel, steps, say)
     except Interrupted as err:
-        support.fail(f"{err}; continue with the same command and --resume", code=128 + err.signum)
+        again = shlex.join(["rqvae", *sys.argv[1:], *([] if "--resume" in sys.argv else
+                                                       ["--resume"])])
+        support.fail(f"{err}; continue with the same command and --resume: {again}",
+                     code=128 + err.signum)
     if bad_input:
         support.fail(f"a run was refused, and every run would be: {bad_input.splitlines()[-1]}")
     failed = sorted(name for name, outcome in outcomes.items() if outcome != "completed"

@@ -84,23 +84,30 @@ def test_train_flags_for_every_run_are_checked_before_any_starts(tmp_path, args,
     assert sorted(tmp_path.iterdir()) == []  # no sweep folder, no ./foo
 
 
-def test_a_sweep_stopped_by_sigterm_resumes_without_retraining_finished_runs(tiny_toml, tmp_path):
+def test_a_sweep_stopped_by_ctrl_c_saves_its_runs_and_resumes_without_retraining_finished_ones(tiny_toml, tmp_path):
     out = tmp_path / "sw"
     args = ["-c", tiny_toml, "--grid", "lambda_wasserstein=0,0.5", "--seeds", "0", "--out", out,
             *TRAIN]
     process = subprocess.Popen([sys.executable, "-m", "rqvae.cli", "sweep", *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=tmp_path)
+                               cwd=tmp_path, start_new_session=True)
     first = out / "lw0-seed0"
     deadline = time.time() + 120
     while not (first / "metrics.jsonl").is_file() or not any(
             r["kind"] == "end" for r in runlog.read(first)):
         assert time.time() < deadline and process.poll() is None
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)  # while the second run trains, or is about to start
+    # Ctrl-C at a terminal: SIGINT to the whole process group, while the second run trains or
+    # is about to start. The sweep alone gets it, and passes the run one SIGTERM.
+    os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, err
-    assert "continue with the same command and --resume" in " ".join(err.split())
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "continue with the same command and --resume: rqvae sweep" in " ".join(err.split())
+    assert "failed" not in err
+    stopped = [r for r in runlog.read(out / "lw0.5-seed0") if r["kind"] == "end"] if (
+        out / "lw0.5-seed0" / "metrics.jsonl").is_file() else []
+    assert all(r["status"] == "interrupted" and "checkpoint saved" in r["reason"]
+               for r in stopped)
     finished = (first / "metrics.jsonl").read_bytes()
     result = _sweep(*args, "--resume", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
