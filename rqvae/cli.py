@@ -57,7 +57,8 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="TOML config file, or a preset's name (rqvae configs).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Run directory; default runs/<config>-<changed settings>-<time>.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config key, repeatable: --set model.num_codes=256 --set remedies.kmeans_init=true.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its newest checkpoint that reads back.")] = False,
+    step: Annotated[Optional[int], typer.Option("--step", metavar="N", help="With --resume: the checkpoint to continue from; newer ones are set aside.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the resolved config, and a line per logged step also on a terminal.")] = False,
     *,
@@ -74,22 +75,28 @@ def train(
       rqvae train -c restart --set model.num_codes=256
       srun rqvae train -c mnist --set run.distributed=true       # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
+      rqvae train --resume --run-dir runs/x --step 4000   # from an earlier checkpoint
     """
     if quiet and verbose:
         support.fail("--quiet and --verbose contradict each other; pass one")
     if resume and run_dir is None:
         support.fail("--resume needs --run-dir naming the run to continue")
+    if step is not None and not resume:
+        support.fail("--step chooses the checkpoint a --resume continues from; add --resume")
     with support.user_errors():
         cfg = support.train_config(config, run_dir, set_ or [], overrides, resume)
         support.use_compilation_cache()
         from rqvae.trainer import devices, launch
         from rqvae.trainer import loop as train_lib  # JAX loads here, after the cheap checks
 
-        run = launch.open_run(cfg, name=support.run_name(config, cfg), resume=resume)
-    from rqvae.trainer.progress import Display, print_start, print_summary
+        run = launch.open_run(cfg, name=support.run_name(config, cfg), resume=resume,
+                              resume_step=step)
+    from rqvae.trainer.progress import Display, print_set_aside, print_start, print_summary
 
     quiet = quiet or not devices.is_primary()  # in a multi-host run, process 0 alone prints
     console = support.console()
+    if devices.is_primary():
+        print_set_aside(run, console)
     if not quiet:
         print_start(run, console, devices, resume)
     elif resume and run.resume_from is None and devices.is_primary():  # said even with --quiet

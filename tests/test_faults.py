@@ -178,6 +178,46 @@ def test_left_over_temporary_checkpoint_is_ignored_and_cleaned(fault_setup, tmp_
     _assert_same_as_reference(run_dir, reference)
 
 
+def _flip_bits(checkpoint_dir):
+    for data_file in (checkpoint_dir / "default").rglob("d/*"):
+        raw = bytearray(data_file.read_bytes())
+        raw[16::7] = bytes(b ^ 0xFF for b in raw[16::7])
+        data_file.write_bytes(bytes(raw))
+
+
+def test_a_corrupt_newest_checkpoint_is_named_and_set_aside_and_the_run_resumes_bitwise(
+        fault_setup, tmp_path):
+    config, reference = fault_setup
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)  # checkpoints at 100, 110 and 120 (keep 5: 80-120)
+    _flip_bits(run_dir / "checkpoints" / "120")
+    evaluated = CliRunner().invoke(app, ["eval", str(run_dir)])
+    assert evaluated.exit_code == 2 and evaluated.output.count("\n") == 1, evaluated.output
+    assert ("the checkpoint at step 120 of" in evaluated.output
+            and "pass --step with another of its checkpoints: 80, 90, 100, 110"
+            in " ".join(evaluated.output.split()))
+    # --step picks an earlier one; the newer ones are set aside, kept.
+    refused = CliRunner().invoke(app, ["train", "--resume", "--run-dir", str(run_dir),
+                                       "--step", 95])
+    assert refused.exit_code == 2 and "has no checkpoint at step 95; it has 80, 90, 100, 110, " \
+        "120" in " ".join(refused.output.split())
+    result = CliRunner().invoke(app, ["train", "--resume", "--run-dir", str(run_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "set aside the checkpoint at step 120 (does not read back: " in result.output
+    assert sorted(p.name for p in (run_dir / rundir.SET_ASIDE_DIR).iterdir()) == ["120"]
+    _assert_same_as_reference(run_dir, reference)
+    # --step picks an earlier checkpoint; the newer ones are set aside too, and kept.
+    earlier = tmp_path / "earlier"
+    shutil.copytree(reference, earlier)
+    result = CliRunner().invoke(app, ["train", "--resume", "--run-dir", str(earlier), "-q",
+                                      "--step", 100])
+    assert result.exit_code == 0, result.output
+    assert "set aside the checkpoint at step 110 (newer than --step)" in " ".join(
+        result.output.split())
+    assert sorted(p.name for p in (earlier / rundir.SET_ASIDE_DIR).iterdir()) == ["110", "120"]
+    _assert_same_as_reference(earlier, reference)
+
+
 def test_a_multi_host_run_without_a_coordinator_is_one_line_and_writes_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "SLURM"))}
     result = subprocess.run(_command("train", "--steps", "2", "--run-dir", tmp_path / "run"),

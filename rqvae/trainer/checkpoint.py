@@ -7,12 +7,13 @@ Arrays are stored as tensorstore/OCDBT data, never pickled.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from rqvae.trainer.rundir import CHECKPOINT_DIR
+from rqvae.trainer.rundir import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 
 def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -46,3 +47,38 @@ def restore(mngr: ocp.CheckpointManager, step: int, like):
     """Restores the state saved at `step` into the structure, shapes and dtypes of `like`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def newest_readable(run_dir: str | Path, steps: list[int]) -> tuple[int | None, list[tuple]]:
+    """The newest of `steps` whose checkpoint reads back whole, and (step, why) for each newer
+    one that does not (flipped bits, a cut-off file). Reads every array of each one tried."""
+    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+    unreadable = []
+    options = ocp.CheckpointManagerOptions(create=False)
+    with ocp.CheckpointManager(directory, options=options) as mngr:
+        for step in sorted(steps, reverse=True):
+            try:
+                jax.block_until_ready(mngr.restore(step, args=ocp.args.StandardRestore()))
+                return step, unreadable
+            except Exception as err:  # orbax and tensorstore raise many kinds for bad bytes
+                unreadable.append((step, f"does not read back: {reason(err)}"))
+    return None, unreadable
+
+
+def reason(err: Exception) -> str:
+    """A failed read's error in a phrase: its type and first sentence."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text.split('. ')[0]}"[:120]
+
+
+def set_aside(run_dir: str | Path, steps: list[int]) -> Path:
+    """Moves the checkpoints of `steps` out of the way of a resume from an earlier one, into
+    <run_dir>/checkpoints-set-aside/<step>/ (kept, not deleted); returns that folder."""
+    folder = Path(run_dir) / SET_ASIDE_DIR
+    for step in steps:
+        target = folder / str(step)
+        if target.exists():  # set aside before, and trained past again since
+            shutil.rmtree(target)
+        folder.mkdir(exist_ok=True)
+        (Path(run_dir) / CHECKPOINT_DIR / str(step)).rename(target)
+    return folder

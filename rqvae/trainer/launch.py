@@ -66,6 +66,9 @@ class Run:
     lock: Lock | None  # held while training; None on processes other than 0
     resume_from: int | None  # the checkpoint step it continues from; None: from step 0
     changed: dict[str, list]  # on a resume, the settings that changed: {key: [old, new]}
+    # On a resume: the newer checkpoints moved to rundir.SET_ASIDE_DIR, each with why (it does
+    # not read back, or --step chose an earlier one).
+    set_aside: tuple[tuple[int, str], ...] = ()
 
 
 def with_data_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
@@ -75,21 +78,37 @@ def with_data_shape(cfg: TrainerConfig, dataset: Dataset) -> TrainerConfig:
     return config_lib.validate(dataclasses.replace(cfg, model=model))
 
 
-def _resume_point(run_dir: Path, cfg: TrainerConfig) -> int | None:
-    """The newest checkpoint's step, after the checks a resume needs."""
+def _resume_point(run_dir: Path, step: int | None) -> tuple[int | None, list[tuple[int, str]]]:
+    """The checkpoint a resume continues from, `step` or else the newest that reads back whole,
+    and the newer ones to set aside with why; (None, []) for a run without checkpoints."""
     from rqvae.trainer import checkpoint
 
     if not holds_run(run_dir):
         raise UserError(f"{run_dir} holds no run to resume; check --run-dir")
-    return checkpoint.latest_step(run_dir)
+    steps = checkpoint.all_steps(run_dir)
+    if step is not None and step not in steps:
+        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has "
+                        f"{', '.join(map(str, steps)) or 'none'}")
+    candidates = [s for s in steps if step is None or s <= step]
+    if not candidates:
+        return None, []
+    readable, unreadable = checkpoint.newest_readable(run_dir, candidates)
+    if readable is None:
+        raise UserError(f"no checkpoint of {run_dir} reads back (step {unreadable[0][0]}: "
+                        f"{unreadable[0][1]}); start a new --run-dir")
+    why = dict(unreadable)
+    return readable, [(s, why.get(s, "newer than --step")) for s in steps if s > readable]
 
 
-def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
+def open_run(cfg: TrainerConfig, *, name: str, resume: bool, resume_step: int | None = None
+             ) -> Run:
     """Checks everything a run needs, then claims its directory and writes config.toml.
 
     Every check comes before the first write, so a refused command leaves no trace and never
     touches an existing run. A resume of a run that has no checkpoint yet starts from step 0
-    (`resume_from` None). Raises ConfigError or UserError with the problem and its fix.
+    (`resume_from` None); it continues from `resume_step`, or else the newest checkpoint that
+    reads back, and sets the newer ones aside. Raises ConfigError or UserError with the problem
+    and its fix.
     """
     from rqvae.trainer import data, devices
 
@@ -101,9 +120,9 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
     explicit = Path(cfg.run.run_dir) if cfg.run.run_dir else None
     if explicit is not None:
         check_writable(explicit)
-    resume_from, changed = None, {}
+    resume_from, changed, newer = None, {}, []
     if resume:
-        resume_from = _resume_point(explicit, cfg)
+        resume_from, newer = _resume_point(explicit, resume_step)
     elif explicit is not None and holds_run(explicit):
         raise UserError(f"{explicit} already holds a run; pass --resume to continue it, or "
                         f"choose a new --run-dir")
@@ -147,6 +166,10 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
                                 f"or choose a new --run-dir")
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run,
                                                                    run_dir=str(run_dir)))
+            if newer:
+                from rqvae.trainer import checkpoint
+
+                checkpoint.set_aside(run_dir, [step for step, _ in newer])
             if changed or (resume and resume_from is None):
                 record_resume(run_dir, resume_from or 0, changed)
             write_config(run_dir, config_lib.dumps(cfg))
@@ -155,7 +178,7 @@ def open_run(cfg: TrainerConfig, *, name: str, resume: bool) -> Run:
             raise
     else:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
-    return Run(cfg, dataset, run_dir, lock, resume_from, changed)
+    return Run(cfg, dataset, run_dir, lock, resume_from, changed, tuple(newer))
 
 
 def load_trained(run_dir: Path, step: int | None = None):
@@ -189,6 +212,13 @@ def load_train_state(run_dir: Path, step: int | None = None):
     dataset = data.load(cfg.data)
     cfg = with_data_shape(cfg, dataset)
     step_cfg = config_lib.step_config(cfg)
+    like = init_state(step_cfg, len(dataset.train))
     with checkpoint.manager(run_dir, cfg.run.keep_checkpoints) as mngr:
-        state = checkpoint.restore(mngr, step, init_state(step_cfg, len(dataset.train)))
+        try:
+            state = checkpoint.restore(mngr, step, like)
+        except Exception as err:  # orbax and tensorstore raise many kinds for bad bytes
+            others = ", ".join(str(s) for s in saved_steps if s != step) or "none"
+            raise UserError(f"the checkpoint at step {step} of {run_dir} does not read back "
+                            f"({checkpoint.reason(err)}); pass --step with another of its "
+                            f"checkpoints: {others}") from None
     return cfg, step_cfg, dataset, state, step

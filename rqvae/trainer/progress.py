@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.text import Text
 
 from rqvae.trainer import runlog
+from rqvae.trainer.rundir import SET_ASIDE_DIR
 from rqvae.trainer.runlog import LOSS_TERMS
 
 RATE_WINDOW_S = 10.0  # seconds of progress the rate and ETA are measured over
@@ -258,6 +259,14 @@ def print_summary(summary: dict, run_dir: Path, console, quiet: bool = False) ->
         console.print(f"[bold red]collapsed[/]: {runlog.collapse_note(last_eval)}; the model "
                       "learned nothing of its input", highlight=False)
     console.print(f"next: [bold]rqvae report {run_dir}[/]", highlight=False)
+
+
+def print_set_aside(run, console) -> None:
+    """The checkpoints a resume moved out of its way, each with why: said even with --quiet,
+    since the run's files moved."""
+    for step, why in run.set_aside:
+        console.print(f"set aside the checkpoint at step {step} ({why}) in "
+                      f"{run.run_dir / SET_ASIDE_DIR}", highlight=False, soft_wrap=True)
 
 
 def print_start(run, console, devices, resume: bool) -> None:

@@ -28,6 +28,7 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 RESUMES_FILE = "resumes.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+SET_ASIDE_DIR = "checkpoints-set-aside"  # newer checkpoints a resume from an earlier one moved
 LOCK_FILE = ".lock"
 # A sweep's folder (`rqvae sweep`) holds a run directory per run beside these two.
 SWEEP_FILE = "sweep.json"
