@@ -178,6 +178,26 @@ def test_left_over_temporary_checkpoint_is_ignored_and_cleaned(fault_setup, tmp_
     _assert_same_as_reference(run_dir, reference)
 
 
+def test_a_disk_without_room_for_a_checkpoint_stops_the_run_in_one_line(tmp_path,
+                                                                         monkeypatch):
+    # A full disk: 300 kB free, where a checkpoint of the tiny run takes over 1 MB.
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=300_000))
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    result = CliRunner().invoke(app, ["train", "-c", str(tmp_path / "tiny.toml"), "--run-dir",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split("error: ")[-1].split())
+    assert line.startswith("cannot save the checkpoint at step 15: ") and (
+        "has 0.3 MiB free and a checkpoint needs" in line and "last good checkpoint: none yet"
+        in line), line
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert checkpoint.all_steps(tmp_path / "run") == []
+    (end,) = [r for r in runlog.read(tmp_path / "run") if r["kind"] == "end"]
+    assert end["status"] == "failed" and end["step"] == 15
+
+
 def _flip_bits(checkpoint_dir):
     for data_file in (checkpoint_dir / "default").rglob("d/*"):
         raw = bytearray(data_file.read_bytes())

@@ -65,6 +65,40 @@ def newest_readable(run_dir: str | Path, steps: list[int]) -> tuple[int | None, 
     return None, unreadable
 
 
+# Room a checkpoint needs beyond its arrays' bytes: metadata, OCDBT manifests.
+SAVE_MARGIN_BYTES = 1 << 20
+
+
+def room_for(run_dir: str | Path, state) -> str | None:
+    """Why the disk under the run's checkpoints cannot take one more of `state` (its arrays
+    uncompressed, and a margin), or None when it can."""
+    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_MARGIN_BYTES
+    try:
+        free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return (f"{directory} has {free / 2**20:,.1f} MiB free and a checkpoint needs "
+            f"{needed / 2**20:,.1f} MiB")
+
+
+def save_failure(run_dir: str | Path, step: int, err: Exception, kept: int | None) -> str:
+    """One line on a checkpoint save that failed: where, why, the space left, what was kept."""
+    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+    text = str(err)
+    why = "no space left on the disk" if "No space left" in text or "RESOURCE_EXHAUSTED" in text \
+        else reason(err)
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    last = f"step {kept}" if kept is not None else "none yet"
+    return (f"saving the checkpoint at step {step} in {directory} failed ({why}; {free}); last "
+            f"good checkpoint: {last}; make room, then resume with --resume --run-dir {run_dir}")
+
+
 def reason(err: Exception) -> str:
     """A failed read's error in a phrase: its type and first sentence."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""

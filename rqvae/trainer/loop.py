@@ -162,7 +162,7 @@ def fit(run: Run, *, display) -> dict:
         last_kept = runlog.truncate_after(run_dir, start)
         time_offset = last_kept.get("time", 0.0) if last_kept else 0.0
     images = devices.replicate(dataset.train, mesh)
-    last_checkpoint = run.resume_from
+    last_checkpoint = saving = run.resume_from
     summary: dict = {}
     pending = None  # (step, on-device metrics) awaiting a lagged fetch
     t0 = time.perf_counter()
@@ -184,12 +184,30 @@ def fit(run: Run, *, display) -> dict:
         display.log(summary["train"])
 
     def save(step):
-        nonlocal last_checkpoint
+        nonlocal last_checkpoint, saving
         flush()
         if int(jax.device_get(state.failed_step)) >= 0:
             raise TrainingFailed(_failure_message(state, last_checkpoint))
+        check_saves()
+        problem = checkpoint.room_for(run_dir, state)
+        if problem:  # before orbax starts writing, whose threads would each print a traceback
+            kept = "none yet" if last_checkpoint is None else f"step {last_checkpoint}"
+            raise TrainingFailed(f"cannot save the checkpoint at step {step}: {problem}; last "
+                                 f"good checkpoint: {kept}; make room, then resume with --resume "
+                                 f"--run-dir {run_dir}")
         checkpoint.save(mngr, step, state)
-        last_checkpoint = step
+        saving, last_checkpoint = step, step
+
+    def check_saves(wait=False):
+        """Stops at the first checkpoint save that failed (a full disk), saying where."""
+        nonlocal last_checkpoint
+        try:
+            mngr.wait_until_finished() if wait else mngr.check_for_errors()
+        except Exception as err:  # orbax re-raises what its writer thread met
+            kept = [s for s in checkpoint.all_steps(run_dir) if s != saving]
+            last_checkpoint = kept[-1] if kept else None
+            raise TrainingFailed(checkpoint.save_failure(run_dir, saving, err, last_checkpoint)
+                                 ) from None
 
     def at(step, every):
         return step % every == 0 or step == cfg.steps
@@ -220,6 +238,7 @@ def fit(run: Run, *, display) -> dict:
                     calls.timed(end - step, time.perf_counter() - call_start)
                 step, call_index = end, call_index + 1
                 display.advance(step)
+                check_saves()
                 if at(step, cfg.run.eval_every):
                     flush()
                     summary["eval"] = {"kind": "eval", "step": step, "time": elapsed(),
@@ -232,10 +251,10 @@ def fit(run: Run, *, display) -> dict:
                 if signals.signum is not None:
                     if last_checkpoint != step:
                         save(step)
-                    mngr.wait_until_finished()
+                    check_saves(wait=True)
                     raise Interrupted(signals.signum, step)
             flush()
-            mngr.wait_until_finished()
+            check_saves(wait=True)
         except (TrainingFailed, Interrupted) as err:
             status = "failed" if isinstance(err, TrainingFailed) else "interrupted"
             log.write(_end_record(step, elapsed(), status, str(err)))
