@@ -151,6 +151,40 @@ def test_codebook_axes_name_the_projection():
     assert fig.axes[0].get_xlabel() == "latent dim 1"
 
 
+def test_the_codebooks_count_dead_codes_over_the_whole_split_as_the_report_does():
+    # Code 15 is picked by one point outside the sample drawn: alive, as report counts it.
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([_codes(rng, 16, (15, 15)), np.full((1, 2), 15)])
+    fig = plot.codebooks_figure(rng.normal(size=(2, 16, 5)), rng.normal(size=(2, 300, 5)), codes,
+                                points="training-image positions")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["level 1: 0 of 16 codes dead",
+                                                       "level 2: 0 of 16 codes dead"]
+    assert "level inputs (training-image positions, a sample)" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+    fig = plot.code_use_figure(codes, 16, points="training-image positions")
+    assert fig.axes[0].get_ylabel() == "training-image positions picking the code"
+
+
+def test_vector_runs_name_their_error_per_value_and_seeds_of_a_setting_share_a_colour(tmp_path):
+    runs = [_write_run(tmp_path / f"s{seed}", lambda_wasserstein=0.5) for seed in (0, 1)]
+    runs.append(_write_run(tmp_path / "plain"))
+    for run_dir, seed in zip(runs, (0, 1, 0)):  # vectors; seeds 0 and 1 of one setting
+        cfg = config.load(run_dir / "config.toml")
+        cfg = config.replace(cfg, {"seed": seed, "model.data_kind": "vectors",
+                                   "model.image_shape": [1, 64, 1]})
+        (run_dir / "config.toml").write_text(config.dumps(cfg))
+    fig = plot.losses_figure(runs)
+    recon = next(ax for ax in fig.axes if ax.get_title() == "recon")
+    assert recon.get_ylabel() == "MSE per vector value"
+    colours = [line.get_color() for line in recon.get_lines() if line.get_linestyle() == "-"]
+    assert colours[0] == colours[1] != colours[2]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len([label for label in legend if "lw" in label]) == 2  # one entry a setting
+    dead = plot.dead_codes_figure(runs)
+    lines = [line for line in dead.axes[0].get_lines() if line.get_linestyle() == "-"]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+
+
 def test_checkpoint_pictures_write_their_pngs(tmp_path):
     rng = np.random.default_rng(0)
     codes = _codes(rng, 16, (12, 16))
@@ -224,11 +258,15 @@ def test_a_grid_run_shows_each_image_beside_its_level_1_code_map():
     rng = np.random.default_rng(0)
     images, recons = rng.uniform(size=(4, 64)), rng.uniform(size=(4, 64))
     maps = rng.integers(0, 16, size=(4, 4, 4))
-    fig = plot.reconstructions_figure(images, recons, (8, 8, 1), count=4, code_maps_NxHxW=maps)
+    fig = plot.reconstructions_figure(images, recons, (8, 8, 1), count=4, code_maps_NxHxW=maps,
+                                      num_codes=16)
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 12 and [axes[i].get_ylabel() for i in (0, 4, 8)] == [
-        "held out", "L1 codes", "recon"]
+    assert len(axes) == 13 and [axes[i].get_ylabel() for i in (0, 4, 8)] == [
+        "held out", "level-1 codes", "recon"]
     np.testing.assert_array_equal(axes[5].get_images()[0].get_array(), maps[1])
+    # The maps' legend: one colour scale over every code, so a colour is one code in every map.
+    assert axes[12].get_ylabel() == "code index"
+    assert {axes[i].get_images()[0].get_clim() for i in range(4, 8)} == {(0, 15)}
 
 
 def test_three_levels_show_the_reconstruction_of_each_partial_sum():
@@ -237,7 +275,8 @@ def test_three_levels_show_the_reconstruction_of_each_partial_sum():
     fig = plot.reconstructions_figure(images, levels[-1], (8, 8, 1), count=4,
                                       level_recons_LxNxP=levels)
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [axes[i].get_ylabel() for i in (0, 4, 8, 12)] == ["held out", "L1", "L1-2", "recon"]
+    assert [axes[i].get_ylabel() for i in (0, 4, 8, 12)] == ["held out", "level 1",
+                                                              "levels 1-2", "recon"]
     np.testing.assert_allclose(axes[6].get_images()[0].get_array(),
                                levels[0][2].reshape(8, 8))
     np.testing.assert_allclose(axes[13].get_images()[0].get_array(),

@@ -33,12 +33,13 @@ PNG_NAMES = (LOSSES_PNG, CODE_USE_PNG, RECONSTRUCTIONS_PNG, CODEBOOKS_PNG)
 # a label fits beside its panel.
 LOSS_LABELS = {
     "total": "weighted sum of the terms",
-    "recon": "MSE per pixel (pixels in [0, 1])",
+    "recon": "MSE per pixel (pixels in [0, 1])",  # vectors: RECON_LABEL_VECTORS
     # Their form depends on codebook_loss (per level or on the sum of the codes): per element.
     "commit": "commitment loss, mean per latent element",
     "codebook": "codebook loss, mean per latent element",
     "wasserstein": "Sinkhorn OT cost, weighted sum of levels",
 }
+RECON_LABEL_VECTORS = "MSE per vector value"
 HELDOUT_STYLE = {"linestyle": "--", "marker": "o", "markersize": 3}
 DPI = 110
 DEAD_COLOR = "tab:red"
@@ -111,7 +112,10 @@ def losses_figure(run_dirs: Sequence[Path], log_scale: bool = False):
     rows = math.ceil(len(terms) / columns)
     fig = _new_figure(figsize=(4.6 * columns, 3.4 * rows + 0.6))
     axes = list(fig.subplots(rows, columns, squeeze=False).flat)
-    colors = [f"C{k % 10}" for k in range(len(run_dirs))]
+    labels = _setting_labels(run_dirs, names)
+    palette = {label: f"C{k % 10}" for k, label in enumerate(dict.fromkeys(labels))}
+    colors = [palette[label] for label in labels]
+    vectors = _data_kinds(run_dirs) == {"vectors"}
     for ax, term in zip(axes, terms):
         for color, run_train in zip(colors, train):
             ax.plot([r["step"] for r in run_train], [r[term] for r in run_train], color=color)
@@ -119,14 +123,43 @@ def losses_figure(run_dirs: Sequence[Path], log_scale: bool = False):
             for color, run_evals in zip(colors, evals):
                 ax.plot([r["step"] for r in run_evals], [r["heldout_recon"] for r in run_evals],
                         color=color, **HELDOUT_STYLE)
-        ax.set(xlabel="step", ylabel=LOSS_LABELS[term], title=term)
+        label = RECON_LABEL_VECTORS if term == "recon" and vectors else LOSS_LABELS.get(term, term)
+        ax.set(xlabel="step", ylabel=label, title=term)
         if log_scale:
             ax.set_yscale("log")
     for ax in axes[len(terms):]:  # the grid's spare panels
         ax.set_visible(False)
-    _losses_legend(fig, names if len(names) > 1 else [], colors, any(evals))
+    shown = list(palette) if len(names) > 1 else []
+    _losses_legend(fig, shown, list(palette.values()), any(evals))
     _title(fig, "loss curves", names)
     return fig
+
+
+def _setting_labels(run_dirs: Sequence[Path], names: list[str]) -> list[str]:
+    """Each run's label for its colour: the settings its group shares (runs that differ only in
+    their seed share a colour, as `report` groups them), or its name where no two runs share."""
+    from rqvae.reports.groups import group_runs
+    from rqvae.reports.runs import load_run
+
+    try:
+        runs = [load_run(d) for d in run_dirs]
+    except UserError:  # a run without train records: colours by run
+        return names
+    label_of = {run.path: label for label, members in group_runs(runs).items()
+                for run in members}
+    if len(set(label_of.values())) == len(runs):
+        return names
+    return [label_of.get(run.path, name) for run, name in zip(runs, names)]
+
+
+def _data_kinds(run_dirs: Sequence[Path]) -> set[str]:
+    """The runs' data kinds ("images", "vectors") as their configs say."""
+    kinds = set()
+    for run_dir in run_dirs:
+        config_path = Path(run_dir) / CONFIG_FILE
+        if config_path.is_file():
+            kinds.add(config_lib.load_saved(config_path).model.data_kind)
+    return kinds
 
 
 def _losses_legend(fig, names, colors, heldout: bool) -> None:
@@ -161,14 +194,17 @@ def loss_curves(run_dirs: Sequence[Path], out: Path, log_scale: bool = False) ->
 
 def dead_codes_figure(run_dirs: Sequence[Path]):
     """One panel per level: codes dead over the last run.dead_window steps (train records) and
-    codes no training image picks (eval records, markers), against step; runs by colour."""
+    codes no training image picks (eval records, markers), against step; a colour per setting
+    (the seeds of one setting share it, as `report` groups them), else per run."""
     names = [Path(d).resolve().name for d in run_dirs]
     records = [runlog.read(d) for d in run_dirs]
     levels = max((len(r.get("window_dead") or []) for rs in records for r in rs), default=0)
     fig = _new_figure(figsize=(4.6 * max(levels, 1), 3.6))
     axes = fig.subplots(1, max(levels, 1), squeeze=False)[0]
-    for k, (name, run_records) in enumerate(zip(names, records)):
-        color = f"C{k % 10}"
+    labels = _setting_labels(run_dirs, names)
+    palette = {label: f"C{k % 10}" for k, label in enumerate(dict.fromkeys(labels))}
+    for name, run_records in zip(labels, records):
+        color = palette[name]
         for level, ax in enumerate(axes[:levels]):
             train = [r for r in run_records if r["kind"] == "train"
                      and len(r.get("window_dead") or []) > level]
@@ -192,8 +228,10 @@ def dead_codes(run_dirs: Sequence[Path], out: Path) -> Path:
 # -- pictures from a checkpoint ---------------------------------------------------------------
 
 
-def code_use_figure(codes_NxL: np.ndarray, num_codes: int, run_name: str = ""):
-    """Per level, how many training images pick each code, codes sorted by use.
+def code_use_figure(codes_NxL: np.ndarray, num_codes: int, run_name: str = "",
+                    points: str = "training images"):
+    """Per level, how many of the `points` (training images, or their grid positions) pick each
+    code, codes sorted by use.
 
     Dead codes have zero height, so a bar cannot show them: sorted last, they get a red band over
     their range and a red tick each on the axis (a tick stays visible where one code among
@@ -208,7 +246,7 @@ def code_use_figure(codes_NxL: np.ndarray, num_codes: int, run_name: str = ""):
         if dead:
             _mark_dead(ax, np.arange(num_codes - dead, num_codes))
         ax.set(title=f"level {level + 1}: {dead} of {num_codes} codes dead",
-               xlabel="codes, sorted by use", ylabel="training images picking the code",
+               xlabel="codes, sorted by use", ylabel=f"{points} picking the code",
                xlim=(-0.5, num_codes - 0.5))
     _shared_legend(fig)
     _title(fig, "code use", [run_name] if run_name else [])
@@ -223,31 +261,40 @@ def _mark_dead(ax, dead_codes: np.ndarray) -> None:
                label="dead codes (picked by no training image)")
 
 
-def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path, run_name: str = "") -> Path:
-    return _save(code_use_figure(codes_NxL, num_codes, run_name), Path(out) / CODE_USE_PNG)
+def code_use(codes_NxL: np.ndarray, num_codes: int, out: Path, run_name: str = "",
+             points: str = "training images") -> Path:
+    return _save(code_use_figure(codes_NxL, num_codes, run_name, points),
+                 Path(out) / CODE_USE_PNG)
+
+
+CODE_MAP_ROW = "level-1 codes"
 
 
 def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 10,
-                           run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None):
+                           run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None,
+                           num_codes: int | None = None):
     """Held-out images (top row) above their reconstructions (bottom row); for a grid latent,
     their level-1 code maps between (a colour per code); with `level_recons_LxNxP` (the
     reconstruction from the first l levels' codes, l = 1 .. L), a row for each level before the
-    last, labelled by the levels it sums ("L1", "L1-2", ...)."""
+    last, labelled by the levels it sums ("level 1", "levels 1-2", ...)."""
     count = min(count, len(originals_NxP))
     rows = [("held out", originals_NxP)]
     if code_maps_NxHxW is not None:
-        rows.append(("L1 codes", code_maps_NxHxW))
+        rows.append((CODE_MAP_ROW, code_maps_NxHxW))
     if level_recons_LxNxP is not None:
-        rows += [("L1" if level == 0 else f"L1-{level + 1}", recons)
+        rows += [("level 1" if level == 0 else f"levels 1-{level + 1}", recons)
                  for level, recons in enumerate(level_recons_LxNxP[:-1])]
     rows.append(("recon", recons_NxP))
     fig = _new_figure(figsize=(1.2 * count, 1.5 * len(rows)))
     axes = fig.subplots(len(rows), count, squeeze=False)
+    top_code = (num_codes - 1 if num_codes else
+                int(np.max(code_maps_NxHxW)) if code_maps_NxHxW is not None else 0)
     for column in range(count):
         for row, (label, images) in enumerate(rows):
             ax = axes[row][column]
-            if label == "L1 codes":
-                ax.imshow(images[column], cmap="nipy_spectral", interpolation="nearest")
+            if label == CODE_MAP_ROW:  # one colour scale for every map, so colours compare
+                code_map = ax.imshow(images[column], cmap="nipy_spectral",
+                                     interpolation="nearest", vmin=0, vmax=top_code)
             else:
                 image = np.clip(images[column].reshape(image_shape), 0, 1)
                 ax.imshow(image[..., 0] if image_shape[-1] == 1 else image, cmap="gray",
@@ -256,34 +303,41 @@ def reconstructions_figure(originals_NxP, recons_NxP, image_shape, count: int = 
             ax.set_yticks([])
     for row, (label, _) in enumerate(rows):
         axes[row][0].set_ylabel(label)
+    if code_maps_NxHxW is not None:
+        row = [label for label, _ in rows].index(CODE_MAP_ROW)
+        fig.colorbar(code_map, ax=list(axes[row]), label="code index", fraction=0.02, pad=0.01)
     _title(fig, "held-out reconstructions", [run_name] if run_name else [])
     return fig
 
 
 def reconstructions(originals_NxP, recons_NxP, image_shape, out: Path, count: int = 10,
-                    run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None) -> Path:
+                    run_name: str = "", code_maps_NxHxW=None, level_recons_LxNxP=None,
+                    num_codes: int | None = None) -> Path:
     fig = reconstructions_figure(originals_NxP, recons_NxP, image_shape, count, run_name,
-                                 code_maps_NxHxW, level_recons_LxNxP)
+                                 code_maps_NxHxW, level_recons_LxNxP, num_codes)
     return _save(fig, Path(out) / RECONSTRUCTIONS_PNG)
 
 
-def codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name: str = ""):
-    """Each level's codes over the points it quantized, in 2-D: the first two principal
-    components of the level's inputs when the latent has more than two dimensions.
+def codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name: str = "",
+                     points: str = "training images"):
+    """Each level's codes over a sample of the points it quantized (`level_inputs_LxNxD`), in
+    2-D: the first two principal components of the level's inputs when the latent has more than
+    two dimensions.
 
-    Dead codes (picked by no training image) are hollow red circles.
+    Dead codes, picked by none of `codes_NxL` (the codes of the whole training split, as
+    `report` counts them), are hollow red circles.
     """
     levels = codebook_LxKxD.shape[0]
     fig = _new_figure(figsize=(5 * levels, 5.0))
     for level, ax in enumerate(fig.subplots(1, levels, squeeze=False)[0]):
-        points, codes = level_inputs_LxNxD[level], codebook_LxKxD[level]
-        points_2d, codes_2d = _project(points, codes)
+        inputs, codes = level_inputs_LxNxD[level], codebook_LxKxD[level]
+        points_2d, codes_2d = _project(inputs, codes)
         used = np.bincount(codes_NxL[:, level], minlength=len(codes)) > 0
-        ax.scatter(*points_2d.T, s=3, c="0.75", label="level inputs (training images)")
+        ax.scatter(*points_2d.T, s=3, c="0.75", label=f"level inputs ({points}, a sample)")
         ax.scatter(*codes_2d[used].T, s=25, c="tab:blue", label="codes in use")
         ax.scatter(*codes_2d[~used].T, s=40, facecolors="none", edgecolors=DEAD_COLOR,
                    label="dead codes")
-        x_label, y_label = _axis_labels(points.shape[1], level)
+        x_label, y_label = _axis_labels(inputs.shape[1], level)
         ax.set(title=f"level {level + 1}: {int((~used).sum())} of {len(codes)} codes dead",
                xlabel=x_label, ylabel=y_label)
     _shared_legend(fig)
@@ -298,8 +352,8 @@ def _axis_labels(latent_dim: int, level: int) -> tuple[str, str]:
 
 
 def codebooks(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, out: Path,
-              run_name: str = "") -> Path:
-    fig = codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name)
+              run_name: str = "", points: str = "training images") -> Path:
+    fig = codebooks_figure(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, run_name, points)
     return _save(fig, Path(out) / CODEBOOKS_PNG)
 
 
@@ -332,11 +386,12 @@ def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
         make_model(step_cfg).apply, method="reconstruct_levels"))(params, dataset.heldout[:10]))
     sample = dataset.train[:2000]
     _, aux = apply(params, sample)
+    points = "training-image positions" if cfg.model.latent == "grid" else "training images"
     return [
-        code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name),
+        code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name, points=points),
         reconstructions(dataset.heldout[:10], level_recons[-1], cfg.model.image_shape, out,
                         run_name=run_dir.name, code_maps_NxHxW=code_maps,
-                        level_recons_LxNxP=level_recons),
-        codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]),
-                  codes[: aux["level_inputs"].shape[1]], out, run_name=run_dir.name),
+                        level_recons_LxNxP=level_recons, num_codes=cfg.model.num_codes),
+        codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]), codes, out,
+                  run_name=run_dir.name, points=points),
     ]
