@@ -16,6 +16,8 @@ The quantizer as a library (docs/library.md), for your own Flax model and optax 
   params tree with its codebook replaced.
 - `codes_used`, `perplexity`: codebook health from `aux["counts"]`.
 - `sinkhorn_loss(points, codebook)`: the entropic OT cost between points and a codebook.
+- `load_run(path, step=None)`: a run trained by `rqvae train`, with `.encode(examples)` (codes)
+  and `.decode(codes)` (reconstructions).
 
 Everything else is internal. The names load on first use, so the command line starts without
 JAX.
@@ -37,6 +39,7 @@ _EXPORTS = {
     "with_codebook": "rqvae.quantizer.codebook",
     "codes_used": "rqvae.quantizer.metrics",
     "perplexity": "rqvae.quantizer.metrics",
+    "load_run": "rqvae.trainer.trained",
 }
 
 __all__ = sorted(_EXPORTS)

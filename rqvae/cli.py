@@ -75,7 +75,7 @@ def train(
       rqvae train -c restart --set model.num_codes=256
       srun rqvae train -c mnist --set run.distributed=true       # multi-host
       rqvae train --resume --run-dir runs/default-20261123-101500 --steps 8000
-      rqvae train --resume --run-dir runs/x --step 4000   # from an earlier checkpoint
+      rqvae train --resume --run-dir runs/x --step 4000    # an earlier checkpoint
     """
     if quiet and verbose:
         support.fail("--quiet and --verbose contradict each other; pass one")
@@ -228,15 +228,19 @@ def encode(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by `rqvae train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The .npy file to write.")],
     split: Annotated[str, typer.Option(metavar="SPLIT", help="'train' or 'heldout'.")] = "train",
+    dataset: Annotated[Optional[str], typer.Option(metavar="DATA", help="Another data set of the run's shape: npz:FILE (its 'train' or 'heldout' array, in order), digits or tfds:NAME. Default: the run's own.")] = None,
     step: Annotated[Optional[int], typer.Option(metavar="N", help="Checkpoint step; default the newest.")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Semantic IDs: each code tuple plus a last position that tells apart the examples sharing it (vector latents).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ):
     """Write the per-level code indices of a split, (images, levels) int32, to train a prior on.
 
-    Example:
+    Examples:
 
     \b
       rqvae encode runs/hybrid-20261123-101500 --out codes.npy --split train
+      rqvae encode runs/x --dataset npz:new.npz --out new_codes.npy
+      rqvae encode runs/items --dataset npz:items.npz --ids --out ids.npy
     """
     if split not in ("train", "heldout"):
         support.fail(f"--split must be 'train' or 'heldout', got '{split}'")
@@ -251,19 +255,85 @@ def encode(
     import numpy as np
     from rich.console import Console
 
-    from rqvae.trainer import launch
-    from rqvae.trainer.evaluate import encode as encode_images
+    from rqvae.trainer.trained import load_run, semantic_ids
 
     with support.user_errors():
-        _, step_cfg, dataset, params, step = launch.load_trained(run_dir, step)
-    codes = encode_images(params, getattr(dataset, split), step_cfg)
+        run = load_run(run_dir, step)
+        if ids and run.config.model.latent == "grid":
+            raise UserError("--ids gives one ID per example from its code tuple; a grid latent "
+                            "has a tuple per position: drop --ids")
+        codes = run.encode(run.split(dataset, split))
+    if ids:
+        codes, collisions = semantic_ids(codes)
+    _write_npy(out, codes)
+    grid = "".join(f" x {n}" for n in codes.shape[1:-1])  # a grid latent's positions
+    source = f"{split} split" + (f" of {dataset}" if dataset else "")
+    what = (f"semantic IDs ({codes.shape[-1] - 1} levels of codes and a de-duplicating "
+            f"position)" if ids else f"{codes.shape[-1]} levels of codes")
+    Console().print(f"wrote {out}: {codes.shape[0]} images{grid} x {what} (step {run.step}, "
+                    f"{source})", highlight=False)
+    if ids:
+        Console().print(collision_line(collisions), highlight=False)
+
+
+@app.command(short_help="Write the reconstructions of codes to .npy.")
+def decode(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by `rqvae train`.")],
+    codes_file: Annotated[Path, typer.Argument(metavar="CODES", help="An .npy of codes as `rqvae encode` writes them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The .npy file to write.")],
+    step: Annotated[Optional[int], typer.Option(metavar="N", help="Checkpoint step; default the newest.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+):
+    """Write the reconstructions of codes: images (N, H, W, C) float32 in [0, 1], or vectors (N, D).
+
+    Example:
+
+    \b
+      rqvae decode runs/x codes.npy --out recon.npy
+    """
+    from rqvae.trainer import rundir
+
+    with support.user_errors():
+        rundir.check_out_file(out, force)
+    if out.suffix != ".npy":
+        support.fail(f"--out {out}: the reconstructions are written as a NumPy array (np.save); "
+                     f"name a .npy file, e.g. {out.with_suffix('.npy')}")
+    support.use_compilation_cache()
+    import numpy as np
+    from rich.console import Console
+
+    from rqvae.trainer.trained import load_run
+
+    with support.user_errors():
+        try:
+            codes = np.load(codes_file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {codes_file} as an .npy array ({err}); pass the file "
+                            f"rqvae encode wrote") from None
+        run = load_run(run_dir, step)
+        recons = run.decode(codes)
+    _write_npy(out, recons)
+    Console().print(f"wrote {out}: {recons.shape[0]} reconstructions of shape "
+                    f"{recons.shape[1:]} (step {run.step})", highlight=False)
+
+
+def collision_line(collisions: dict) -> str:
+    """What `semantic_ids` found, in one line."""
+    c = collisions
+    return (f"collisions: {c['tuples_shared']} of {c['examples']} examples share their code tuple "
+            f"with another ({c['tuples_unique']} unique tuples; the largest group holds "
+            f"{c['tuples_largest_group']}); the last ID position tells them apart")
+
+
+def _write_npy(out: Path, array) -> None:
+    import numpy as np
+
+    from rqvae.trainer import rundir
+
     try:
-        rundir.write_atomically(out, lambda file: np.save(file, codes))
+        rundir.write_atomically(out, lambda file: np.save(file, array))
     except OSError as err:
         support.fail(f"cannot write {out} ({err.strerror}); choose another --out")
-    grid = "".join(f" x {n}" for n in codes.shape[1:-1])  # a grid latent's positions
-    Console().print(f"wrote {out}: {codes.shape[0]} images{grid} x {codes.shape[-1]} levels of "
-                    f"codes (step {step}, {split} split)", highlight=False)
 
 
 @app.command(short_help="Write PNGs of runs' curves, codes and reconstructions.")

@@ -55,7 +55,7 @@ def test_train_names_its_run_from_the_config_and_the_flags(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     seen = {}
 
-    def open_run(cfg, *, name, resume):
+    def open_run(cfg, *, name, resume, resume_step=None):
         seen["name"] = name
         raise ConfigError("stopped before training")
 

@@ -50,6 +50,13 @@ class ResidualVQ(nn.Module):
         return jnp.broadcast_to(self.codebook_param,
                                 (self.num_levels, self.num_codes, self.latent_dim))
 
+    def decode(self, indices: jax.Array) -> jax.Array:
+        """The quantized latents (..., D) of code indices (..., L): each level's picked code,
+        summed, as `__call__` returns them (without its straight-through gradient)."""
+        codebook_LxKxD = self.codebook
+        picked = [codebook_LxKxD[level][indices[..., level]] for level in range(self.num_levels)]
+        return sum(picked[1:], picked[0])
+
     def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"ResidualVQ(latent_dim={self.latent_dim}) got latents of shape "

@@ -58,6 +58,13 @@ def _print_heading(summary: dict, run: LoggedRun, console: Console) -> None:
     console.print(Text(f"run {summary['run']}: step {summary['steps_logged']}{of_steps}, {status}",
                        style="bold"))
     console.print(Text(summary["path"], style="dim"))
+    last_eval = summary["eval"] or {}
+    if last_eval.get("tuples_unique") is not None:
+        console.print(Text(f"code tuples (semantic IDs) at step {last_eval['step']}: "
+                           f"{last_eval['tuples_shared']} training examples share theirs with "
+                           f"another; {last_eval['tuples_unique']} unique, the largest group "
+                           f"{last_eval['tuples_largest_group']} (rqvae encode --ids tells them "
+                           f"apart)"))
 
 
 def _print_config(summary: dict, run: LoggedRun, console: Console) -> None:

@@ -51,6 +51,8 @@ Infinity, as Python's json writes it.
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
   - heldout_psnr: PSNR on the held-out split in dB (only if the eval logged it)
+  - constant_recon, tuples_unique, tuples_shared, tuples_largest_group: as in the eval record
+    (`rqvae.trainer.runlog`), where it logged them
 - heldout_history: every eval record in log order, [{step, heldout_recon}]
   - step, heldout_recon: as in eval
 - resumes: each time the run resumed, oldest first: from the log's resume records, or from
@@ -208,7 +210,9 @@ def select(steps: list[int], points: int = HISTORY_POINTS, last: int | None = No
 def _eval_summary(record: dict | None) -> dict | None:
     if record is None:
         return None
-    keys = ("step", "heldout_recon", *(["heldout_psnr"] if "heldout_psnr" in record else []))
+    keys = ("step", "heldout_recon", *(k for k in ("heldout_psnr", "constant_recon",
+                                                    "tuples_unique", "tuples_shared",
+                                                    "tuples_largest_group") if k in record))
     return {k: record.get(k) for k in keys}
 
 

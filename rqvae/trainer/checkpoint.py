@@ -49,6 +49,22 @@ def restore(mngr: ocp.CheckpointManager, step: int, like):
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def restore_params(run_dir: str | Path, step: int):
+    """The model parameters of the checkpoint at `step`, as saved (no template: the data set's
+    size, which shapes the rest of the state, need not be known). Raises UserError if they do
+    not read back."""
+    from rqvae.trainer.errors import UserError
+
+    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)
+                               ) as mngr:
+        try:
+            return jax.device_get(mngr.restore(step, args=ocp.args.StandardRestore())["params"])
+        except Exception as err:  # orbax and tensorstore raise many kinds for bad bytes
+            raise UserError(f"the checkpoint at step {step} of {run_dir} does not read back "
+                            f"({reason(err)})") from None
+
+
 def newest_readable(run_dir: str | Path, steps: list[int]) -> tuple[int | None, list[tuple]]:
     """The newest of `steps` whose checkpoint reads back whole, and (step, why) for each newer
     one that does not (flipped bits, a cut-off file). Reads every array of each one tried."""

@@ -150,7 +150,7 @@ def _tfds_images(source, name: str) -> np.ndarray:
 
 
 def _npz(path: Path, cfg: DataConfig) -> Dataset:
-    arrays = _npz_arrays(path)
+    arrays = npz_arrays(path)
     if "train" not in arrays:
         raise UserError(f"{path} has no array 'train' (it has {sorted(arrays)}); save your "
                         f"data with np.savez(path, train=examples, heldout=optional_examples)")
@@ -164,7 +164,7 @@ def _npz(path: Path, cfg: DataConfig) -> Dataset:
     return _dataset(f"npz:{path}", train, heldout, kind)
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the .npz archive at `path`, read without unpickling anything."""
     if not path.is_file():
         raise UserError(f"npz file {path} not found; pass npz:<path to an .npz file>")
@@ -183,6 +183,13 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
                             f"numeric arrays") from None
         raise UserError(f"{path} is not a readable .npz archive ({err}); write it again with "
                         f"np.savez(path, train=array)") from None
+
+
+def as_examples(examples: np.ndarray, what: str) -> tuple[np.ndarray, tuple, str]:
+    """Any array of examples, checked as an npz's are: the flat float32 inputs (N, P), the
+    image shape ((1, D, 1) for vectors) and the kind."""
+    checked, kind = _checked_examples(np.asarray(examples), what)
+    return checked.reshape(len(checked), -1), tuple(int(d) for d in checked.shape[1:]), kind
 
 
 def _checked_examples(examples: np.ndarray, what: str) -> tuple[np.ndarray, str]:

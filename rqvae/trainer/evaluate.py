@@ -42,16 +42,20 @@ def _eval_chunk(params, x_BxP, valid_B, *, cfg: StepConfig):
     counts_LxK = metrics.code_counts(aux["indices"], cfg.model.num_codes,
                                      jnp.repeat(valid_B, positions))
     squared_error = jnp.sum(valid_B * jnp.mean((x_BxP - x_recon) ** 2, axis=-1))
-    return counts_LxK, squared_error
+    return counts_LxK, squared_error, aux["indices"]
 
 
 def _pass(params, images_NxP: np.ndarray, cfg: StepConfig):
-    """Code counts (L, K) and summed per-image MSE over a whole split."""
-    counts, squared_error = 0, 0.0
+    """Code counts (L, K), summed per-image MSE and, for a vector latent, every image's codes
+    (N, L) over a whole split."""
+    counts, squared_error, codes = 0, 0.0, []
     for x, valid in _chunks(images_NxP):  # summed on the host: no eager device ops
-        chunk_counts, chunk_error = jax.device_get(_eval_chunk(params, x, valid, cfg=cfg))
+        chunk_counts, chunk_error, indices_LxB = jax.device_get(
+            _eval_chunk(params, x, valid, cfg=cfg))
         counts, squared_error = counts + chunk_counts, squared_error + float(chunk_error)
-    return counts, squared_error
+        if cfg.model.latent != "grid":
+            codes.append(indices_LxB.T[valid.astype(bool)])
+    return counts, squared_error, np.concatenate(codes) if codes else None
 
 
 @jax.jit
@@ -66,8 +70,8 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
     The full pass of the training split is the definitive dead-code count: a code no training
     image picks is dead.
     """
-    train_counts, _ = _pass(params, dataset.train, cfg)
-    heldout_counts, heldout_error = _pass(params, dataset.heldout, cfg)
+    train_counts, _, train_codes = _pass(params, dataset.train, cfg)
+    heldout_counts, heldout_error, _ = _pass(params, dataset.heldout, cfg)
     train_used, train_perplexity, heldout_used, heldout_perplexity = (
         x.tolist() for x in jax.device_get(_usage(train_counts, heldout_counts)))
     mse = heldout_error / len(dataset.heldout)
@@ -80,7 +84,17 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
         "train_perplexity": train_perplexity,
         "heldout_used": heldout_used,
         "heldout_perplexity": heldout_perplexity,
+        **({} if train_codes is None else code_tuples(train_codes)),
     }
+
+
+def code_tuples(codes_NxL: np.ndarray) -> dict:
+    """How the examples' code tuples collide (a vector latent's, as semantic IDs): the eval
+    record's tuples_unique, tuples_shared (examples whose tuple another example has too) and
+    tuples_largest_group."""
+    _, counts = np.unique(codes_NxL, axis=0, return_counts=True)
+    return {"tuples_unique": int(len(counts)), "tuples_shared": int(counts[counts > 1].sum()),
+            "tuples_largest_group": int(counts.max())}
 
 
 def constant_recon(dataset: Dataset) -> float:
@@ -93,6 +107,24 @@ def constant_recon(dataset: Dataset) -> float:
 @functools.partial(jax.jit, static_argnames="cfg")
 def _encode_chunk(params, x_BxP, *, cfg: StepConfig):
     return make_model(cfg).apply(params, x_BxP, method=RQVAE.encode)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _decode_chunk(params, codes, *, cfg: StepConfig):
+    return make_model(cfg).apply(params, codes, method=RQVAE.decode)
+
+
+def decode(params, codes: np.ndarray, cfg: StepConfig) -> np.ndarray:
+    """The reconstructions (N, P) float32 of codes as `encode` gives them, in chunks of one
+    shape."""
+    size = min(EVAL_CHUNK, len(codes))
+    parts = []
+    for start in range(0, len(codes), size):
+        chunk = codes[start:start + size]
+        padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]),
+                                                 chunk.dtype)])
+        parts.append(np.asarray(_decode_chunk(params, padded, cfg=cfg))[:len(chunk)])
+    return np.concatenate(parts).astype(np.float32)
 
 
 def encode(params, images_NxP: np.ndarray, cfg: StepConfig) -> np.ndarray:

@@ -225,6 +225,10 @@ class RQVAE(nn.Module):
         """Per-level code indices of each image: (B, L), or (B, H', W', L) for a grid latent."""
         return self.quantizer(self.encoder(x_BxP))[1]
 
+    def decode(self, codes: jax.Array) -> jax.Array:
+        """The reconstruction (B, P) from code indices as `encode` gives them."""
+        return self._output(self.decoder(self.quantizer.decode(codes)))
+
 
 @jax.custom_jvp
 def sigmoid_with_constant_slope(logits):

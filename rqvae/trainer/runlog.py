@@ -21,7 +21,9 @@ This module defines every record's keys and their meaning; writers and readers u
   "heldout_recon" (MSE over the held-out split), "heldout_psnr" (dB, pixels in [0, 1]),
   "constant_recon" (the held-out MSE of the training split's mean example: what the best output
   that ignores its input reaches; a run whose heldout_recon is no lower has collapsed,
-  `collapsed`), and per level the EVAL_PER_LEVEL keys:
+  `collapsed`), for a vector latent how the training examples' code tuples collide (semantic
+  IDs): "tuples_unique", "tuples_shared" (examples whose tuple another one has too) and
+  "tuples_largest_group", and per level the EVAL_PER_LEVEL keys:
   - train_used, train_dead: codes some / no training image picks, over a full pass of the
     training split (the definitive dead-code count)
   - train_perplexity: perplexity of the codes over that full pass
@@ -66,7 +68,8 @@ from rqvae.trainer.rundir import METRICS_FILE
 TRANSPORT_PER_LEVEL = ("transport_cost", "sinkhorn_marginal_error", "solve_epsilon")
 TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *TRANSPORT_PER_LEVEL,
                    "anchor_stale")
-EVAL_SCALARS = ("heldout_recon", "heldout_psnr", "constant_recon")
+EVAL_SCALARS = ("heldout_recon", "heldout_psnr", "constant_recon", "tuples_unique",
+                "tuples_shared", "tuples_largest_group")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")
 
