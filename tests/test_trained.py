@@ -85,7 +85,7 @@ def test_encode_any_npz_and_decode_codes_from_the_shell(trained):
 
 
 def test_semantic_ids_are_unique_and_encode_reports_the_collisions(trained):
-    root, run, digits = trained
+    root, run, _ = trained
     codes = np.array([[3, 1], [0, 2], [3, 1], [3, 1], [0, 2], [5, 5]])
     ids, collisions = semantic_ids(codes)
     np.testing.assert_array_equal(ids[:, :2], codes)

@@ -93,7 +93,7 @@ def code_tuples(codes_NxL: np.ndarray) -> dict:
     record's tuples_unique, tuples_shared (examples whose tuple another example has too) and
     tuples_largest_group."""
     _, counts = np.unique(codes_NxL, axis=0, return_counts=True)
-    return {"tuples_unique": int(len(counts)), "tuples_shared": int(counts[counts > 1].sum()),
+    return {"tuples_unique": len(counts), "tuples_shared": int(counts[counts > 1].sum()),
             "tuples_largest_group": int(counts.max())}
 
 
