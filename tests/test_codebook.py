@@ -7,7 +7,7 @@ import pytest
 from rqvae.quantizer import metrics
 from rqvae.quantizer.codebook import (
     kmeans_codebooks,
-    reset_adam_moments,
+    reset_moments,
     restart_dead_codes,
     stale_codes,
 )
@@ -188,20 +188,28 @@ def test_restart_rejects_a_threshold_below_one():
                            jax.random.key(0), threshold=0)
 
 
-def test_reset_adam_moments_zeros_only_the_restarted_rows():
+@pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum", "multi_transform", "sgd"])
+def test_reset_moments_zeros_only_the_restarted_rows_of_any_optimizer(optimizer):
     params = {"params": {"codebook": jnp.ones((L, K, D)), "encoder": {"kernel": jnp.ones((3, 2))}}}
-    opt_state = optax.adam(1e-3).init(params)
-    moments = jax.tree.map(lambda p: np.arange(1, p.size + 1, dtype=np.float32).reshape(p.shape),
-                           params)
-    opt_state = (opt_state[0]._replace(mu=moments, nu=moments), *opt_state[1:])
+    tx = {"adam": optax.adam(1e-3), "sgd-momentum": optax.sgd(0.1, momentum=0.9),
+          "sgd": optax.sgd(0.1),
+          "multi_transform": optax.multi_transform(
+              {"vq": optax.adam(1e-3), "net": optax.sgd(0.1, momentum=0.9)},
+              {"params": {"codebook": "vq", "encoder": {"kernel": "net"}}})}[optimizer]
+    # Every moment leaf made distinct, so a reset of the wrong rows shows.
+    opt_state = jax.tree.map(
+        lambda x: np.arange(1, x.size + 1, dtype=np.float32).reshape(x.shape)
+        if jnp.issubdtype(x.dtype, jnp.floating) else x, tx.init(params))
     stale = np.asarray(stale_codes(LAST_USED, STEP, THRESHOLD))
-    reset = reset_adam_moments(opt_state, stale)
+    reset = reset_moments(opt_state, stale, (L, K, D))
     assert jax.tree.structure(reset) == jax.tree.structure(opt_state)
-    for moment in (reset[0].mu, reset[0].nu):
-        rows = np.asarray(moment["params"]["codebook"])
-        assert (rows[stale] == 0).all()
-        np.testing.assert_array_equal(rows[~stale], moments["params"]["codebook"][~stale])
-        np.testing.assert_array_equal(moment["params"]["encoder"]["kernel"],
-                                      moments["params"]["encoder"]["kernel"])
-    with pytest.raises(ValueError, match="ScaleByAdamState"):
-        reset_adam_moments(optax.sgd(0.1).init(params), stale)
+    changed = 0
+    for (path, before), after in zip(jax.tree_util.tree_flatten_with_path(opt_state)[0],
+                                     jax.tree.leaves(reset)):
+        if getattr(path[-1], "key", None) == "codebook":
+            assert (np.asarray(after)[stale] == 0).all()
+            np.testing.assert_array_equal(np.asarray(after)[~stale], before[~stale])
+            changed += 1
+        else:
+            np.testing.assert_array_equal(after, before)
+    assert changed == {"adam": 2, "sgd-momentum": 1, "multi_transform": 2, "sgd": 0}[optimizer]

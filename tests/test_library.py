@@ -32,6 +32,10 @@ def test_the_documented_example_runs_and_keeps_its_codes_alive():
     # steps every code the data can use is picked (measured: 256 and 256).
     assert picked.sum(axis=1).min() >= 250, picked.sum(axis=1)
     assert np.isfinite(float(losses["total"])) and float(losses["wasserstein"]) > 0
+    # The same step with optax.sgd and momentum: its trace is reset where codes are re-seeded.
+    sgd_codes, sgd_losses = namespace["sgd_codes"], namespace["sgd_losses"]
+    assert np.isfinite(float(sgd_losses["total"]))
+    assert int((sgd_codes.last_used >= 0).sum()) > 2 * 128  # more codes than one batch picks
 
 
 def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):

@@ -12,7 +12,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from rqvae.quantizer.residual import nearest_code, quantize
@@ -162,37 +161,29 @@ def _oldest(stale_K: jax.Array, last_used_K: jax.Array, count: int) -> jax.Array
     return jnp.where(jnp.sum(stale_K) <= count, stale_K, before_K | ties_K)
 
 
-def reset_adam_moments(opt_state, restarted_LxK: jax.Array):
-    """Zeros the Adam moments (mu, nu) of the restarted codebook rows; everything else unchanged.
+def reset_moments(opt_state, restarted_LxK: jax.Array, codebook_shape: tuple[int, ...]):
+    """Zeros the restarted codebook rows of every moment the optimizer keeps for the codebook;
+    everything else unchanged. Works with any optax optimizer and state layout: Adam's mu and
+    nu, SGD's momentum trace, an `optax.multi_transform` or chain of them; an optimizer that
+    keeps no moments (plain SGD) has nothing to reset.
 
     A re-seeded code is a new parameter at a new place: its old first moment would push it along
     its previous (dead) trajectory, and its old second moment would scale its steps by gradients
     it saw elsewhere. Zeroed, it is treated exactly like a code never picked so far, whose
-    moments are already zero under the VQ losses (an unpicked code gets no gradient). Adam's step
-    count is shared by all parameters and is kept, so the row's first updates are larger than at
-    a true start: for a steady gradient up to ~6.5x the learning rate per coordinate, about ten
-    steps in, as for any never-picked code that gets picked late.
+    moments are already zero under the VQ losses (an unpicked code gets no gradient). Counts
+    (Adam's step count) are shared by all parameters and kept.
 
-    `opt_state` is an optax state holding `ScaleByAdamState`s whose moments are shaped like the
-    model's params, with one leaf named `codebook` (L, K, D) (`codebook_of`). `restarted_LxK` is
-    what `restart_dead_codes` returns last (its last_used alone cannot tell a restarted code from
-    one picked at the same step).
+    A moment is a leaf of `opt_state` that sits at a key named `codebook` and has the
+    codebook's shape `codebook_shape` (L, K, D). `restarted_LxK` is what `restart_dead_codes`
+    returns last (its last_used alone cannot tell a restarted code from one picked at the same
+    step).
     """
-    is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
-    if not any(is_adam(node) for node in jax.tree.leaves(opt_state, is_leaf=is_adam)):
-        raise ValueError("opt_state holds no ScaleByAdamState to reset")
+    def reset(path, leaf):
+        if _is_codebook(path) and getattr(leaf, "shape", None) == tuple(codebook_shape):
+            return jnp.where(restarted_LxK[..., None], jnp.zeros_like(leaf), leaf)
+        return leaf
 
-    def zero_rows(moments):
-        codebook_LxKxD = codebook_of(moments)
-        return with_codebook(moments, jnp.where(restarted_LxK[..., None],
-                                                jnp.zeros_like(codebook_LxKxD), codebook_LxKxD))
-
-    def reset(node):
-        if is_adam(node):
-            return node._replace(mu=zero_rows(node.mu), nu=zero_rows(node.nu))
-        return node
-
-    return jax.tree.map(reset, opt_state, is_leaf=is_adam)
+    return jax.tree_util.tree_map_with_path(reset, opt_state)
 
 
 def codebook_of(params) -> jax.Array:

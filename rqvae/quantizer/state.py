@@ -113,10 +113,11 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
     """The codebook's upkeep after the optimizer's update: records which codes the step picked,
     then re-anchors the stale codes when `quantizer_losses` says so (`losses["anchor_now"]`):
     each on its own batch point, drawn by the plan's per-point transport cost (the points it
-    serves worst), with fresh Adam moments. Returns params, opt_state and the state one step on.
+    serves worst), with fresh optimizer moments. Returns params, opt_state and the state one step on.
 
-    `params` holds exactly one leaf named `codebook` (the `ResidualVQ`'s), and `opt_state` the
-    Adam moments shaped like `params`. `restart_threshold` > 0 adds the comparator remedy first:
+    `params` holds exactly one leaf named `codebook` (the `ResidualVQ`'s); `opt_state` is any
+    optax optimizer's state: the moments it keeps for the codebook are reset where codes are
+    re-seeded (`codebook.reset_moments`). `restart_threshold` > 0 adds the comparator remedy first:
     codes unpicked for that many steps re-seeded on random batch points (`restart_key`, by
     default `key`). `branch`: decide "re-anchor or not" with `lax.cond` (default: on CPU).
     """
@@ -160,10 +161,10 @@ def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key
             codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
             row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
         return (codebook.with_codebook(params, codebook_1xKxD),
-                codebook.reset_adam_moments(opt_state, reseeded_1xK),
+                codebook.reset_moments(opt_state, reseeded_1xK, codebook_array.shape),
                 jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
     codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
         codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
         row_weights_LxB=row_weights_LxB)
     return (codebook.with_codebook(params, codebook_LxKxD),
-            codebook.reset_adam_moments(opt_state, reseeded_LxK), last_used_LxK)
+            codebook.reset_moments(opt_state, reseeded_LxK, codebook_array.shape), last_used_LxK)
