@@ -6,10 +6,12 @@ import pytest
 
 from rqvae.quantizer import metrics
 from rqvae.quantizer.codebook import (
+    codebook_of,
     kmeans_codebooks,
     reset_moments,
     restart_dead_codes,
     stale_codes,
+    with_codebook,
 )
 from rqvae.quantizer.residual import quantize
 
@@ -213,3 +215,17 @@ def test_reset_moments_zeros_only_the_restarted_rows_of_any_optimizer(optimizer)
         else:
             np.testing.assert_array_equal(after, before)
     assert changed == {"adam": 2, "sgd-momentum": 1, "multi_transform": 2, "sgd": 0}[optimizer]
+
+
+def test_several_quantizers_are_told_apart_by_name_and_errors_say_what_is_there():
+    params = {"params": {"tokens_a": {"codebook": jnp.zeros((L, K, D))},
+                         "tokens_b": {"codebook": jnp.ones((L, K, D))}}}
+    with pytest.raises(ValueError, match=r"2 leaves named 'codebook' \(params/tokens_a/codebook, "
+                                         r"params/tokens_b/codebook\); .* pass quantizer="):
+        codebook_of(params)
+    assert float(codebook_of(params, "tokens_b").sum()) == L * K * D
+    replaced = with_codebook(params, jnp.full((L, K, D), 2.0), "tokens_a")
+    assert float(replaced["params"]["tokens_a"]["codebook"][0, 0, 0]) == 2.0
+    assert float(replaced["params"]["tokens_b"]["codebook"][0, 0, 0]) == 1.0
+    with pytest.raises(ValueError, match="0 leaves named 'codebook' under a module named 'c'"):
+        codebook_of(params, "c")

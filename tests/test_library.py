@@ -36,6 +36,10 @@ def test_the_documented_example_runs_and_keeps_its_codes_alive():
     sgd_codes, sgd_losses = namespace["sgd_codes"], namespace["sgd_losses"]
     assert np.isfinite(float(sgd_losses["total"]))
     assert int((sgd_codes.last_used >= 0).sum()) > 2 * 128  # more codes than one batch picks
+    # Two named quantizers, each upkept with its own state: every code of both in use or
+    # re-anchored (64 a level, a 20-step window, 60 steps).
+    for codes in namespace["two_codes"]:
+        assert (codes.last_used >= 0).sum(axis=1).tolist() == [64, 64]
 
 
 def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):

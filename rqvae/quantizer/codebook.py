@@ -161,7 +161,8 @@ def _oldest(stale_K: jax.Array, last_used_K: jax.Array, count: int) -> jax.Array
     return jnp.where(jnp.sum(stale_K) <= count, stale_K, before_K | ties_K)
 
 
-def reset_moments(opt_state, restarted_LxK: jax.Array, codebook_shape: tuple[int, ...]):
+def reset_moments(opt_state, restarted_LxK: jax.Array, codebook_shape: tuple[int, ...],
+                  quantizer: str | None = None):
     """Zeros the restarted codebook rows of every moment the optimizer keeps for the codebook;
     everything else unchanged. Works with any optax optimizer and state layout: Adam's mu and
     nu, SGD's momentum trace, an `optax.multi_transform` or chain of them; an optimizer that
@@ -176,32 +177,45 @@ def reset_moments(opt_state, restarted_LxK: jax.Array, codebook_shape: tuple[int
     A moment is a leaf of `opt_state` that sits at a key named `codebook` and has the
     codebook's shape `codebook_shape` (L, K, D). `restarted_LxK` is what `restart_dead_codes`
     returns last (its last_used alone cannot tell a restarted code from one picked at the same
-    step).
+    step). `quantizer`: of a model with several, the one whose moments these are (as in
+    `codebook_of`).
     """
     def reset(path, leaf):
-        if _is_codebook(path) and getattr(leaf, "shape", None) == tuple(codebook_shape):
+        if (_is_codebook(path, quantizer)
+                and getattr(leaf, "shape", None) == tuple(codebook_shape)):
             return jnp.where(restarted_LxK[..., None], jnp.zeros_like(leaf), leaf)
         return leaf
 
     return jax.tree_util.tree_map_with_path(reset, opt_state)
 
 
-def codebook_of(params) -> jax.Array:
-    """The one leaf of a params tree named `codebook` (the `ResidualVQ`'s), wherever the model
-    nests it."""
-    found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-             if _is_codebook(path)]
+def codebook_of(params, quantizer: str | None = None) -> jax.Array:
+    """The leaf of a params tree named `codebook` (the `ResidualVQ`'s), wherever the model
+    nests it; of a model with several quantizers, the one under the module named `quantizer`
+    (its name in your model, e.g. "tokens_a")."""
+    found = {_path_text(path): leaf for path, leaf in
+             jax.tree_util.tree_flatten_with_path(params)[0] if _is_codebook(path, quantizer)}
     if len(found) != 1:
-        raise ValueError(f"params hold {len(found)} leaves named 'codebook'; the codebook's "
-                         "upkeep needs exactly one (the ResidualVQ's)")
-    return found[0]
+        where = f" under a module named '{quantizer}'" if quantizer else ""
+        paths = f" ({', '.join(found)})" if found else ""
+        fix = ("; pass quantizer= with the name of the ResidualVQ to upkeep" if len(found) > 1
+               else "; is the ResidualVQ's parameter in these params?")
+        raise ValueError(f"params hold {len(found)} leaves named 'codebook'{where}{paths}; the "
+                         f"codebook's upkeep takes one{fix}")
+    return next(iter(found.values()))
 
 
-def with_codebook(params, codebook_array: jax.Array):
-    """A params tree with its `codebook` leaf replaced."""
+def with_codebook(params, codebook_array: jax.Array, quantizer: str | None = None):
+    """A params tree with its `codebook` leaf (under `quantizer`, if given) replaced."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: codebook_array if _is_codebook(path) else leaf, params)
+        lambda path, leaf: codebook_array if _is_codebook(path, quantizer) else leaf, params)
 
 
-def _is_codebook(path) -> bool:
-    return bool(path) and getattr(path[-1], "key", None) == "codebook"
+def _is_codebook(path, quantizer: str | None = None) -> bool:
+    if not path or getattr(path[-1], "key", None) != "codebook":
+        return False
+    return quantizer is None or any(getattr(k, "key", None) == quantizer for k in path[:-1])
+
+
+def _path_text(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

@@ -109,13 +109,17 @@ def transport_schedule(state: CodebookState, weights: LossWeights, transport: Tr
 def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: dict,
                     key: jax.Array, *, transport: Transport = Transport(),
                     restart_threshold: int = 0, restart_key: jax.Array | None = None,
-                    branch: bool | None = None) -> tuple[Any, Any, CodebookState]:
+                    branch: bool | None = None, quantizer: str | None = None
+                    ) -> tuple[Any, Any, CodebookState]:
     """The codebook's upkeep after the optimizer's update: records which codes the step picked,
     then re-anchors the stale codes when `quantizer_losses` says so (`losses["anchor_now"]`):
     each on its own batch point, drawn by the plan's per-point transport cost (the points it
-    serves worst), with fresh optimizer moments. Returns params, opt_state and the state one step on.
+    serves worst), with fresh optimizer moments. Returns params, opt_state and the state one
+    step on.
 
-    `params` holds exactly one leaf named `codebook` (the `ResidualVQ`'s); `opt_state` is any
+    `params` holds one leaf named `codebook` (the `ResidualVQ`'s), or, for a model with
+    several quantizers, one under the module named `quantizer` (call it once per quantizer, each
+    with its own state, aux and losses); `opt_state` is any
     optax optimizer's state: the moments it keeps for the codebook are reset where codes are
     re-seeded (`codebook.reset_moments`). `restart_threshold` > 0 adds the comparator remedy first:
     codes unpicked for that many steps re-seeded on random batch points (`restart_key`, by
@@ -128,14 +132,15 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
         params, opt_state, last_used = reseed_codes(
             params, opt_state, last_used, step, aux["level_inputs"],
             key if restart_key is None else restart_key, threshold=restart_threshold,
-            shared=state.shared)
+            shared=state.shared, quantizer=quantizer)
     if "anchor_now" in losses:
         def anchor():
             return reseed_codes(
                 params, opt_state, last_used, step, aux["level_inputs"], key,
                 threshold=anchor_window(transport, aux["counts"].shape[1], points_per_step(
                     aux["indices"].shape[1], aux["indices"].shape[0], state.shared)),
-                row_weights_LxB=losses["transport_row_cost"], shared=state.shared)
+                row_weights_LxB=losses["transport_row_cost"], shared=state.shared,
+                quantizer=quantizer)
 
         current = (params, opt_state, last_used)
         if branch:
@@ -148,23 +153,25 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
 
 
 def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key, *,
-                 threshold: int, row_weights_LxB=None, shared: bool = False):
+                 threshold: int, row_weights_LxB=None, shared: bool = False,
+                 quantizer: str | None = None):
     """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
-    each (drawn by `row_weights_LxB` if given), with fresh Adam moments: dead-code restart, and
+    each (drawn by `row_weights_LxB` if given), with fresh optimizer moments: dead-code restart, and
     the transport term's re-anchoring on the points its plan serves worst. A shared code is
     stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
-    Returns params, opt_state and last_used."""
-    codebook_array = codebook.codebook_of(params)
+    Returns params, opt_state and last_used. `quantizer`: as in `codebook.codebook_of`."""
+    codebook_array = codebook.codebook_of(params, quantizer)
     if shared:
         used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
         codebook_1xKxD, used_1xK, reseeded_1xK = codebook.restart_dead_codes(
             codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
             row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
-        return (codebook.with_codebook(params, codebook_1xKxD),
-                codebook.reset_moments(opt_state, reseeded_1xK, codebook_array.shape),
+        return (codebook.with_codebook(params, codebook_1xKxD, quantizer),
+                codebook.reset_moments(opt_state, reseeded_1xK, codebook_array.shape, quantizer),
                 jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
     codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
         codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
         row_weights_LxB=row_weights_LxB)
-    return (codebook.with_codebook(params, codebook_LxKxD),
-            codebook.reset_moments(opt_state, reseeded_LxK, codebook_array.shape), last_used_LxK)
+    return (codebook.with_codebook(params, codebook_LxKxD, quantizer),
+            codebook.reset_moments(opt_state, reseeded_LxK, codebook_array.shape, quantizer),
+            last_used_LxK)
