@@ -27,6 +27,7 @@ images and batch, timed over `--steps` steps after `--after` untimed ones (media
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import time
 
@@ -55,6 +56,10 @@ def main():
     parser.add_argument("--after", type=int, default=1000)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--torch", action="store_true", help="add the PyTorch peer")
+    parser.add_argument("--guard", choices=["platform", "branch", "select"], default="platform",
+                        help="branch: steps with nothing to move skip the solve (lax.cond), as "
+                             "on CPU; select: every step solves, as on accelerators; platform: "
+                             "the platform's choice (config.step_config)")
     args = parser.parse_args()
     if args.torch and not (importlib.util.find_spec("torch")
                            and importlib.util.find_spec("vector_quantize_pytorch")):
@@ -69,13 +74,15 @@ def main():
         base = config.replace(config.load("configs/traditional.toml"), {"batch_size": 256})
     base = config.replace(base, {"model.num_codes": args.codes, "model.image_shape": image_shape})
     m = base.model
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; "
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} (guard {args.guard}); "
           f"{'x'.join(map(str, image_shape))} patches, {m.architecture} ({m.latent} latent), "
           f"{m.num_levels} x {args.codes} codes, batch {base.batch_size}; {args.steps} steps "
           f"after {args.after} untimed")
     ms = {}
     for name in args.variants:
         cfg = config.step_config(config.replace(base, VARIANTS[name]), jax.default_backend())
+        if args.guard != "platform":
+            cfg = dataclasses.replace(cfg, guard=args.guard)
         state = step.init_state(cfg, len(images))
         state, _ = step.run_steps(state, images, args.after, cfg=cfg)
         jax.block_until_ready(state)
