@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -143,3 +144,28 @@ def test_the_public_names_are_documented_and_load_without_jax_until_used():
     subprocess.run([sys.executable, "-c", probe], check=True)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         rqvae.nothing  # noqa: B018
+
+
+def test_the_layer_runs_in_flax_nnx_and_its_codebook_is_upkept_through_pure_dicts():
+    from flax import nnx
+
+    layer = nnx.bridge.ToNNX(rqvae.ResidualVQ(num_levels=2, num_codes=16, latent_dim=4),
+                             rngs=nnx.Rngs(0))
+    z = jax.random.normal(jax.random.key(1), (64, 4)) * 3.0  # far from the small initial codes
+    nnx.bridge.lazy_init(layer, z)
+    _, indices, aux = layer(z)
+    assert indices.shape == (64, 2)
+    state = nnx.state(layer, nnx.Param)
+    params = nnx.to_pure_dict(state)
+    optimizer = optax.adam(1e-3)
+    # A window's worth of steps in which no code was picked: every code stale, then re-seeded.
+    codes = rqvae.CodebookState.create(2, 16).replace(step=jnp.int32(100))
+    losses = rqvae.quantizer_losses(aux, rqvae.LossWeights(lambda_wasserstein=0.5),
+                                    rqvae.Transport(), state=codes)
+    new_params, _, _ = rqvae.update_codebook(params, optimizer.init(params), codes, aux, losses,
+                                             jax.random.key(2), branch=False)
+    nnx.replace_by_pure_dict(state, new_params)
+    nnx.update(layer, state)
+    moved = nnx.state(layer, nnx.Param)["codebook"].value
+    assert not np.allclose(moved, params["codebook"])  # stale codes re-anchored on the data
+    assert float(jnp.abs(moved).max()) > 1.0
