@@ -244,13 +244,7 @@ def encode(
     """
     if split not in ("train", "heldout"):
         support.fail(f"--split must be 'train' or 'heldout', got '{split}'")
-    from rqvae.trainer import rundir
-
-    with support.user_errors():
-        rundir.check_out_file(out, force)
-    if out.suffix != ".npy":
-        support.fail(f"--out {out}: the codes are written as a NumPy array (np.save); name a "
-                     f".npy file, e.g. {out.with_suffix('.npy')}")
+    _check_npy_out(out, force, "the codes")
     support.use_compilation_cache()
     import numpy as np
     from rich.console import Console
@@ -291,13 +285,7 @@ def decode(
     \b
       rqvae decode runs/x codes.npy --out recon.npy
     """
-    from rqvae.trainer import rundir
-
-    with support.user_errors():
-        rundir.check_out_file(out, force)
-    if out.suffix != ".npy":
-        support.fail(f"--out {out}: the reconstructions are written as a NumPy array (np.save); "
-                     f"name a .npy file, e.g. {out.with_suffix('.npy')}")
+    _check_npy_out(out, force, "the reconstructions")
     support.use_compilation_cache()
     import numpy as np
     from rich.console import Console
@@ -323,6 +311,17 @@ def collision_line(collisions: dict) -> str:
     return (f"collisions: {c['tuples_shared']} of {c['examples']} examples share their code tuple "
             f"with another ({c['tuples_unique']} unique tuples; the largest group holds "
             f"{c['tuples_largest_group']}); the last ID position tells them apart")
+
+
+def _check_npy_out(out: Path, force: bool, what: str) -> None:
+    """Refuses, before any work, an --out that cannot take an .npy file."""
+    from rqvae.trainer import rundir
+
+    with support.user_errors():
+        rundir.check_out_file(out, force)
+    if out.suffix != ".npy":
+        support.fail(f"--out {out}: {what} are written as a NumPy array (np.save); name a .npy "
+                     f"file, e.g. {out.with_suffix('.npy')}")
 
 
 def _write_npy(out: Path, array) -> None:

@@ -3,7 +3,9 @@
 # Trains, in every cell of the matrix, traditional VQ, dead-code restart (configs/restart.toml)
 # and the flag `--lambda-wasserstein 0.5` on top of the cell's config with nothing else set
 # (hybrid), plus the term as it was before re-anchoring (hybrid-every-code:
-# --set transport.anchor_window=0, one seed), then prints the `rqvae report` comparison of each
+# --set transport.anchor_window=0, one seed) and, where torch and vector-quantize-pytorch are
+# installed, the peer (scripts/peer_train.py: vector-quantize-pytorch's ResidualVQ with k-means
+# init and its dead-code threshold, the same model, batches, steps and schedule), then prints the `rqvae report` comparison of each
 # cell and one table (scripts/study_table.py: mean ± standard deviation over seeds).
 #
 #   scripts/transport_matrix.sh [--out DIR] [--quick] [--dry-run]    # about 60 min on 2 CPU cores
@@ -45,13 +47,19 @@ all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4
 all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024 tokens16-2x4096"
 all_cells+=" mnist-tokens-2x1024"
 read -r -a cells <<< "${CELLS:-$all_cells}"
-read -r -a methods <<< "${METHODS:-traditional restart hybrid hybrid-every-code}"
+default_methods="traditional restart hybrid hybrid-every-code"
+if python -c "import torch, vector_quantize_pytorch" 2>/dev/null; then
+  default_methods+=" peer"
+elif [[ -z ${METHODS:-} ]]; then
+  echo "note: no peer runs (pip install torch==2.13.0 vector-quantize-pytorch==1.32.0)" >&2
+fi
+read -r -a methods <<< "${METHODS:-$default_methods}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"
 [[ $quick == 1 ]] && all_seeds=(0)
 for method in "${methods[@]}"; do
-  case $method in traditional | restart | hybrid | hybrid-every-code) ;;
-    *) echo "error: unknown method '$method' in METHODS; use traditional, restart, hybrid or" \
-         "hybrid-every-code" >&2; exit 2 ;;
+  case $method in traditional | restart | hybrid | hybrid-every-code | peer) ;;
+    *) echo "error: unknown method '$method' in METHODS; use traditional, restart, hybrid," \
+         "hybrid-every-code or peer" >&2; exit 2 ;;
   esac
 done
 for cell in "${cells[@]}"; do
@@ -88,6 +96,7 @@ method_args() {  # method -> what it sets on top of the cell
     restart) echo "--set remedies.dead_code_threshold=20" ;;
     hybrid) echo "--lambda-wasserstein 0.5" ;;
     hybrid-every-code) echo "--lambda-wasserstein 0.5 --set transport.anchor_window=0" ;;
+    peer) echo "" ;;  # the cell's config, trained by scripts/peer_train.py
   esac
 }
 seeds_of() {  # cell method -> its seeds: every seed, but the first alone for the term as it was
@@ -135,15 +144,17 @@ for cell in "${cells[@]}"; do
       args=($(cell_args "$cell") $(method_args "$method") ${EXTRA:-} --seed "$seed")
       steps=$(cell_steps "$cell")
       args+=(--steps "$steps" --set "run.eval_every=$steps" --run-dir "$run_dir" --quiet)
+      trainer=(rqvae train)
+      [[ $method == peer ]] && trainer=(python scripts/peer_train.py)
       if [[ $dry == 1 ]]; then
-        printf 'rqvae train'; printf ' %q' "${args[@]}"; echo; continue
+        printf '%s' "${trainer[*]}"; printf ' %q' "${args[@]}"; echo; continue
       fi
       if finished "$run_dir" "$steps"; then
         echo "[$((SECONDS - started)) s] kept $run_dir"; continue
       fi
       rm -rf "$run_dir"  # an unfinished run from a stopped matrix
       echo "[$((SECONDS - started)) s] training $run_dir"
-      rqvae train "${args[@]}" >/dev/null
+      "${trainer[@]}" "${args[@]}" >/dev/null
     done
   done
 done

@@ -188,13 +188,11 @@ def load_trained(run_dir: Path, step: int | None = None):
     return cfg, step_cfg, dataset, state.params, step
 
 
-def load_train_state(run_dir: Path, step: int | None = None):
-    """`load_trained`, with the whole train state (`rqvae.trainer.step.TrainState`) in place of
-    its parameters."""
-    from rqvae.trainer import checkpoint, data
-    from rqvae.trainer.step import init_state
+def saved_checkpoint(run_dir: Path, step: int | None) -> tuple[TrainerConfig, int, list[int]]:
+    """A trained run's config, the step of the checkpoint asked for (None: the newest) and
+    every saved step; UserError when the run or the checkpoint is not there."""
+    from rqvae.trainer import checkpoint
 
-    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass a directory written by "
                         f"`rqvae train`")
@@ -202,13 +200,24 @@ def load_train_state(run_dir: Path, step: int | None = None):
     if not config_path.is_file():
         raise UserError(f"{run_dir} holds no run (no {CONFIG_FILE}); pass a directory written "
                         f"by `rqvae train`")
-    cfg = config_lib.load_saved(config_path)
     saved_steps = checkpoint.all_steps(run_dir)
     if not saved_steps:
         raise UserError(f"{run_dir} has no complete checkpoint yet")
     step = saved_steps[-1] if step is None else step
     if step not in saved_steps:
-        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {saved_steps}")
+        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has "
+                        f"{', '.join(map(str, saved_steps))}")
+    return config_lib.load_saved(config_path), step, saved_steps
+
+
+def load_train_state(run_dir: Path, step: int | None = None):
+    """`load_trained`, with the whole train state (`rqvae.trainer.step.TrainState`) in place of
+    its parameters."""
+    from rqvae.trainer import checkpoint, data
+    from rqvae.trainer.step import init_state
+
+    run_dir = Path(run_dir)
+    cfg, step, saved_steps = saved_checkpoint(run_dir, step)
     dataset = data.load(cfg.data)
     cfg = with_data_shape(cfg, dataset)
     step_cfg = config_lib.step_config(cfg)

@@ -23,7 +23,6 @@ from rqvae.trainer.config import StepConfig, TrainerConfig
 from rqvae.trainer.data import VECTORS, as_examples
 from rqvae.trainer.errors import UserError
 from rqvae.trainer.evaluate import code_tuples
-from rqvae.trainer.rundir import CONFIG_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,20 +126,10 @@ def load_run(run_dir: str | Path, step: int | None = None) -> TrainedRun:
     """A trained run at its checkpoint `step` (default: the newest), from its run directory
     alone. Raises UserError when the run, the checkpoint or its parameters cannot be read."""
     from rqvae.trainer import checkpoint
+    from rqvae.trainer.launch import saved_checkpoint
 
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} holds no run (no {CONFIG_FILE}); pass a directory written "
-                        f"by `rqvae train`")
-    cfg = config_lib.load_saved(config_path)
-    steps = checkpoint.all_steps(run_dir)
-    if not steps:
-        raise UserError(f"{run_dir} has no complete checkpoint yet")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has "
-                        f"{', '.join(map(str, steps))}")
+    cfg, step, _ = saved_checkpoint(run_dir, step)
     return TrainedRun(cfg, checkpoint.restore_params(run_dir, step), step, run_dir)
 
 
