@@ -149,6 +149,22 @@ def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, ja
     }
 
 
+# A level's solve takes at most this many points a code: evenly spaced rows of the batch's
+# (a grid's positions) beyond it. A plan gives each code 1 / K of the mass, so 4 points a code
+# leave it room to choose, and re-anchoring draws from 4 K candidates; the rest is redundant
+# positions (docs/results.md, "The grid step").
+SOLVE_POINTS_PER_CODE = 4
+
+
+def solved_rows(num_points: int, num_codes: int):
+    """The rows a level's solve takes: None for all of them, or evenly spaced indices when
+    there are more than SOLVE_POINTS_PER_CODE x num_codes."""
+    cap = SOLVE_POINTS_PER_CODE * num_codes
+    if num_points <= cap:
+        return None
+    return (jnp.arange(cap) * num_points) // cap
+
+
 def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
                      transport: Transport = Transport(), *, state: CodebookState | None = None,
                      logged=True, branch: bool | None = None,
@@ -161,7 +177,8 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
     latent_dim, a mean squared difference per latent dimension like commit and codebook;
     sinkhorn_marginal_error; solve_epsilon, the epsilon each solve used in squared latent units.
     With the term on, also transport_row_cost (L, N), each point's transport cost under its
-    level's plan, and with a `state`, anchor_now: whether `update_codebook` re-anchors stale
+    level's plan (0 for the points the solve left out: beyond SOLVE_POINTS_PER_CODE a code, it
+    takes evenly spaced rows, `solved_rows`), and with a `state`, anchor_now: whether `update_codebook` re-anchors stale
     codes after this step. At `weights.lambda_wasserstein == 0` the term is not computed at all
     (its values are zeros).
 
@@ -213,20 +230,24 @@ def _quantizer_terms(aux, weights, transport, solver, movable_LxK, solve):
             _plan_summary, epsilon=transport.epsilon, num_iters=transport.iters, solver=solver,
             epsilon_mode="relative", tolerance=transport.tolerance,
             overrelaxation=transport.overrelaxation))
+        rows_S = solved_rows(level_inputs_LxBxD.shape[1], codebook_LxKxD.shape[1])
+        points_LxSxD = level_inputs_LxBxD if rows_S is None else level_inputs_LxBxD[:, rows_S]
         if solve is None:  # the model's distances serve as the cost matrices
-            summary = summarize(level_inputs_LxBxD, codebook_LxKxD,
-                                cost_NxM=aux.get("level_distances"))
+            distances = aux.get("level_distances")
+            summary = summarize(points_LxSxD, codebook_LxKxD, cost_NxM=(
+                distances if distances is None or rows_S is None else distances[:, rows_S]))
         else:  # in a branch, which recomputes its cost matrices: passed in, XLA would keep the
             # model's B x K distances at every step instead of fusing them away
-            solved = functools.partial(summarize, sg(level_inputs_LxBxD), sg(codebook_LxKxD),
+            solved = functools.partial(summarize, sg(points_LxSxD), sg(codebook_LxKxD),
                                        cost_NxM=None)
             summary = lax.cond(solve, solved, lambda: jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(solved)))
         # The cost and its gradient from the plans' O(N + K D) summaries.
-        cost_L, marginal_error_L, epsilon_L, row_cost_LxB = jax.vmap(_cost_of_plan)(
-            level_inputs_LxBxD, codebook_LxKxD, summary, movable_LxK)
+        cost_L, marginal_error_L, epsilon_L, row_cost_LxS = jax.vmap(_cost_of_plan)(
+            points_LxSxD, codebook_LxKxD, summary, movable_LxK)
         cost_L = cost_L / latent_dim
-        losses["transport_row_cost"] = row_cost_LxB
+        losses["transport_row_cost"] = row_cost_LxS if rows_S is None else jnp.zeros(
+            level_inputs_LxBxD.shape[:2], row_cost_LxS.dtype).at[:, rows_S].set(row_cost_LxS)
     losses.update(wasserstein=jnp.sum(cost_L), transport_cost=cost_L,
                   sinkhorn_marginal_error=marginal_error_L, solve_epsilon=epsilon_L)
     losses["total"] = (weights.lambda_commit * losses["commit"]
