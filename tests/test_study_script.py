@@ -1,6 +1,7 @@
 """scripts/transport_matrix.sh --dry-run: the runs of every cell and method, each a valid config
 (every key and value as the CLI reads them), and nothing trained."""
 
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -23,7 +24,7 @@ def _dry_run(tmp_path, *args, **env) -> list[list[str]]:
 
 def _config(command: list[str]):
     """The config `rqvae train` would train on for this command line, as the CLI builds it."""
-    assert command[:2] == ["rqvae", "train"]
+    assert command[:2] in (["rqvae", "train"], ["python", "scripts/peer_train.py"])
     flags = {flag: key for key, (flag, _) in cli_support.TRAIN_FLAGS.items()}
     config_file = run_dir = None
     assignments, overrides = [], {}
@@ -45,11 +46,13 @@ def _config(command: list[str]):
 
 def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(tmp_path):
     commands = _dry_run(tmp_path)
-    runs = {tuple(Path(c[c.index("--run-dir") + 1]).parts[-2:]): _config(c) for c in commands}
+    commands_of = {tuple(Path(c[c.index("--run-dir") + 1]).parts[-2:]): c for c in commands}
+    runs = {key: _config(c) for key, c in commands_of.items()}
     cells = {cell for cell, _ in runs}
     assert cells == {"digits-2x64", "digits-2x256", "patches8-2x1024", "patches8-4x1024",
                      "patches8-2x4096", "patches16-2x512", "patches16-2x1024",
-                     "semantic-ids-3x256", "tokens16-2x1024", "tokens16-2x4096"}
+                     "semantic-ids-3x256", "tokens16-2x1024", "tokens16-2x4096",
+                     "mnist-tokens-2x1024"}
     for (cell, run), cfg in runs.items():
         m = cfg.model
         assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
@@ -63,16 +66,23 @@ def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(t
             assert (cfg.remedies.dead_code_threshold, weight) == (20, 0.0)
         elif method == "hybrid-every-code":
             assert window == 0 and weight == 0.5
+        elif method == "peer":  # the cell's config, trained by scripts/peer_train.py
+            assert weight == 0 and commands_of[(cell, run)][:2] == ["python",
+                                                                   "scripts/peer_train.py"]
         else:
             assert method == "traditional" and weight == 0
         # Every method of a cell trains the same model on the same data for as long.
         same_cell = [c for (other, _), c in runs.items() if other == cell]
         assert {config.dumps(config.replace(c, as_hybrid)) for c in same_cell} == {
             config.dumps(config.replace(cfg, as_hybrid))}
+    # The peer where torch and vector-quantize-pytorch are installed.
+    peer = bool(importlib.util.find_spec("torch")
+                and importlib.util.find_spec("vector_quantize_pytorch"))
     for cell in cells:  # three seeds, but one for the term as it was
         assert {run for (other, run) in runs if other == cell} == {
             "traditional-s0", "traditional-s1", "traditional-s2", "restart-s0", "restart-s1",
-            "restart-s2", "hybrid-s0", "hybrid-s1", "hybrid-s2", "hybrid-every-code-s0"}, cell
+            "restart-s2", "hybrid-s0", "hybrid-s1", "hybrid-s2", "hybrid-every-code-s0",
+            *(["peer-s0", "peer-s1", "peer-s2"] if peer else [])}, cell
 
 
 def test_cells_and_methods_pick_a_subset(tmp_path):

@@ -51,8 +51,10 @@ Infinity, as Python's json writes it.
   - step: its step
   - heldout_recon: reconstruction loss on the held-out split
   - heldout_psnr: PSNR on the held-out split in dB (only if the eval logged it)
-  - constant_recon, tuples_unique, tuples_shared, tuples_largest_group: as in the eval record
-    (`rqvae.trainer.runlog`), where it logged them
+  - constant_recon: the held-out MSE of the training mean image (only if the eval logged it)
+  - tuples_unique: distinct code tuples over the training split (vector latents, if logged)
+  - tuples_shared: training examples whose tuple another has too (likewise)
+  - tuples_largest_group: the most examples sharing one tuple (likewise)
 - heldout_history: every eval record in log order, [{step, heldout_recon}]
   - step, heldout_recon: as in eval
 - resumes: each time the run resumed, oldest first: from the log's resume records, or from

@@ -77,7 +77,7 @@ def check_memory(cfg: TrainerConfig, num_train: int) -> None:
 def device_memory() -> int | None:
     """Bytes a device can hold: an accelerator's limit, the host's memory for the CPU; None if
     unknown."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     try:
