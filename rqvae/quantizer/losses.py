@@ -178,7 +178,8 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
     sinkhorn_marginal_error; solve_epsilon, the epsilon each solve used in squared latent units.
     With the term on, also transport_row_cost (L, N), each point's transport cost under its
     level's plan (0 for the points the solve left out: beyond SOLVE_POINTS_PER_CODE a code, it
-    takes evenly spaced rows, `solved_rows`), and with a `state`, anchor_now: whether `update_codebook` re-anchors stale
+    takes evenly spaced rows, `solved_rows`), and with a `state`, anchor_now: whether
+    `update_codebook` re-anchors stale
     codes after this step. At `weights.lambda_wasserstein == 0` the term is not computed at all
     (its values are zeros).
 

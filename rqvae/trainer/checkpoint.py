@@ -25,12 +25,16 @@ def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
 
 def all_steps(run_dir: str | Path) -> list[int]:
     """Steps of the complete checkpoints, oldest first; reads without creating anything."""
-    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
-    if not directory.is_dir():
+    if not (Path(run_dir).absolute() / CHECKPOINT_DIR).is_dir():
         return []
-    options = ocp.CheckpointManagerOptions(create=False)
-    with ocp.CheckpointManager(directory, options=options) as mngr:
+    with _reader(run_dir) as mngr:
         return sorted(mngr.all_steps())
+
+
+def _reader(run_dir: str | Path) -> ocp.CheckpointManager:
+    """A manager of the run's checkpoints that creates, deletes and writes nothing."""
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR,
+                                 options=ocp.CheckpointManagerOptions(create=False))
 
 
 def latest_step(run_dir: str | Path) -> int | None:
@@ -55,9 +59,7 @@ def restore_params(run_dir: str | Path, step: int):
     not read back."""
     from rqvae.trainer.errors import UserError
 
-    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)
-                               ) as mngr:
+    with _reader(run_dir) as mngr:
         try:
             return jax.device_get(mngr.restore(step, args=ocp.args.StandardRestore())["params"])
         except Exception as err:  # orbax and tensorstore raise many kinds for bad bytes
@@ -68,10 +70,8 @@ def restore_params(run_dir: str | Path, step: int):
 def newest_readable(run_dir: str | Path, steps: list[int]) -> tuple[int | None, list[tuple]]:
     """The newest of `steps` whose checkpoint reads back whole, and (step, why) for each newer
     one that does not (flipped bits, a cut-off file). Reads every array of each one tried."""
-    directory = Path(run_dir).absolute() / CHECKPOINT_DIR
     unreadable = []
-    options = ocp.CheckpointManagerOptions(create=False)
-    with ocp.CheckpointManager(directory, options=options) as mngr:
+    with _reader(run_dir) as mngr:
         for step in sorted(steps, reverse=True):
             try:
                 jax.block_until_ready(mngr.restore(step, args=ocp.args.StandardRestore()))
@@ -110,9 +110,15 @@ def save_failure(run_dir: str | Path, step: int, err: Exception, kept: int | Non
         free = f"{shutil.disk_usage(directory).free / 2**20:,.1f} MiB free there"
     except OSError:
         free = "free space unknown"
+    return save_stopped(run_dir, step, f"writing it in {directory} failed ({why}; {free})", kept)
+
+
+def save_stopped(run_dir: str | Path, step: int, problem: str, kept: int | None) -> str:
+    """One line on a checkpoint that could not be saved: the problem, the last good checkpoint
+    and how to go on."""
     last = f"step {kept}" if kept is not None else "none yet"
-    return (f"saving the checkpoint at step {step} in {directory} failed ({why}; {free}); last "
-            f"good checkpoint: {last}; make room, then resume with --resume --run-dir {run_dir}")
+    return (f"cannot save the checkpoint at step {step}: {problem}; last good checkpoint: {last}; "
+            f"make room, then resume with --resume --run-dir {run_dir}")
 
 
 def reason(err: Exception) -> str:
@@ -125,10 +131,10 @@ def set_aside(run_dir: str | Path, steps: list[int]) -> Path:
     """Moves the checkpoints of `steps` out of the way of a resume from an earlier one, into
     <run_dir>/checkpoints-set-aside/<step>/ (kept, not deleted); returns that folder."""
     folder = Path(run_dir) / SET_ASIDE_DIR
+    folder.mkdir(exist_ok=True)
     for step in steps:
         target = folder / str(step)
         if target.exists():  # set aside before, and trained past again since
             shutil.rmtree(target)
-        folder.mkdir(exist_ok=True)
         (Path(run_dir) / CHECKPOINT_DIR / str(step)).rename(target)
     return folder

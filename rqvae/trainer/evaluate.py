@@ -23,15 +23,15 @@ EVAL_CHUNK = 4096  # images per compiled call
 
 
 def _chunks(images_NxP: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(chunk, valid) pairs covering the split: every chunk has one shape, the last one padded
-    with zeros that `valid` (int32, 1 for a real image) marks."""
+    """(chunk, valid) pairs covering the split (images, or codes): every chunk has one shape,
+    the last one padded with zeros that `valid` (int32, 1 for a real row) marks."""
     size = min(EVAL_CHUNK, len(images_NxP))
     for start in range(0, len(images_NxP), size):
         x = images_NxP[start : start + size]
         valid = np.ones(size, np.int32)
         if len(x) < size:
             valid[len(x) :] = 0
-            x = np.concatenate([x, np.zeros((size - len(x), x.shape[1]), x.dtype)])
+            x = np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)])
         yield x, valid
 
 
@@ -45,16 +45,16 @@ def _eval_chunk(params, x_BxP, valid_B, *, cfg: StepConfig):
     return counts_LxK, squared_error, aux["indices"]
 
 
-def _pass(params, images_NxP: np.ndarray, cfg: StepConfig):
-    """Code counts (L, K), summed per-image MSE and, for a vector latent, every image's codes
-    (N, L) over a whole split."""
+def _pass(params, images_NxP: np.ndarray, cfg: StepConfig, with_codes: bool = False):
+    """Code counts (L, K), summed per-image MSE and, `with_codes`, every image's codes (N, L)
+    (vector latents) over a whole split."""
     counts, squared_error, codes = 0, 0.0, []
     for x, valid in _chunks(images_NxP):  # summed on the host: no eager device ops
-        chunk_counts, chunk_error, indices_LxB = jax.device_get(
-            _eval_chunk(params, x, valid, cfg=cfg))
+        chunk_counts, chunk_error, indices_LxB = _eval_chunk(params, x, valid, cfg=cfg)
+        chunk_counts, chunk_error = jax.device_get((chunk_counts, chunk_error))
         counts, squared_error = counts + chunk_counts, squared_error + float(chunk_error)
-        if cfg.model.latent != "grid":
-            codes.append(indices_LxB.T[valid.astype(bool)])
+        if with_codes:  # fetched only where wanted: a grid's are one per position
+            codes.append(np.asarray(indices_LxB).T[valid.astype(bool)])
     return counts, squared_error, np.concatenate(codes) if codes else None
 
 
@@ -70,7 +70,8 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
     The full pass of the training split is the definitive dead-code count: a code no training
     image picks is dead.
     """
-    train_counts, _, train_codes = _pass(params, dataset.train, cfg)
+    train_counts, _, train_codes = _pass(params, dataset.train, cfg,
+                                         with_codes=cfg.model.latent != "grid")
     heldout_counts, heldout_error, _ = _pass(params, dataset.heldout, cfg)
     train_used, train_perplexity, heldout_used, heldout_perplexity = (
         x.tolist() for x in jax.device_get(_usage(train_counts, heldout_counts)))
@@ -117,13 +118,8 @@ def _decode_chunk(params, codes, *, cfg: StepConfig):
 def decode(params, codes: np.ndarray, cfg: StepConfig) -> np.ndarray:
     """The reconstructions (N, P) float32 of codes as `encode` gives them, in chunks of one
     shape."""
-    size = min(EVAL_CHUNK, len(codes))
-    parts = []
-    for start in range(0, len(codes), size):
-        chunk = codes[start:start + size]
-        padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]),
-                                                 chunk.dtype)])
-        parts.append(np.asarray(_decode_chunk(params, padded, cfg=cfg))[:len(chunk)])
+    parts = [np.asarray(_decode_chunk(params, chunk, cfg=cfg))[valid.astype(bool)]
+             for chunk, valid in _chunks(codes)]
     return np.concatenate(parts).astype(np.float32)
 
 

@@ -191,10 +191,8 @@ def fit(run: Run, *, display) -> dict:
         check_saves()
         problem = checkpoint.room_for(run_dir, state)
         if problem:  # before orbax starts writing, whose threads would each print a traceback
-            kept = "none yet" if last_checkpoint is None else f"step {last_checkpoint}"
-            raise TrainingFailed(f"cannot save the checkpoint at step {step}: {problem}; last "
-                                 f"good checkpoint: {kept}; make room, then resume with --resume "
-                                 f"--run-dir {run_dir}")
+            raise TrainingFailed(checkpoint.save_stopped(run_dir, step, problem,
+                                                         last_checkpoint))
         checkpoint.save(mngr, step, state)
         saving, last_checkpoint = step, step
 
