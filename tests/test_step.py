@@ -10,6 +10,7 @@ import pytest
 
 from rqvae.quantizer.codebook import restart_dead_codes, stale_window
 from rqvae.quantizer.state import CodebookState, transport_schedule
+from rqvae.quantizer.settings import LossWeights, Transport
 from rqvae.quantizer.losses import compute_losses, loss_terms, wasserstein_levels
 from rqvae.trainer import config, evaluate, step
 from rqvae.trainer.config import step_config
@@ -371,3 +372,16 @@ def test_reanchoring_draws_rows_by_weight_and_never_a_row_of_weight_zero():
                                               row_weights_LxB=weights)
         rows = np.asarray(new[0, :, 0])
         assert bool(anchored.all()) and len(set(rows)) == codes and (rows >= 8).all(), rows
+
+
+def test_a_shared_code_that_one_level_picks_is_not_stale_for_another():
+    # Shared codebook, 2 levels, 8 codes: level 1 picked code 3 at step 99, level 2 never did.
+    # With a window of 20 steps, at the anchor step 100 every code but 3 is stale on both levels.
+    last_used = jnp.full((2, 8), -1, jnp.int32).at[0, 3].set(99)
+    state = CodebookState(last_used, jnp.int32(100), shared=True)
+    schedule = transport_schedule(state, LossWeights(lambda_wasserstein=0.5), Transport(),
+                                  num_codes=8, points=64, branch=False)
+    assert bool(schedule.anchor_now)
+    expected = np.ones((2, 8), bool)
+    expected[:, 3] = False
+    np.testing.assert_array_equal(np.asarray(schedule.movable), expected)

@@ -100,7 +100,9 @@ def transport_schedule(state: CodebookState, weights: LossWeights, transport: Tr
                   | jnp.any(jnp.sum(stale_by_end, axis=1) >= points))
     if weights.lambda_codebook == 0:
         return Schedule(anchor_now, None, None)
-    movable = anchor_now & codebook.stale_codes(state.last_used, state.step - 1, window)
+    # Stale before this step's picks; a shared code only when no level picked it.
+    picked_LxK = jnp.broadcast_to(state.picked_last(), state.last_used.shape)
+    movable = anchor_now & codebook.stale_codes(picked_LxK, state.step - 1, window)
     if transport.encoder_grad or not branch:
         return Schedule(anchor_now, movable, None)
     return Schedule(anchor_now, movable, logged | (anchor_now & jnp.any(stale_by_end)))
