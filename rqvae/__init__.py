@@ -30,7 +30,7 @@ import importlib
 _EXPORTS = {
     "ResidualVQ": "rqvae.quantizer.layer",
     "quantizer_losses": "rqvae.quantizer.losses",
-    "sinkhorn_loss": "rqvae.quantizer.losses",
+    "sinkhorn_loss": "rqvae.quantizer.first_release",
     "CodebookState": "rqvae.quantizer.state",
     "update_codebook": "rqvae.quantizer.state",
     "LossWeights": "rqvae.quantizer.settings",

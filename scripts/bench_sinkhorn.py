@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
-from rqvae.quantizer.losses import sinkhorn_loss, wasserstein_levels
+from rqvae.quantizer.first_release import sinkhorn_loss, wasserstein_levels
 from rqvae.quantizer.settings import Transport
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.trainer import config, launch, step

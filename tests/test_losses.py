@@ -1,5 +1,5 @@
-"""The loss terms (rqvae.quantizer.losses): their keys and weights, the original `compute_losses`
-call, which parameters each term moves, the per-level codebook loss, the envelope gradient of the
+"""The loss terms (rqvae.quantizer.losses, and the first release's in first_release): their keys
+and weights, the original `compute_losses` call, which parameters each term moves, the per-level codebook loss, the envelope gradient of the
 transport term and its per-element scale."""
 
 import functools
@@ -9,14 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae.quantizer.losses import (
-    compute_losses,
-    loss_terms,
-    sinkhorn_loss,
-    solved_rows,
-    vq_per_level,
-    wasserstein_levels,
-)
+from rqvae.quantizer.first_release import compute_losses, sinkhorn_loss, wasserstein_levels
+from rqvae.quantizer.losses import loss_terms, solved_rows, vq_per_level
 from rqvae.quantizer.settings import LossWeights, Transport
 
 # Compiled: called eagerly, every call would trace and compile the Sinkhorn loops anew.

@@ -12,7 +12,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
-from rqvae.quantizer.losses import sinkhorn_loss
+from rqvae.quantizer.first_release import sinkhorn_loss
 from rqvae.quantizer.settings import Transport
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 

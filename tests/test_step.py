@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from rqvae.quantizer.codebook import restart_dead_codes, stale_window
-from rqvae.quantizer.state import CodebookState, transport_schedule
+from rqvae.quantizer.first_release import compute_losses, wasserstein_levels
+from rqvae.quantizer.losses import loss_terms
 from rqvae.quantizer.settings import LossWeights, Transport
-from rqvae.quantizer.losses import compute_losses, loss_terms, wasserstein_levels
+from rqvae.quantizer.state import CodebookState, transport_schedule
 from rqvae.trainer import config, evaluate, step
 from rqvae.trainer.config import step_config
 from rqvae.trainer.runlog import LOSS_TERMS
