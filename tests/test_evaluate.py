@@ -1,5 +1,7 @@
 """Evaluation over whole splits, in padded chunks."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,3 +37,18 @@ def test_chunks_cover_the_split_in_one_shape(monkeypatch, tiny_cfg, digits):
     assert shapes == [(500, 64)] * 3
     np.testing.assert_array_equal(evaluate.encode(params, digits.train, cfg), whole)
     assert whole.shape == (len(digits.train), cfg.model.num_levels)
+
+
+def test_a_shared_codebook_is_dead_where_no_level_picks_a_code(tiny_cfg, digits):
+    shared = step_config(dataclasses.replace(
+        tiny_cfg, model=dataclasses.replace(tiny_cfg.model, shared_codebook=True)))
+    state = step.init_state(shared, len(digits.train))
+    result = evaluate.evaluate(state.params, digits, shared)
+    _, aux = step.make_model(shared).apply(state.params, jnp.asarray(digits.train))
+    picked_by_any = len(np.unique(np.asarray(aux["indices"])))
+    assert result["shared_dead"] == tiny_cfg.model.num_codes - picked_by_any
+    # Per level, each level's own count, which can only be as high or higher.
+    assert min(result["train_dead"]) >= result["shared_dead"]
+    unshared = step_config(tiny_cfg)
+    assert "shared_dead" not in evaluate.evaluate(
+        step.init_state(unshared, len(digits.train)).params, digits, unshared)

@@ -164,7 +164,8 @@ def test_csv_has_a_row_per_train_and_eval_record_of_every_run(tmp_path, capsys):
                        "sinkhorn_marginal_error_L1", "used_L2", "dead_L2", "perplexity_L2",
                        "sinkhorn_marginal_error_L2", "kind", "heldout_recon", "heldout_psnr",
                        "constant_recon", "tuples_unique", "tuples_shared",
-                       "tuples_largest_group", "train_used_L1", "train_dead_L1", "train_perplexity_L1", "heldout_used_L1",
+                       "tuples_largest_group", "shared_dead", "train_used_L1", "train_dead_L1",
+                       "train_perplexity_L1", "heldout_used_L1",
                        "heldout_perplexity_L1", "train_used_L2", "train_dead_L2",
                        "train_perplexity_L2", "heldout_used_L2", "heldout_perplexity_L2"]
     assert [(r[0], r[1], r[16]) for r in rows[1:]] == [
@@ -172,10 +173,10 @@ def test_csv_has_a_row_per_train_and_eval_record_of_every_run(tmp_path, capsys):
         ("b-hybrid", "20", "train"), ("b-hybrid", "20", "eval"), ("b-hybrid", "30", "train")]
     assert rows[1] == ["a-plain", "10", "0.1", "0.2", "0.1", "0.1", "0.2", "0.0",
                        "5", "2", "4.25", "", "3", "4", "2.75", "", "train", "", "", "", "", "", "",
-                       *[""] * 10]
+                       "", *[""] * 10]
     assert rows[4][3:5] == [repr(1 / 20), repr(0.5 / 20)] and rows[4][11] == "0.0125"
     assert rows[5][2:16] == [repr(20 / 90), *[""] * 13]
-    assert rows[5][16:] == ["eval", "0.5", "18.5", "", "", "", "", "7", "1", "6.5", "7", "6.25",
+    assert rows[5][16:] == ["eval", "0.5", "18.5", "", "", "", "", "", "7", "1", "6.5", "7", "6.25",
                             "5", "3", "4.125", "5", "3.875"]
 
     report.main([tmp_path / "a-plain"], as_json=False, console=Console(), as_csv=True)
@@ -183,7 +184,7 @@ def test_csv_has_a_row_per_train_and_eval_record_of_every_run(tmp_path, capsys):
     assert "sinkhorn" not in header and header.endswith("perplexity_L2,kind,heldout_recon,"
                                                         "heldout_psnr,constant_recon,"
                                                         "tuples_unique,tuples_shared,"
-                                                        "tuples_largest_group")
+                                                        "tuples_largest_group,shared_dead")
 
 
 def test_a_parent_directory_stands_for_every_run_in_it(tmp_path, capsys):

@@ -206,10 +206,10 @@ def test_the_json_keys_are_the_documented_ones(tmp_path):
     records = [json.loads(line) for line in
                (decreasing_run(tmp_path, "x") / rundir.METRICS_FILE).read_text().splitlines()]
     records.insert(5, {"kind": "resume", "step": 40, "time": 1.0, "changed": {"seed": [0, 1]}})
-    for record in records:  # what a vector run's evals log today
+    for record in records:  # what evals log today (shared_dead: a shared codebook's)
         if record["kind"] == "eval":
             record.update(constant_recon=0.07, tuples_unique=12, tuples_shared=30,
-                          tuples_largest_group=4)
+                          tuples_largest_group=4, shared_dead=3)
     run_dir = make_run(tmp_path, "run", tiny_cfg(steps=600, lambda_wasserstein=0.5), records)
     summary = summarize(load_run(run_dir))
     documented = documented_json_keys()

@@ -65,6 +65,10 @@ def _print_heading(summary: dict, run: LoggedRun, console: Console) -> None:
                            f"another; {last_eval['tuples_unique']} unique, the largest group "
                            f"{last_eval['tuples_largest_group']} (rqvae encode --ids tells them "
                            f"apart)"))
+    if last_eval.get("shared_dead") is not None:
+        console.print(Text(f"shared codebook at step {last_eval['step']}: "
+                           f"{last_eval['shared_dead']} codes no level picks (its dead codes; "
+                           f"the dead counts per level below count each level apart)"))
 
 
 def _print_config(summary: dict, run: LoggedRun, console: Console) -> None:

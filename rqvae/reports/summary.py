@@ -55,6 +55,7 @@ Infinity, as Python's json writes it.
   - tuples_unique: distinct code tuples over the training split (vector latents, if logged)
   - tuples_shared: training examples whose tuple another has too (likewise)
   - tuples_largest_group: the most examples sharing one tuple (likewise)
+  - shared_dead: a shared codebook's codes no level picks over the training split (if logged)
 - heldout_history: every eval record in log order, [{step, heldout_recon}]
   - step, heldout_recon: as in eval
 - resumes: each time the run resumed, oldest first: from the log's resume records, or from
@@ -214,7 +215,8 @@ def _eval_summary(record: dict | None) -> dict | None:
         return None
     keys = ("step", "heldout_recon", *(k for k in ("heldout_psnr", "constant_recon",
                                                     "tuples_unique", "tuples_shared",
-                                                    "tuples_largest_group") if k in record))
+                                                    "tuples_largest_group", "shared_dead")
+                                          if k in record))
     return {k: record.get(k) for k in keys}
 
 

@@ -68,7 +68,7 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
     """Held-out recon MSE and PSNR, and per-level code use over full passes of both splits.
 
     The full pass of the training split is the definitive dead-code count: a code no training
-    image picks is dead.
+    image picks is dead; of a shared codebook, a code no level picks (`shared_dead`).
     """
     train_counts, _, train_codes = _pass(params, dataset.train, cfg,
                                          with_codes=cfg.model.latent != "grid")
@@ -86,6 +86,8 @@ def evaluate(params, dataset: Dataset, cfg: StepConfig) -> dict:
         "heldout_used": heldout_used,
         "heldout_perplexity": heldout_perplexity,
         **({} if train_codes is None else code_tuples(train_codes)),
+        **({"shared_dead": int(np.sum(np.sum(train_counts, axis=0) == 0))}
+           if cfg.model.shared_codebook else {}),
     }
 
 

@@ -141,6 +141,8 @@ def eval_fields(record: dict) -> list[str]:
     fields = [f"eval at step {record['step']:,}", f"held-out recon {record['heldout_recon']:.4g}"]
     if "heldout_psnr" in record:
         fields.append(f"PSNR {record['heldout_psnr']:.1f} dB")
+    if "shared_dead" in record:
+        fields.append(f"shared codes no level picks {record['shared_dead']}")
     fields += [f"dead (train split) {_levels(record['train_dead'])}",
                f"perplexity (train split) {_perplexity(record['train_perplexity'])}"]
     if runlog.collapsed(record):

@@ -23,7 +23,8 @@ This module defines every record's keys and their meaning; writers and readers u
   that ignores its input reaches; a run whose heldout_recon is no lower has collapsed,
   `collapsed`), for a vector latent how the training examples' code tuples collide (semantic
   IDs): "tuples_unique", "tuples_shared" (examples whose tuple another one has too) and
-  "tuples_largest_group", and per level the EVAL_PER_LEVEL keys:
+  "tuples_largest_group", for a shared codebook "shared_dead" (its codes no level picks over a
+  full pass of the training split: the dead codes of a shared codebook), and per level the EVAL_PER_LEVEL keys:
   - train_used, train_dead: codes some / no training image picks, over a full pass of the
     training split (the definitive dead-code count)
   - train_perplexity: perplexity of the codes over that full pass
@@ -69,7 +70,7 @@ TRANSPORT_PER_LEVEL = ("transport_cost", "sinkhorn_marginal_error", "solve_epsil
 TRAIN_PER_LEVEL = ("batch_used", "batch_perplexity", "window_dead", *TRANSPORT_PER_LEVEL,
                    "anchor_stale")
 EVAL_SCALARS = ("heldout_recon", "heldout_psnr", "constant_recon", "tuples_unique",
-                "tuples_shared", "tuples_largest_group")
+                "tuples_shared", "tuples_largest_group", "shared_dead")
 EVAL_PER_LEVEL = ("train_used", "train_dead", "train_perplexity", "heldout_used",
                   "heldout_perplexity")
 
