@@ -52,7 +52,8 @@ def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(t
     assert cells == {"digits-2x64", "digits-2x256", "patches8-2x1024", "patches8-4x1024",
                      "patches8-2x4096", "patches16-2x512", "patches16-2x1024",
                      "semantic-ids-3x256", "tokens16-2x1024", "tokens16-2x4096",
-                     "mnist-tokens-2x1024"}
+                     "mnist-tokens-2x1024", "colour8-2x16384", "colour8-2x65536",
+                     "colour-tokens-4x2048"}
     for (cell, run), cfg in runs.items():
         m = cfg.model
         assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
