@@ -237,7 +237,9 @@ def print_summary(summary: dict, run_dir: Path, console, quiet: bool = False) ->
 
     final, last_eval = summary.get("train"), summary.get("eval")
     if quiet:
-        dead = (f"dead (train split) {' / '.join(map(str, last_eval['train_dead']))}, "
+        shared = (f"shared codes no level picks {last_eval['shared_dead']}, "
+                  if last_eval and "shared_dead" in last_eval else "")
+        dead = (f"{shared}dead (train split) {' / '.join(map(str, last_eval['train_dead']))}, "
                 f"heldout recon {last_eval['heldout_recon']:.4g}" if last_eval else
                 f"dead (window) {' / '.join(map(str, final['window_dead']))}")
         collapse = (f"; collapsed: {runlog.collapse_note(last_eval)}"
