@@ -11,7 +11,8 @@ The quantizer as a library (docs/library.md), for your own Flax model and optax 
   (when each code was last picked); `update_codebook(params, opt_state, state, aux, losses,
   key)` after each optimizer update records the picks and re-anchors stale codes.
 - `LossWeights`, `Transport`: the loss weights and the transport term's settings, with the
-  defaults the `rqvae train` command uses.
+  defaults the `rqvae train` command uses; `Platform`: the solver and branching
+  (`quantizer_losses(..., platform=)`; default: the one for `jax.default_backend()`).
 - `kmeans_codebooks`, `with_codebook`: k-means initialisation of a residual codebook, and a
   params tree with its codebook replaced.
 - `codes_used`, `perplexity`: codebook health from `aux["counts"]`.
@@ -35,6 +36,7 @@ _EXPORTS = {
     "update_codebook": "rqvae.quantizer.state",
     "LossWeights": "rqvae.quantizer.settings",
     "Transport": "rqvae.quantizer.settings",
+    "Platform": "rqvae.quantizer.settings",
     "kmeans_codebooks": "rqvae.quantizer.codebook",
     "with_codebook": "rqvae.quantizer.codebook",
     "codes_used": "rqvae.quantizer.metrics",

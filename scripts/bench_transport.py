@@ -82,7 +82,8 @@ def main():
     for name in args.variants:
         cfg = config.step_config(config.replace(base, VARIANTS[name]), jax.default_backend())
         if args.guard != "platform":
-            cfg = dataclasses.replace(cfg, guard=args.guard)
+            cfg = dataclasses.replace(cfg, platform=dataclasses.replace(
+                cfg.platform, branch=args.guard == "branch"))
         state = step.init_state(cfg, len(images))
         state, _ = step.run_steps(state, images, args.after, cfg=cfg)
         jax.block_until_ready(state)

@@ -161,11 +161,12 @@ def test_the_layer_runs_in_flax_nnx_and_its_codebook_is_upkept_through_pure_dict
     # A window's worth of steps in which no code was picked: every code stale, then re-seeded.
     codes = rqvae.CodebookState.create(2, 16).replace(step=jnp.int32(100))
     losses = rqvae.quantizer_losses(aux, rqvae.LossWeights(lambda_wasserstein=0.5),
-                                    rqvae.Transport(), state=codes)
+                                    rqvae.Transport(), state=codes,
+                                    platform=rqvae.Platform(branch=False))
     new_params, _, _ = rqvae.update_codebook(params, optimizer.init(params), codes, aux, losses,
-                                             jax.random.key(2), branch=False)
+                                             jax.random.key(2))
     nnx.replace_by_pure_dict(state, new_params)
     nnx.update(layer, state)
-    moved = nnx.state(layer, nnx.Param)["codebook"].value
+    moved = nnx.state(layer, nnx.Param)["codebook"][...]
     assert not np.allclose(moved, params["codebook"])  # stale codes re-anchored on the data
     assert float(jnp.abs(moved).max()) > 1.0

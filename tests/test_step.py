@@ -11,8 +11,8 @@ import pytest
 from rqvae.quantizer.codebook import restart_dead_codes, stale_window
 from rqvae.quantizer.first_release import compute_losses, wasserstein_levels
 from rqvae.quantizer.losses import loss_terms
-from rqvae.quantizer.settings import LossWeights, Transport
-from rqvae.quantizer.state import CodebookState, transport_schedule
+from rqvae.quantizer.settings import LossWeights, Platform, Transport
+from rqvae.quantizer.state import CodebookState, anchor_window, transport_schedule
 from rqvae.trainer import config, evaluate, step
 from rqvae.trainer.config import step_config
 from rqvae.trainer.runlog import LOSS_TERMS
@@ -156,8 +156,8 @@ def test_the_guard_branches_and_selects_alike(ok):
     def update():
         return {"w": old["w"] * 2.0, "n": old["n"] + 1}
 
-    results = [jax.jit(lambda ok, guard=guard: step.where_ok(ok, update, old, guard=guard))(ok)
-               for guard in step.GUARDS]
+    results = [jax.jit(lambda ok, branch=branch: step.where_ok(ok, update, old, branch=branch))(ok)
+               for branch in (True, False)]
     expected = update() if ok else old
     for result in results:
         jax.tree.map(np.testing.assert_array_equal, result, expected)
@@ -208,8 +208,7 @@ def test_the_accelerator_path_agrees_with_the_cpu_path(tiny_cfg, digits):
         state, metrics = step.run_steps(step.init_state(cfg, len(digits.train)), images, 3,
                                         cfg=cfg)
         results.append((jax.device_get(state.params), {k: float(metrics[k]) for k in LOSS_TERMS}))
-    assert step_config(tiny_cfg, "gpu").solver == "logdomain"
-    assert step_config(tiny_cfg, "gpu").guard == "select"
+    assert step_config(tiny_cfg, "gpu").platform == Platform(solver="logdomain", branch=False)
     (cpu_params, cpu_losses), (gpu_params, gpu_losses) = results
     assert cpu_losses["wasserstein"] > 0
     for term in LOSS_TERMS:
@@ -270,7 +269,7 @@ def test_the_transport_term_brings_far_codes_into_use_where_plain_vq_leaves_them
     # 512 codes from batches of 64 (K / B = 8), every code 50 away from the data on every axis.
     cfg = step_config(config.replace(tiny_cfg, {
         "loss.lambda_wasserstein": 0.5, "batch_size": 64, "model.num_codes": 512}))
-    window = step.anchor_window(cfg)  # 20 sweeps of the codebook: 160 steps
+    window = anchor_window(cfg.transport, 512, 64)  # 20 sweeps of the codebook: 160 steps
     assert window == 20 * 512 // 64
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(
         cfg.loss, lambda_wasserstein=lambda_wasserstein))
@@ -297,7 +296,7 @@ def test_the_solve_is_skipped_where_it_moves_nothing_and_never_changes_the_run(t
     cfg = step_config(config.replace(tiny_cfg, {
         "loss.lambda_wasserstein": 0.5, "batch_size": 64, "model.num_codes": 128,
         "transport.anchor_window": 8}))
-    assert step.anchor_window(cfg) == 16
+    assert anchor_window(cfg.transport, 128, 64) == 16
     images = jnp.asarray(digits.train)
     start = _far_codebook(step.init_state(cfg, len(digits.train)))
     whole, _ = step.run_steps(jax.tree.map(jnp.copy, start), images, 40, cfg=cfg)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rqvae.quantizer.settings import LOSS_TERMS, LossWeights, Transport
+from rqvae.quantizer.settings import LOSS_TERMS, LossWeights, Platform, Transport
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
 from rqvae.quantizer.state import CodebookState, Schedule, points_per_step, transport_schedule
 
@@ -100,8 +100,7 @@ def solved_rows(num_points: int, num_codes: int):
 
 def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
                      transport: Transport = Transport(), *, state: CodebookState | None = None,
-                     logged=True, branch: bool | None = None,
-                     solver: str | None = None) -> dict[str, jax.Array]:
+                     logged=True, platform: Platform | None = None) -> dict:
     """The quantizer's loss terms from a `ResidualVQ`'s aux, and their weighted sum `total`:
     add your reconstruction loss to it.
 
@@ -111,28 +110,30 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
     sinkhorn_marginal_error; solve_epsilon, the epsilon each solve used in squared latent units.
     With the term on, also transport_row_cost (L, N), each point's transport cost under its
     level's plan (0 for the points the solve left out: beyond SOLVE_POINTS_PER_CODE a code, it
-    takes evenly spaced rows, `solved_rows`), and with a `state`, anchor_now: whether
-    `update_codebook` re-anchors stale
-    codes after this step. At `weights.lambda_wasserstein == 0` the term is not computed at all
-    (its values are zeros).
+    takes evenly spaced rows, `solved_rows`). With a `state`, also schedule: the step's
+    `Schedule` (`transport_schedule`), which `update_codebook` reads. At
+    `weights.lambda_wasserstein == 0` the term is not computed at all (its values are zeros).
 
     `state`: the `CodebookState` across steps, which `transport_schedule` reads: the term's
     gradient then reaches only stale codes, at anchor steps, and steps with nothing to move skip
     the solve unless `logged`. Without it the term moves every code at every step and nothing is
-    re-anchored (the term as it was). `branch`: allow `lax.cond` (default: on CPU). `solver`:
-    "scaling" (default on CPU) or "logdomain" (elsewhere). The level inputs are held out of the
-    term's gradient unless `transport.encoder_grad`.
+    re-anchored (the term as it was). `platform`: the solver and branching to use (default:
+    `Platform.of(jax.default_backend())`). The level inputs are held out of the term's gradient
+    unless `transport.encoder_grad`.
     """
-    cpu = jax.default_backend() == "cpu"
-    branch = cpu if branch is None else branch
-    solver = ("scaling" if cpu else "logdomain") if solver is None else solver
-    schedule = Schedule(None, None, None) if state is None else transport_schedule(
-        state, weights, transport, num_codes=aux["codebook"].shape[1],
-        points=points_per_step(aux["indices"].shape[1], aux["indices"].shape[0], state.shared),
-        logged=logged, branch=branch)
-    losses = _quantizer_terms(aux, weights, transport, solver, schedule.movable, schedule.solve)
-    if schedule.anchor_now is not None:
-        losses["anchor_now"] = schedule.anchor_now
+    platform = Platform.of(jax.default_backend()) if platform is None else platform
+    if state is None:
+        schedule = Schedule(branch=platform.branch)
+    else:
+        schedule = transport_schedule(
+            state, weights, transport, num_codes=aux["codebook"].shape[1],
+            points=points_per_step(aux["indices"].shape[1], aux["indices"].shape[0],
+                                   state.shared),
+            logged=logged, branch=platform.branch)
+    losses = _quantizer_terms(aux, weights, transport, platform.solver, schedule.movable,
+                              schedule.solve)
+    if state is not None:
+        losses["schedule"] = schedule
     return losses
 
 

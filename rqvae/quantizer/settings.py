@@ -1,5 +1,5 @@
-"""What the library's loss functions read: the loss weights and the transport term's settings,
-and the names of the loss terms. Frozen dataclasses of scalars, so they are hashable static jit
+"""What the library's loss functions read: the loss weights, the transport term's settings and
+the platform's way of running them, and the names of the loss terms. Frozen dataclasses of scalars, so they are hashable static jit
 arguments; this module imports nothing, so a config can be read without JAX.
 
 The trainer's config tree holds these sections as they are (`[loss]`, `[transport]` in TOML);
@@ -34,3 +34,24 @@ class Transport:
     #   points the plan serves worst, every quarter window; 0: every code takes the gradient at
     #   every step and none is re-anchored
     encoder_grad: bool = False  # true: the term's gradient also reaches the encoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class Platform:
+    """How a step runs where it runs, decided once (`Platform.of`) and passed down: the trainer
+    builds it from its devices, the library from `jax.default_backend()` in `quantizer_losses`,
+    and `transport_schedule` hands `branch` on to `update_codebook` in its `Schedule`.
+
+    On CPU the stabilized scaling loop and `lax.cond` branches are fastest (a branch runs one
+    side, so steps with nothing to re-anchor skip the solve). On accelerators the log-domain loop,
+    and selects instead of branches: there a branch reads its predicate back to the host, which
+    would stall the device once per step (scripts/gpu_checks.sh measures the choice)."""
+
+    solver: str = "scaling"  # Sinkhorn: "scaling" or "logdomain" (sinkhorn.SOLVERS)
+    branch: bool = True  # decide "skip or not" with lax.cond; False: compute both, select
+
+    @classmethod
+    def of(cls, name: str) -> Platform:
+        """The choice for a JAX platform name ("cpu", "gpu", "tpu")."""
+        accelerator = name != "cpu"
+        return cls(solver="logdomain" if accelerator else "scaling", branch=not accelerator)

@@ -9,7 +9,7 @@ restarts dead ones).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.struct
 import jax
@@ -47,12 +47,27 @@ class CodebookState:
         return jnp.max(self.last_used, axis=0, keepdims=True) if self.shared else self.last_used
 
 
-class Schedule(NamedTuple):
-    """What the transport term does at a step (`transport_schedule`)."""
+@flax.struct.dataclass
+class Schedule:
+    """What the transport term does at a step, decided once by `transport_schedule` and read by
+    the losses, `update_codebook` and the step's metrics. The default: no re-anchoring, the term
+    (if on) moving every code at every step."""
 
-    anchor_now: jax.Array | None  # bool: re-anchor stale codes after this step; None: never
-    movable: jax.Array | None  # (L, K) bool: the codes the term's gradient reaches; None: all
-    solve: jax.Array | None  # bool: whether the step solves; None: always
+    anchor_now: jax.Array | None = None  # bool: re-anchor stale codes after this step; None: never
+    movable: jax.Array | None = None  # (L, K) bool: the codes the term's gradient reaches; None: all
+    solve: jax.Array | None = None  # bool: whether the step solves; None: always
+    # Steps a code may go unpicked before it is stale (`anchor_window`); 0: nothing is.
+    window: int = flax.struct.field(pytree_node=False, default=0)
+    # Decide "re-anchor or not" with `lax.cond` (`Platform.branch`), or compute both and select.
+    branch: bool = flax.struct.field(pytree_node=False, default=True)
+
+    def stale(self, last_used_LxK: jax.Array, step) -> jax.Array:
+        """(L, K) bool: the codes no step picked over the window up to and including `step`,
+        from `last_used` as `CodebookState.picked_last` gives it (a shared code: by no level).
+        The one definition of stale (`codebook.stale_codes`); all False without a window."""
+        if not self.window:
+            return jnp.zeros(last_used_LxK.shape, bool)
+        return codebook.stale_codes(last_used_LxK, step, self.window)
 
 
 def points_per_step(num_points: int, num_levels: int, shared: bool) -> int:
@@ -87,37 +102,35 @@ def transport_schedule(state: CodebookState, weights: LossWeights, transport: Tr
     follow the codebook loss: a term that also pulled them toward an even share of the batch
     would trade reconstruction for balance (docs/results.md).
 
-    `branch`: a step whose term moves nothing and re-anchors nothing skips the solve (a
-    `lax.cond`) unless `logged`; cheap on CPU, where a branch runs one side; on accelerators a
-    branch reads its predicate back to the host, so there every step solves. What a run computes
-    never depends on `logged`.
+    `branch` (`Platform.branch`): a step whose term moves nothing and re-anchors nothing skips
+    the solve (a `lax.cond`) unless `logged`. What a run computes never depends on `logged`.
     """
     if not reanchors(weights, transport):
-        return Schedule(None, None, None)
+        return Schedule(branch=branch)
     window = anchor_window(transport, num_codes, points)
-    stale_by_end = codebook.stale_codes(state.picked_last(), state.step, window)
-    anchor_now = ((state.step % max(1, window // ANCHOR_PERIODS) == 0)
-                  | jnp.any(jnp.sum(stale_by_end, axis=1) >= points))
-    if weights.lambda_codebook == 0:
-        return Schedule(anchor_now, None, None)
-    # Stale before this step's picks; a shared code only when no level picked it.
     picked_LxK = jnp.broadcast_to(state.picked_last(), state.last_used.shape)
-    movable = anchor_now & codebook.stale_codes(picked_LxK, state.step - 1, window)
-    if transport.encoder_grad or not branch:
-        return Schedule(anchor_now, movable, None)
-    return Schedule(anchor_now, movable, logged | (anchor_now & jnp.any(stale_by_end)))
+    stale = Schedule(window=window, branch=branch).stale
+    stale_by_end_LxK = stale(picked_LxK, state.step)  # unless this step picks them
+    anchor_now = ((state.step % max(1, window // ANCHOR_PERIODS) == 0)
+                  | jnp.any(jnp.sum(stale_by_end_LxK, axis=1) >= points))
+    if weights.lambda_codebook == 0:
+        return Schedule(anchor_now, window=window, branch=branch)
+    movable = anchor_now & stale(picked_LxK, state.step - 1)  # stale before this step's picks
+    solve = None
+    if not transport.encoder_grad and branch:
+        solve = logged | (anchor_now & jnp.any(stale_by_end_LxK))
+    return Schedule(anchor_now, movable, solve, window=window, branch=branch)
 
 
 def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: dict,
-                    key: jax.Array, *, transport: Transport = Transport(),
-                    restart_threshold: int = 0, restart_key: jax.Array | None = None,
-                    branch: bool | None = None, quantizer: str | None = None
+                    key: jax.Array, *, restart_threshold: int = 0,
+                    restart_key: jax.Array | None = None, quantizer: str | None = None
                     ) -> tuple[Any, Any, CodebookState]:
     """The codebook's upkeep after the optimizer's update: records which codes the step picked,
-    then re-anchors the stale codes when `quantizer_losses` says so (`losses["anchor_now"]`):
-    each on its own batch point, drawn by the plan's per-point transport cost (the points it
-    serves worst), with fresh optimizer moments. Returns params, opt_state and the state one
-    step on.
+    then re-anchors the stale codes when the step's schedule says so (`losses["schedule"]`, as
+    `quantizer_losses` with a `state` returns it): each on its own batch point, drawn by the
+    plan's per-point transport cost (the points it serves worst), with fresh optimizer moments.
+    Returns params, opt_state and the state one step on.
 
     `params` holds one leaf named `codebook` (the `ResidualVQ`'s), or, for a model with
     several quantizers, one under the module named `quantizer` (call it once per quantizer, each
@@ -125,9 +138,9 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
     optax optimizer's state: the moments it keeps for the codebook are reset where codes are
     re-seeded (`codebook.reset_moments`). `restart_threshold` > 0 adds the comparator remedy first:
     codes unpicked for that many steps re-seeded on random batch points (`restart_key`, by
-    default `key`). `branch`: decide "re-anchor or not" with `lax.cond` (default: on CPU).
+    default `key`).
     """
-    branch = jax.default_backend() == "cpu" if branch is None else branch
+    schedule = losses.get("schedule", Schedule())
     step = state.step
     last_used = update_last_used(state.last_used, aux["counts"], step)
     if restart_threshold:
@@ -135,22 +148,20 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
             params, opt_state, last_used, step, aux["level_inputs"],
             key if restart_key is None else restart_key, threshold=restart_threshold,
             shared=state.shared, quantizer=quantizer)
-    if "anchor_now" in losses:
+    if schedule.anchor_now is not None:
         def anchor():
             return reseed_codes(
                 params, opt_state, last_used, step, aux["level_inputs"], key,
-                threshold=anchor_window(transport, aux["counts"].shape[1], points_per_step(
-                    aux["indices"].shape[1], aux["indices"].shape[0], state.shared)),
-                row_weights_LxB=losses["transport_row_cost"], shared=state.shared,
-                quantizer=quantizer)
+                threshold=schedule.window, row_weights_LxB=losses["transport_row_cost"],
+                shared=state.shared, quantizer=quantizer)
 
         current = (params, opt_state, last_used)
-        if branch:
-            params, opt_state, last_used = jax.lax.cond(losses["anchor_now"], anchor,
+        if schedule.branch:
+            params, opt_state, last_used = jax.lax.cond(schedule.anchor_now, anchor,
                                                         lambda: current)
         else:
             params, opt_state, last_used = jax.tree.map(
-                lambda new, old: jnp.where(losses["anchor_now"], new, old), anchor(), current)
+                lambda new, old: jnp.where(schedule.anchor_now, new, old), anchor(), current)
     return params, opt_state, state.replace(last_used=last_used, step=step + 1)
 
 

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rqvae.quantizer.settings import LossWeights, Transport
+from rqvae.quantizer.settings import LossWeights, Platform, Transport
 from rqvae.trainer.config_checks import validate
 from rqvae.trainer.errors import ConfigError
 
@@ -105,8 +105,8 @@ class TrainerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StepConfig:
-    """What the compiled train step reads: its sections of the tree as they are, and the solver
-    and guard chosen for the platform. Runs that differ only in what the loop reads (length,
+    """What the compiled train step reads: its sections of the tree as they are, and the
+    platform's solver and branching. Runs that differ only in what the loop reads (length,
     directory, intervals) share one compilation."""
 
     model: ModelConfig
@@ -117,8 +117,7 @@ class StepConfig:
     batch_size: int
     seed: int
     dead_window: int  # run.dead_window
-    solver: str = "scaling"  # Sinkhorn: "scaling" (CPU) or "logdomain" (accelerators)
-    guard: str = "branch"  # how a non-finite loss keeps the old state: "branch" or "select"
+    platform: Platform = Platform()  # the solver, and branches or selects (`Platform.of`)
 
 
 # Batches of encoder outputs that `remedies.kmeans_init` clusters.
@@ -126,18 +125,12 @@ KMEANS_BATCHES = 8
 
 
 def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
-    """The part of `cfg` the compiled step reads, with the Sinkhorn solver and the non-finite
-    guard chosen for `platform` ("cpu", "gpu", "tpu").
-
-    On CPU the stabilized scaling loop and a branch are fastest; on accelerators the log-domain
-    loop and a select (a branch there reads its predicate back to the host every step).
-    """
-    accelerator = platform != "cpu"
+    """The part of `cfg` the compiled step reads, with the solver and branching chosen for
+    `platform` ("cpu", "gpu", "tpu"; `Platform.of`)."""
     return StepConfig(model=cfg.model, loss=cfg.loss, transport=cfg.transport,
                       remedies=cfg.remedies, optimizer=cfg.optimizer,
                       batch_size=cfg.batch_size, seed=cfg.seed, dead_window=cfg.run.dead_window,
-                      solver="logdomain" if accelerator else "scaling",
-                      guard="select" if accelerator else "branch")
+                      platform=Platform.of(platform))
 
 
 def section_of(key: str) -> type:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from rqvae.quantizer import codebook, metrics
-from rqvae.quantizer import state as quantizer_state
 from rqvae.quantizer.losses import LOSS_TERMS, quantizer_losses
 from rqvae.quantizer.state import CodebookState, update_codebook
 from rqvae.trainer.config import KMEANS_BATCHES, StepConfig
@@ -100,7 +99,7 @@ def loss_fn(params, batch_BxP, cfg: StepConfig, codebook_state: CodebookState | 
     x_recon, aux = make_model(cfg).apply(params, batch_BxP)
     recon = jnp.mean((batch_BxP - x_recon) ** 2)
     losses = quantizer_losses(aux, cfg.loss, cfg.transport, state=codebook_state, logged=logged,
-                              branch=cfg.guard == "branch", solver=cfg.solver)
+                              platform=cfg.platform)
     losses.update(recon=recon, total=recon + losses["total"])
     return losses["total"], (losses, aux)
 
@@ -139,12 +138,13 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True, total_st
         # re-anchoring, each with its own random stream.
         params, opt_state, upkept = update_codebook(
             params, opt_state, codebook_state, aux, losses, _step_key(cfg, Stream.ANCHOR, state),
-            transport=cfg.transport, restart_threshold=cfg.remedies.dead_code_threshold,
-            restart_key=_step_key(cfg, Stream.RESTART, state), branch=cfg.guard == "branch")
+            restart_threshold=cfg.remedies.dead_code_threshold,
+            restart_key=_step_key(cfg, Stream.RESTART, state))
         return params, opt_state, upkept.last_used
 
     params, opt_state, last_used = where_ok(
-        ok, advance, (state.params, state.opt_state, state.last_used), guard=cfg.guard)
+        ok, advance, (state.params, state.opt_state, state.last_used),
+        branch=cfg.platform.branch)
     new_state = state.replace(
         step=state.step + ok.astype(jnp.int32),
         params=params,
@@ -154,26 +154,25 @@ def _update(state: TrainState, batch_BxP, cfg: StepConfig, logged=True, total_st
         failed_terms=jnp.where(healthy & ~ok, ~finite_terms, state.failed_terms),
     )
     outcome = {k: losses[k] for k in (*LOSS_TERMS, *TRANSPORT_PER_LEVEL)}
-    outcome.update(counts=counts_LxK, step=state.step)
+    # Per level, the codes still stale once the step re-anchored what it could.
+    stale_LxK = losses["schedule"].stale(new_state.last_used, state.step)
+    outcome.update(counts=counts_LxK, step=state.step,
+                   anchor_stale=jnp.sum(stale_LxK, axis=1, dtype=jnp.int32))
     return new_state, outcome
 
 
-GUARDS = ("branch", "select")
-
-
-def where_ok(ok, update, old, *, guard: str):
+def where_ok(ok, update, old, *, branch: bool):
     """`update()` if `ok`, else `old` (a tree of the same structure).
 
-    guard "branch": decide with `lax.cond`. On CPU a select between the new and the old tree
-    keeps both alive, and XLA then copies every parameter and Adam moment once per step; a branch
-    updates them in place. "select": on accelerators, where a branch reads its predicate back to
-    the host, which would stall the device once per step, and the copies are cheap.
+    `branch` (`Platform.branch`, on CPU): decide with `lax.cond`. On CPU a select between the
+    new and the old tree keeps both alive, and XLA then copies every parameter and Adam moment
+    once per step; a branch updates them in place. Otherwise a select: on accelerators a branch
+    reads its predicate back to the host, which would stall the device once per step, and the
+    copies are cheap.
     """
-    if guard == "branch":
+    if branch:
         return jax.lax.cond(ok, update, lambda: old)
-    if guard == "select":
-        return jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), update(), old)
-    raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
+    return jax.tree.map(lambda new, previous: jnp.where(ok, new, previous), update(), old)
 
 
 def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
@@ -186,7 +185,7 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
         batch_perplexity=metrics.perplexity(counts_LxK),
         window_dead=metrics.dead_in_window(new_state.last_used, outcome["step"], cfg.dead_window),
         **{k: outcome[k] for k in TRANSPORT_PER_LEVEL},
-        anchor_stale=_stale_after_step(new_state, outcome["step"], cfg),
+        anchor_stale=outcome["anchor_stale"],
         failed_step=new_state.failed_step,
     )
     return result
@@ -194,23 +193,6 @@ def step_metrics(new_state: TrainState, outcome: dict, cfg: StepConfig) -> dict:
 
 def _step_key(cfg: StepConfig, stream: Stream, state: TrainState) -> jax.Array:
     return jax.random.fold_in(stream_key(cfg.seed, stream), state.step)
-
-
-def anchor_window(cfg: StepConfig) -> int:
-    """The steps a code may go unpicked before the transport term takes it as stale
-    (`rqvae.quantizer.state.anchor_window`), from the config's batch, grid and codebook."""
-    m = cfg.model
-    points = quantizer_state.points_per_step(cfg.batch_size * m.points_per_image, m.num_levels,
-                                             m.shared_codebook)
-    return quantizer_state.anchor_window(cfg.transport, m.num_codes, points)
-
-
-def _stale_after_step(new_state: TrainState, step, cfg: StepConfig):
-    """Per level, the codes still stale once the step re-anchored what it could: (L,) int32."""
-    if not quantizer_state.reanchors(cfg.loss, cfg.transport):
-        return jnp.zeros(cfg.model.num_levels, jnp.int32)
-    stale_LxK = codebook.stale_codes(new_state.last_used, step, anchor_window(cfg))
-    return jnp.sum(stale_LxK, axis=1, dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames="cfg", donate_argnums=0)
