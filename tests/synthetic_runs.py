@@ -60,7 +60,7 @@ def make_run(root, name, cfg=None, records=None):
 
 
 def tiny_cfg(run_dir="", **changes):
-    """A small config; `changes` by key (flat names of earlier versions included: config.MOVED),
+    """A small config; `changes` by key (flat names of earlier versions included: compat.MOVED),
     or whole sections (model=ModelConfig(...))."""
     sections = {k: v for k, v in changes.items() if dataclasses.is_dataclass(v)}
     base = TrainerConfig(**{"steps": 40, "model": ModelConfig(num_codes=8),

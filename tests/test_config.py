@@ -196,7 +196,8 @@ def test_a_config_saved_by_the_flat_format_loads_as_the_same_run():
 def test_a_run_saved_before_a_key_existed_keeps_the_value_it_trained_with(tmp_path):
     # A flat config.toml lacking a key of BEFORE_KEY_EXISTED dates the run: it trained with the
     # original losses (now retired), so it loads for report and eval, and resume is refused.
-    from rqvae.trainer.config import BEFORE_KEY_EXISTED, load_saved, retired_values
+    from rqvae.trainer.compat import BEFORE_KEY_EXISTED
+    from rqvae.trainer.config import load_saved, retired_values
 
     flat = (Path(__file__).parent / "fixtures" / "flat_config.toml").read_text()
     old = "\n".join(line for line in flat.splitlines()

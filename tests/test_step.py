@@ -224,7 +224,7 @@ def test_kmeans_init_fits_the_codebook_to_the_first_batches(tiny_cfg, digits):
     cfg = step_config(config.replace(tiny_cfg, {"remedies.kmeans_init": True}))
     state = step.init_state(cfg, len(digits.train))
     fitted = step.kmeans_init(step.init_state(cfg, len(digits.train)), digits.train, cfg=cfg)
-    images = jnp.asarray(digits.train)  # k-means saw 128 of them (config.KMEANS_BATCHES)
+    images = jnp.asarray(digits.train)  # k-means saw 128 of them (settings.KMEANS_BATCHES)
     def level1_error(params):
         _, aux = step.make_model(cfg).apply(params, images)
         return float(jnp.mean((aux["z_e"] - aux["level_codes"][0]) ** 2))

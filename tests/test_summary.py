@@ -22,7 +22,8 @@ import rqvae.reports.summary
 from rqvae.reports.runs import load_run
 from rqvae.reports.summary import select, summarize
 from rqvae.trainer import config, rundir
-from rqvae.trainer.config import BEFORE_KEY_EXISTED, TrainerConfig
+from rqvae.trainer.compat import BEFORE_KEY_EXISTED, MOVED, NESTED_BEFORE_KEY_EXISTED
+from rqvae.trainer.config import TrainerConfig
 from rqvae.trainer.runlog import LOSS_TERMS
 
 ALWAYS_SHOWN = {"loss.lambda_wasserstein", "loss.lambda_codebook", "loss.lambda_commit",
@@ -82,8 +83,8 @@ def test_a_partial_config_toml_shows_defaults_for_the_always_shown_keys(tmp_path
     # A key the file lacks takes its default, except those added to the flat format after runs
     # were first saved: a run without them trained with their earlier values. Those of them still
     # settings differ from the defaults; the retired ones are not shown.
-    later = {config.MOVED[k]: v for k, v in BEFORE_KEY_EXISTED.items() if k in config.MOVED}
-    later.update(config.NESTED_BEFORE_KEY_EXISTED)
+    later = {MOVED[k]: v for k, v in BEFORE_KEY_EXISTED.items() if k in MOVED}
+    later.update(NESTED_BEFORE_KEY_EXISTED)
     assert set(brief) == ALWAYS_SHOWN | set(later)
     assert {key: brief[key] for key in later} == later
     assert brief["loss.lambda_codebook"] == 0 and brief["model.num_codes"] == 16

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 # `lambda_<term>` in LossWeights except recon, whose weight is 1.
 LOSS_TERMS = ("total", "recon", "commit", "codebook", "wasserstein")
 
+# Batches of encoder outputs that k-means initialisation clusters (`remedies.kmeans_init`).
+KMEANS_BATCHES = 8
+
 
 @dataclass(frozen=True, kw_only=True)
 class LossWeights:

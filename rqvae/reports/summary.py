@@ -79,6 +79,7 @@ from collections.abc import Sequence
 from rqvae.quantizer.settings import LOSS_TERMS
 from rqvae.reports.runs import LoggedRun, finite_extremes, level_value
 from rqvae.trainer import config
+from rqvae.trainer.compat import FORMER_LEVEL_NAMES
 
 # Shown in the config brief whether or not they differ from the defaults: they say what kind of run
 # this is and how big its codebooks are.
@@ -155,8 +156,6 @@ TRAIN_LEVEL = ("used", "perplexity", "dead")  # from the last train record
 EVAL_LEVEL = ("eval_used", "eval_dead", "eval_perplexity")  # from the last eval
 HELDOUT_LEVEL = ("heldout_used", "heldout_perplexity")  # from the last eval, if it logged them
 TRANSPORT_LEVEL = ("sinkhorn_marginal_error", "transport_cost", "solve_epsilon", "anchor_stale")
-# `levels` keys of the first schema, kept beside their new names for scripts that read them.
-_FORMER_NAMES = {"wasserstein_levels": "transport_cost", "sinkhorn_epsilon": "solve_epsilon"}
 
 
 def _level(record: dict, name: str, i: int):
@@ -176,7 +175,7 @@ def _levels(run: LoggedRun, final: dict, ot_on: bool) -> list[dict]:
         if with_transport:
             level.update({name: _level(final, name, i) for name in TRANSPORT_LEVEL
                           if LEVEL_VALUES[name][0] in final})
-            level.update({old: level[new] for old, new in _FORMER_NAMES.items() if new in level})
+            level.update({old: level[new] for old, new in FORMER_LEVEL_NAMES.items() if new in level})
         levels.append(level)
     return levels
 

@@ -1,7 +1,7 @@
 """The frozen config tree, from TOML and CLI flags; no JAX (the report reads it). Sections by what
 reads them: `[loss]`, `[transport]` (the library's LossWeights and Transport), `[remedies]`,
 `[optimizer]` (the step), `[model]`, `[data]`, `[run]` (the loop). Scalars and tuples only, so a
-config is a static jit argument. Earlier versions' keys load (`MOVED`, `RETIRED`, ...)."""
+config is a static jit argument. Earlier versions' keys load (`compat`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rqvae.quantizer.settings import LossWeights, Platform, Transport
+from rqvae.trainer.compat import (BEFORE_KEY_EXISTED, MOVED, NESTED_BEFORE_KEY_EXISTED,
+                                   RETIRED)
 from rqvae.trainer.config_checks import validate
 from rqvae.trainer.errors import ConfigError
 
@@ -120,10 +122,6 @@ class StepConfig:
     platform: Platform = Platform()  # the solver, and branches or selects (`Platform.of`)
 
 
-# Batches of encoder outputs that `remedies.kmeans_init` clusters.
-KMEANS_BATCHES = 8
-
-
 def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
     """The part of `cfg` the compiled step reads, with the solver and branching chosen for
     `platform` ("cpu", "gpu", "tpu"; `Platform.of`)."""
@@ -214,45 +212,6 @@ def load(path: str | Path | None) -> TrainerConfig:
     return from_dict(_read_toml(path))
 
 
-# Keys of the flat format before the tree was grouped, and where each lives now. They still load,
-# from files and --set, so configs and scripts written for earlier versions keep working.
-MOVED = {
-    "learning_rate": "optimizer.learning_rate",
-    "lambda_commit": "loss.lambda_commit",
-    "lambda_codebook": "loss.lambda_codebook",
-    "lambda_wasserstein": "loss.lambda_wasserstein",
-    "sinkhorn_epsilon": "transport.epsilon",
-    "sinkhorn_iters": "transport.iters",
-    "sinkhorn_tolerance": "transport.tolerance",
-    "sinkhorn_overrelaxation": "transport.overrelaxation",
-    "wasserstein_anchor_window": "transport.anchor_window",
-    "wasserstein_encoder_grad": "transport.encoder_grad",
-    "dead_code_threshold": "remedies.dead_code_threshold",
-    "kmeans_init": "remedies.kmeans_init",
-}
-
-# Settings no measured result supported, removed (docs/results.md keeps their rows), each with
-# the value that does what the code does now: a config holding it loads, any other is refused.
-RETIRED = {
-    "codebook_loss": "per_level",
-    "sinkhorn_epsilon_mode": "relative",
-    "wasserstein_scale": "per_element",
-    "wasserstein_level_weights": [],
-    "wasserstein_levels": 0,
-    "sinkhorn_warm_start": False,
-    "sinkhorn_unroll": False,
-    "ot_queue_size": 0,
-    "kmeans_init_batches": KMEANS_BATCHES,
-    "model.codebook_init_scale": 0.0,
-}
-
-# Keys added to the flat format after runs were first saved, with the values that reproduce how a
-# run saved before trained: a run's config.toml lists every key it knew.
-BEFORE_KEY_EXISTED = {"codebook_loss": "sum", "sinkhorn_epsilon_mode": "absolute",
-                      "sinkhorn_tolerance": 0.0, "wasserstein_scale": "whole",
-                      "sinkhorn_overrelaxation": 1.0, "wasserstein_anchor_window": 0}
-
-
 def _upgraded(values: dict) -> tuple[dict, dict]:
     """A TOML dict with MOVED keys in their sections and RETIRED keys taken out, and the retired
     keys whose value differs from what the code does now ({dotted key: value})."""
@@ -282,10 +241,6 @@ def _refuse_retired(retired: dict) -> None:
         raise ConfigError(f"{key} = {_toml_value(value)} is no longer a setting (the code always "
                           f"does what {_toml_value(RETIRED[key])} did; docs/results.md has its "
                           f"measurements); remove the key")
-
-
-# Keys of the nested format that runs written before them lack, with the value those runs used.
-NESTED_BEFORE_KEY_EXISTED = {"optimizer.decay_fraction": 0.0, "model.sigmoid_grad": "exact"}
 
 
 def _saved(path: str | Path) -> tuple[dict, dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from rqvae.trainer.config import MOVED
+from rqvae.trainer.compat import MOVED
 
 # A key not listed is shortened to its last dotted part.
 SHORT_NAMES = {
@@ -34,7 +34,7 @@ MAX_TAGS = 4
 
 
 def short_name(key: str) -> str:
-    """The short name of a dotted key, or of a flat key of earlier versions (config.MOVED)."""
+    """The short name of a dotted key, or of a flat key of earlier versions (compat.MOVED)."""
     key = MOVED.get(key, key)
     return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
 

@@ -90,9 +90,7 @@ def _perplexity(values) -> str:
 
 def _loss_fields(record: dict) -> list[tuple[str, ...]]:
     """Per loss term: its full form, then a shorter one. The Wasserstein term only when on."""
-    names = ["total", "recon", "commit", "codebook"]
-    if record.get("wasserstein"):
-        names.append("wasserstein")
+    names = [term for term in LOSS_TERMS if term != "wasserstein" or record.get("wasserstein")]
     return [(f"{name} {record[name]:.4g}", f"{name} {record[name]:.3g}") for name in names]
 
 

@@ -63,6 +63,7 @@ from pathlib import Path
 import orjson
 
 from rqvae.quantizer.settings import LOSS_TERMS
+from rqvae.trainer.compat import RENAMED
 from rqvae.trainer.rundir import METRICS_FILE
 
 # The per-level outputs of the transport term's solves, among the TRAIN_PER_LEVEL keys.
@@ -89,12 +90,6 @@ def collapse_note(eval_record: dict) -> str:
             f"output's ({eval_record['constant_recon']:.4g}, the training mean)")
 
 
-# Old key -> new key, by record kind, for logs written before the names above.
-RENAMED = {
-    "train": {"used": "batch_used", "perplexity": "batch_perplexity", "dead": "window_dead",
-              "wasserstein_levels": "transport_cost", "sinkhorn_epsilon": "solve_epsilon"},
-    "eval": {"used": "train_used", "dead": "train_dead", "perplexity": "train_perplexity"},
-}
 _OLD_KEYS = frozenset().union(*RENAMED.values())
 
 

@@ -17,8 +17,9 @@ import optax
 
 from rqvae.quantizer import codebook, metrics
 from rqvae.quantizer.losses import LOSS_TERMS, quantizer_losses
+from rqvae.quantizer.settings import KMEANS_BATCHES
 from rqvae.quantizer.state import CodebookState, update_codebook
-from rqvae.trainer.config import KMEANS_BATCHES, StepConfig
+from rqvae.trainer.config import StepConfig
 from rqvae.trainer.model import RQVAE
 from rqvae.trainer.runlog import TRANSPORT_PER_LEVEL
 
