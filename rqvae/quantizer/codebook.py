@@ -1,5 +1,7 @@
 """The two standard remedies against dead codes, as pure functions: k-means initialisation of a
-residual codebook and restarting codes unused for a while from the current batch.
+residual codebook and restarting codes unused for a while from the current batch; re-seeding
+codes in a params tree and an optimizer state (`reseed_codes`), which restart and the transport
+term's re-anchoring share.
 
 Both follow vector-quantize-pytorch (`kmeans_init`, `threshold_ema_dead_code`), so that runs with
 them are fair comparators to the Wasserstein loss. Distances are nearest-code by squared distance,
@@ -137,6 +139,31 @@ def restart_dead_codes(
         row_weights_LxB)
     last_used_LxK = jnp.where(restart_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
     return codebook_LxKxD, last_used_LxK, restart_LxK
+
+
+def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key, *,
+                 threshold: int, row_weights_LxB=None, shared: bool = False,
+                 quantizer: str | None = None):
+    """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
+    each (drawn by `row_weights_LxB` if given), with fresh optimizer moments: dead-code restart, and
+    the transport term's re-anchoring on the points its plan serves worst. A shared code is
+    stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
+    Returns params, opt_state and last_used. `quantizer`: as in `codebook_of`."""
+    codebook_array = codebook_of(params, quantizer)
+    if shared:
+        used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
+        codebook_1xKxD, used_1xK, reseeded_1xK = restart_dead_codes(
+            codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
+            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
+        return (with_codebook(params, codebook_1xKxD, quantizer),
+                reset_moments(opt_state, reseeded_1xK, codebook_array.shape, quantizer),
+                jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
+    codebook_LxKxD, last_used_LxK, reseeded_LxK = restart_dead_codes(
+        codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
+        row_weights_LxB=row_weights_LxB)
+    return (with_codebook(params, codebook_LxKxD, quantizer),
+            reset_moments(opt_state, reseeded_LxK, codebook_array.shape, quantizer),
+            last_used_LxK)
 
 
 def _oldest(stale_K: jax.Array, last_used_K: jax.Array, count: int) -> jax.Array:

@@ -144,13 +144,13 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
     step = state.step
     last_used = update_last_used(state.last_used, aux["counts"], step)
     if restart_threshold:
-        params, opt_state, last_used = reseed_codes(
+        params, opt_state, last_used = codebook.reseed_codes(
             params, opt_state, last_used, step, aux["level_inputs"],
             key if restart_key is None else restart_key, threshold=restart_threshold,
             shared=state.shared, quantizer=quantizer)
     if schedule.anchor_now is not None:
         def anchor():
-            return reseed_codes(
+            return codebook.reseed_codes(
                 params, opt_state, last_used, step, aux["level_inputs"], key,
                 threshold=schedule.window, row_weights_LxB=losses["transport_row_cost"],
                 shared=state.shared, quantizer=quantizer)
@@ -163,28 +163,3 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
             params, opt_state, last_used = jax.tree.map(
                 lambda new, old: jnp.where(schedule.anchor_now, new, old), anchor(), current)
     return params, opt_state, state.replace(last_used=last_used, step=step + 1)
-
-
-def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key, *,
-                 threshold: int, row_weights_LxB=None, shared: bool = False,
-                 quantizer: str | None = None):
-    """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
-    each (drawn by `row_weights_LxB` if given), with fresh optimizer moments: dead-code restart, and
-    the transport term's re-anchoring on the points its plan serves worst. A shared code is
-    stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
-    Returns params, opt_state and last_used. `quantizer`: as in `codebook.codebook_of`."""
-    codebook_array = codebook.codebook_of(params, quantizer)
-    if shared:
-        used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
-        codebook_1xKxD, used_1xK, reseeded_1xK = codebook.restart_dead_codes(
-            codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
-            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
-        return (codebook.with_codebook(params, codebook_1xKxD, quantizer),
-                codebook.reset_moments(opt_state, reseeded_1xK, codebook_array.shape, quantizer),
-                jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
-    codebook_LxKxD, last_used_LxK, reseeded_LxK = codebook.restart_dead_codes(
-        codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
-        row_weights_LxB=row_weights_LxB)
-    return (codebook.with_codebook(params, codebook_LxKxD, quantizer),
-            codebook.reset_moments(opt_state, reseeded_LxK, codebook_array.shape, quantizer),
-            last_used_LxK)
