@@ -244,7 +244,7 @@ def encode(
     """
     if split not in ("train", "heldout"):
         support.fail(f"--split must be 'train' or 'heldout', got '{split}'")
-    _check_npy_out(out, force, "the codes")
+    support.check_npy_out(out, force, "the codes")
     support.use_compilation_cache()
     import numpy as np
     from rich.console import Console
@@ -259,7 +259,7 @@ def encode(
         codes = run.encode(run.split(dataset, split))
     if ids:
         codes, collisions = semantic_ids(codes)
-    _write_npy(out, codes)
+    support.write_npy(out, codes)
     grid = "".join(f" x {n}" for n in codes.shape[1:-1])  # a grid latent's positions
     source = f"{split} split" + (f" of {dataset}" if dataset else "")
     what = (f"semantic IDs ({codes.shape[-1] - 1} levels of codes and a de-duplicating "
@@ -267,7 +267,7 @@ def encode(
     Console().print(f"wrote {out}: {codes.shape[0]} images{grid} x {what} (step {run.step}, "
                     f"{source})", highlight=False)
     if ids:
-        Console().print(collision_line(collisions), highlight=False)
+        Console().print(support.collision_line(collisions), highlight=False)
 
 
 @app.command(short_help="Write the reconstructions of codes to .npy.")
@@ -285,7 +285,7 @@ def decode(
     \b
       rqvae decode runs/x codes.npy --out recon.npy
     """
-    _check_npy_out(out, force, "the reconstructions")
+    support.check_npy_out(out, force, "the reconstructions")
     support.use_compilation_cache()
     import numpy as np
     from rich.console import Console
@@ -300,39 +300,9 @@ def decode(
                             f"rqvae encode wrote") from None
         run = load_run(run_dir, step)
         recons = run.decode(codes)
-    _write_npy(out, recons)
+    support.write_npy(out, recons)
     Console().print(f"wrote {out}: {recons.shape[0]} reconstructions of shape "
                     f"{recons.shape[1:]} (step {run.step})", highlight=False)
-
-
-def collision_line(collisions: dict) -> str:
-    """What `semantic_ids` found, in one line."""
-    c = collisions
-    return (f"collisions: {c['tuples_shared']} of {c['examples']} examples share their code tuple "
-            f"with another ({c['tuples_unique']} unique tuples; the largest group holds "
-            f"{c['tuples_largest_group']}); the last ID position tells them apart")
-
-
-def _check_npy_out(out: Path, force: bool, what: str) -> None:
-    """Refuses, before any work, an --out that cannot take an .npy file."""
-    from rqvae.trainer import rundir
-
-    with support.user_errors():
-        rundir.check_out_file(out, force)
-    if out.suffix != ".npy":
-        support.fail(f"--out {out}: {what} are written as a NumPy array (np.save); name a .npy "
-                     f"file, e.g. {out.with_suffix('.npy')}")
-
-
-def _write_npy(out: Path, array) -> None:
-    import numpy as np
-
-    from rqvae.trainer import rundir
-
-    try:
-        rundir.write_atomically(out, lambda file: np.save(file, array))
-    except OSError as err:
-        support.fail(f"cannot write {out} ({err.strerror}); choose another --out")
 
 
 @app.command(short_help="Write PNGs of runs' curves, codes and reconstructions.")

@@ -1,5 +1,6 @@
-"""What the commands of `rqvae` share: one-line errors, the console, and the config a run
-trains on (defaults, file or preset, --set, the named flags) with its automatic name."""
+"""What the commands of `rqvae` share: one-line errors, the console, the config a run trains on
+(defaults, file or preset, --set, the named flags) with its automatic name, and writing arrays
+to .npy (`encode`, `decode`)."""
 
 from __future__ import annotations
 
@@ -147,3 +148,33 @@ def train_config(config: Path | None, run_dir: Path | None, assignments: list[st
         merged["run.run_dir"] = str(run_dir)
     saved = resume and config is None  # the run's own config.toml, as it trained
     return config_lib.replace((config_lib.load_saved if saved else config_lib.load)(base), merged)
+
+
+def collision_line(collisions: dict) -> str:
+    """What `semantic_ids` found, in one line."""
+    c = collisions
+    return (f"collisions: {c['tuples_shared']} of {c['examples']} examples share their code tuple "
+            f"with another ({c['tuples_unique']} unique tuples; the largest group holds "
+            f"{c['tuples_largest_group']}); the last ID position tells them apart")
+
+
+def check_npy_out(out: Path, force: bool, what: str) -> None:
+    """Refuses, before any work, an --out that cannot take an .npy file."""
+    from rqvae.trainer import rundir
+
+    with user_errors():
+        rundir.check_out_file(out, force)
+    if out.suffix != ".npy":
+        fail(f"--out {out}: {what} are written as a NumPy array (np.save); name a .npy "
+                     f"file, e.g. {out.with_suffix('.npy')}")
+
+
+def write_npy(out: Path, array) -> None:
+    import numpy as np
+
+    from rqvae.trainer import rundir
+
+    try:
+        rundir.write_atomically(out, lambda file: np.save(file, array))
+    except OSError as err:
+        fail(f"cannot write {out} ({err.strerror}); choose another --out")
