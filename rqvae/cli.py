@@ -348,7 +348,7 @@ def plot(
             written.append(plot_lib.dead_codes(run_dirs, out))
         if len(run_dirs) == 1:
             support.use_compilation_cache()
-            written += plot_lib.checkpoint_pictures(run_dirs[0], out)
+            written += support.checkpoint_pictures(run_dirs[0], out)
     from rich.console import Console
 
     for path in written:

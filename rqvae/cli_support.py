@@ -1,6 +1,6 @@
 """What the commands of `rqvae` share: one-line errors, the console, the config a run trains on
-(defaults, file or preset, --set, the named flags) with its automatic name, and writing arrays
-to .npy (`encode`, `decode`)."""
+(defaults, file or preset, --set, the named flags) with its automatic name, writing arrays
+to .npy (`encode`, `decode`), and the arrays `plot` draws of a checkpoint."""
 
 from __future__ import annotations
 
@@ -178,3 +178,20 @@ def write_npy(out: Path, array) -> None:
         rundir.write_atomically(out, lambda file: np.save(file, array))
     except OSError as err:
         fail(f"cannot write {out} ({err.strerror}); choose another --out")
+
+
+def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
+    """`rqvae plot`'s pictures of one run's newest checkpoint: the arrays from its model."""
+    from rqvae.reports import plot as plot_lib
+    from rqvae.trainer.trained import load_run as load_trained
+
+    run = load_trained(run_dir)
+    train, heldout = run.split(), run.split(split="heldout")[:10]
+    codebook_LxKxD, level_inputs_LxNxD = run.codebooks_and_inputs(train[:2000])
+    m = run.config.model
+    return plot_lib.checkpoint_pictures(
+        out, codes_NxL=run.encode(train), heldout_NxP=heldout,
+        heldout_codes_NxL=run.encode(heldout), level_recons_LxNxP=run.level_reconstructions(heldout),
+        codebook_LxKxD=codebook_LxKxD, level_inputs_LxNxD=level_inputs_LxNxD,
+        num_codes=m.num_codes, image_shape=m.image_shape, grid=m.latent == "grid",
+        run_name=run_dir.name)

@@ -1,14 +1,13 @@
 """`rqvae plot`: PNGs of a run's loss curves, code use, reconstructions and codebooks.
 
-Needs the optional `plot` extra (matplotlib). Curves come from metrics.jsonl (and config.toml)
-alone; the pictures of codes and reconstructions take arrays the CLI computes from the run's
-newest checkpoint. Each `*_figure` function builds a matplotlib Figure; the function of the same
+Needs the optional `plot` extra (matplotlib); no JAX. Curves come from metrics.jsonl (and
+config.toml) alone; the pictures of codes and reconstructions take arrays the CLI computes from
+the run's newest checkpoint (`checkpoint_pictures`). Each `*_figure` function builds a matplotlib Figure; the function of the same
 name without the suffix writes it as a PNG into the --out folder.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import textwrap
@@ -367,31 +366,22 @@ def _project(points_NxD, codes_KxD):
     return (points_NxD - mean) @ components[:2].T, (codes_KxD - mean) @ components[:2].T
 
 
-def checkpoint_pictures(run_dir: Path, out: Path) -> list[Path]:
-    """The pictures that need the model, from the run's newest checkpoint: code use,
-    reconstructions, codebooks. Imports JAX."""
-    import jax
-
-    from rqvae.trainer import launch
-    from rqvae.trainer.evaluate import encode as encode_images
-    from rqvae.trainer.step import make_model
-
-    cfg, step_cfg, dataset, params, _ = launch.load_trained(run_dir)
-    codes = encode_images(params, dataset.train, step_cfg)
-    codes = codes.reshape(-1, codes.shape[-1])  # a grid latent: each position is a point
-    shown = encode_images(params, dataset.heldout[:10], step_cfg)
-    code_maps = shown[..., 0] if shown.ndim == 4 else None  # level 1 of each grid
-    apply = jax.jit(make_model(step_cfg).apply)
-    level_recons = np.asarray(jax.jit(functools.partial(
-        make_model(step_cfg).apply, method="reconstruct_levels"))(params, dataset.heldout[:10]))
-    sample = dataset.train[:2000]
-    _, aux = apply(params, sample)
-    points = "training-image positions" if cfg.model.latent == "grid" else "training images"
+def checkpoint_pictures(out: Path, *, codes_NxL, heldout_NxP, heldout_codes_NxL,
+                        level_recons_LxNxP, codebook_LxKxD, level_inputs_LxNxD, num_codes: int,
+                        image_shape, grid: bool, run_name: str = "") -> list[Path]:
+    """The pictures of a checkpoint, from arrays the CLI computes with the run's model
+    (`rqvae.trainer.trained.TrainedRun`): code use (`codes_NxL`, the training split's codes;
+    a grid's are (N, H', W', L)), the held-out examples `heldout_NxP` above their codes' level-1
+    maps (a grid's) and their reconstructions level by level, and the codebooks beside their
+    level inputs."""
+    code_maps = heldout_codes_NxL[..., 0] if grid else None
+    codes_NxL = codes_NxL.reshape(-1, codes_NxL.shape[-1])  # a grid's positions are points
+    points = "training-image positions" if grid else "training images"
     return [
-        code_use(codes, cfg.model.num_codes, out, run_name=run_dir.name, points=points),
-        reconstructions(dataset.heldout[:10], level_recons[-1], cfg.model.image_shape, out,
-                        run_name=run_dir.name, code_maps_NxHxW=code_maps,
-                        level_recons_LxNxP=level_recons, num_codes=cfg.model.num_codes),
-        codebooks(np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"]), codes, out,
-                  run_name=run_dir.name, points=points),
+        code_use(codes_NxL, num_codes, out, run_name=run_name, points=points),
+        reconstructions(heldout_NxP, level_recons_LxNxP[-1], image_shape, out, run_name=run_name,
+                        code_maps_NxHxW=code_maps, level_recons_LxNxP=level_recons_LxNxP,
+                        num_codes=num_codes),
+        codebooks(codebook_LxKxD, level_inputs_LxNxD, codes_NxL, out, run_name=run_name,
+                  points=points),
     ]

@@ -13,6 +13,7 @@ trained on need not be on this machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,27 @@ class TrainedRun:
     def reconstruct(self, examples) -> np.ndarray:
         """`decode(encode(examples))`."""
         return self.decode(self.encode(examples))
+
+    def level_reconstructions(self, examples) -> np.ndarray:
+        """(L, N, P) float32: the reconstructions from the codes of the first l levels, l = 1..L
+        (flat, as the model's inputs)."""
+        import jax
+
+        from rqvae.trainer.step import make_model
+
+        apply = jax.jit(functools.partial(make_model(self.step_config).apply,
+                                          method="reconstruct_levels"))
+        return np.asarray(apply(self.params, self.inputs(examples)))
+
+    def codebooks_and_inputs(self, examples) -> tuple[np.ndarray, np.ndarray]:
+        """The codebooks (L, K, D) and what each level quantized of `examples` (L, N, D); a grid
+        latent's positions are rows."""
+        import jax
+
+        from rqvae.trainer.step import make_model
+
+        _, aux = jax.jit(make_model(self.step_config).apply)(self.params, self.inputs(examples))
+        return np.asarray(aux["codebook"]), np.asarray(aux["level_inputs"])
 
     @property
     def code_shape(self) -> tuple[int, ...]:
