@@ -373,10 +373,10 @@ def data_prepare(
     \b
       rqvae data prepare tfds:mnist && rqvae train -c mnist
     """
-    from rqvae.trainer import data
+    from rqvae.trainer import prepare
 
     with support.user_errors():
-        where = data.prepare(dataset, data_dir)
+        where = prepare.prepare(dataset, data_dir)
     from rich.console import Console
 
     Console().print(f"prepared {dataset} in {where}", highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rqvae.trainer import data
+from rqvae.trainer import data, prepare
 from rqvae.trainer.config import DataConfig
 from rqvae.trainer.errors import ConfigError, UserError
 
@@ -196,7 +196,7 @@ def fake_tfds(monkeypatch):
         return builders[name]
 
     builders = {}
-    monkeypatch.setattr(data, "_has_tensorflow", lambda: True)
+    monkeypatch.setattr(prepare, "_has_tensorflow", lambda: True)
     monkeypatch.setattr(tfds, "builder", builder)
     for variable in ("no_proxy", "NO_PROXY"):  # connect directly, whatever proxy CI sets
         monkeypatch.setenv(variable, "*")
@@ -215,7 +215,7 @@ def test_prepare_without_network_fails_at_once_in_one_line_and_writes_nothing(tm
     started = time.monotonic()
     with pytest.raises(UserError, match=r"^no network: cannot reach tfds-host.invalid:443 \(.*\), "
                                         r"and tfds:fake downloads from it") as raised:
-        data.prepare("tfds:fake", root)
+        prepare.prepare("tfds:fake", root)
     assert time.monotonic() - started < 10, "tfds's own retries take minutes"
     assert "\n" not in str(raised.value) and not builder.started
     assert not root.exists()
@@ -230,10 +230,10 @@ def test_a_failed_prepare_removes_what_it_wrote_and_keeps_the_rest(tmp_path, fak
     (root / "downloads" / "other.zip").write_bytes(b"kept")
     (root / "fake" / "0.9.0").mkdir(parents=True)  # an older version prepared before
     before = _tree(root)
-    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    monkeypatch.setattr(prepare, "_connection_problem", lambda host, port: "")
     fake_tfds["fake"] = FakeBuilder(root, ["https://example.org/fake.zip"], error)
     with pytest.raises(raised) as caught:
-        data.prepare("tfds:fake", root)
+        prepare.prepare("tfds:fake", root)
     if raised is UserError:
         assert str(caught.value) == (f"preparing tfds:fake failed (ConnectionError: connection "
                                      f"reset); nothing of it was kept in {root}")
@@ -241,18 +241,18 @@ def test_a_failed_prepare_removes_what_it_wrote_and_keeps_the_rest(tmp_path, fak
 
 
 def test_a_failed_prepare_removes_the_data_dir_it_created(tmp_path, fake_tfds, monkeypatch):
-    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    monkeypatch.setattr(prepare, "_connection_problem", lambda host, port: "")
     fake_tfds["fake"] = FakeBuilder(tmp_path / "new" / "tfds", ["https://example.org/fake.zip"],
                                     ConnectionError("connection reset"))
     with pytest.raises(UserError, match="nothing of it was kept"):
-        data.prepare("tfds:fake", tmp_path / "new" / "tfds")
+        prepare.prepare("tfds:fake", tmp_path / "new" / "tfds")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_prepare_returns_the_prepared_folder(tmp_path, fake_tfds, monkeypatch):
-    monkeypatch.setattr(data, "_connection_problem", lambda host, port: "")
+    monkeypatch.setattr(prepare, "_connection_problem", lambda host, port: "")
     fake_tfds["fake"] = FakeBuilder(tmp_path, ["https://example.org/fake.zip"])
-    folder = data.prepare("tfds:fake", tmp_path)
+    folder = prepare.prepare("tfds:fake", tmp_path)
     assert folder == tmp_path / "fake" / "1.0.0" and folder.is_dir()
 
 
@@ -260,15 +260,15 @@ def test_prepare_names_a_module_tfds_lacks(fake_tfds):
     # tensorflow-datasets 4.9.10 imports importlib_resources late without declaring it.
     fake_tfds["mnist"] = ModuleNotFoundError("no module", name="importlib_resources")
     with pytest.raises(UserError, match="needs the module 'importlib_resources'; pip install"):
-        data.prepare("tfds:mnist", None)
+        prepare.prepare("tfds:mnist", None)
 
 
 def test_prepare_names_what_is_missing():
     with pytest.raises(ConfigError, match="only tfds data sets are prepared; got 'digits'"):
-        data.prepare("digits", None)
+        prepare.prepare("digits", None)
     if importlib.util.find_spec("tensorflow") is None:
         with pytest.raises(UserError, match=r"needs TensorFlow .*pip install -e '.\[prepare\]'"):
-            data.prepare("tfds:mnist", None)
+            prepare.prepare("tfds:mnist", None)
 
 
 # -- every source trains end to end through the CLI ---------------------------------------------
