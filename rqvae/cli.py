@@ -246,7 +246,6 @@ def encode(
         support.fail(f"--split must be 'train' or 'heldout', got '{split}'")
     support.check_npy_out(out, force, "the codes")
     support.use_compilation_cache()
-    import numpy as np
     from rich.console import Console
 
     from rqvae.trainer.trained import load_run, semantic_ids
