@@ -92,6 +92,20 @@ def test_the_comparison_uses_window_counts_for_a_run_without_an_eval(tmp_path):
     assert "* no eval yet" in text
 
 
+def test_runs_with_a_shared_codebook_get_its_dead_count_beside_the_per_level_ones(tmp_path):
+    shared_eval = {**eval_record(40, 0.3, dead=(2, 5)), "shared_dead": 1}
+    shared = make_run(tmp_path, "shared", tiny_cfg(), records=[
+        train_record(40, 0.5, 0.3, 0.03, 0.11, 0.0), shared_eval])
+    unshared = make_run(tmp_path, "unshared", tiny_cfg(), records=[
+        train_record(40, 0.5, 0.3, 0.03, 0.11, 0.0), eval_record(40, 0.4, dead=(3, 4))])
+    text = rendered([load_run(shared), load_run(unshared)])
+    results = section(text, "2 runs side by side")
+    assert re.findall(r"[\d.]+", rows_of(results, "shared")[0])[-3:] == ["2", "5", "1"]
+    assert re.findall(r"[\d.]+", rows_of(results, "unshared")[0])[-2:] == ["3", "4"]
+    assert "dead shared: of a codebook shared by the levels" in " ".join(results.split())
+    assert "dead shared:" not in " ".join(rendered(two_runs(subdir(tmp_path, "plain"))).split())
+
+
 def test_a_terminal_keeps_its_colours(tmp_path):
     styled = rendered(two_runs(tmp_path), styles=True)
     assert BOLD_GREEN in styled

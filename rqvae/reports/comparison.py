@@ -66,6 +66,9 @@ def _dead_key(level: int) -> str:
     return f"dead L{level + 1}"
 
 
+SHARED_DEAD = "dead shared"  # of a shared codebook: codes no level picks
+
+
 def _result_row(run: LoggedRun, s: dict, num_levels: int) -> dict:
     """One run's results by column key."""
     # The full pass is the definitive count; the window count stands in before the first eval.
@@ -80,6 +83,7 @@ def _result_row(run: LoggedRun, s: dict, num_levels: int) -> dict:
            "total": s["final"].get("total"), "recon": s["final"].get("recon"),
            "heldout": s["eval"]["heldout_recon"] if s["eval"] is not None else None}
     row.update({_dead_key(i): dead[i] if i < len(dead) else None for i in range(num_levels)})
+    row[SHARED_DEAD] = s["eval"].get("shared_dead") if s["eval"] is not None else None
     return row
 
 
@@ -106,6 +110,9 @@ def render_comparison(runs: list[LoggedRun], console: Console) -> list[dict]:
     _print_settings(runs, console)
     rows = [_result_row(run, s, num_levels) for run, s in zip(runs, summaries)]
     dead_keys = [_dead_key(i) for i in range(num_levels)]
+    shared = any(row[SHARED_DEAD] is not None for row in rows)
+    if shared:  # a shared codebook's dead codes: the count that says whether a code serves
+        dead_keys.append(SHARED_DEAD)
     columns = [*RESULT_COLUMNS, *((key, key.replace(" ", "\n"), True) for key in dead_keys)]
     best = _best_cells(runs, rows, [key for key, _, ranked in columns if ranked])
     window_only = {s["run"] for s in summaries if s["eval"] is None}
@@ -120,6 +127,8 @@ def render_comparison(runs: list[LoggedRun], console: Console) -> list[dict]:
             else Col(header) for key, header, _ in columns]
     legend = ("total, recon: the last train record's; heldout: held-out recon at the last eval; "
               "dead Ln: codes no training image picks at the last eval")
+    if shared:
+        legend += "; dead shared: of a codebook shared by the levels, the codes no level picks"
     if window_only:
         legend += "; * no eval yet: codes unused in the last training window"
     legend += (f"; +: the lowest recon, heldout and dead counts among runs on one data set "
