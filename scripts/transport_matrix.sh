@@ -22,7 +22,8 @@
 #   mnist-tokens-2x1024          real MNIST digits (28x28) on a 7x7 grid, configs/mnist-tokens
 #                                .toml's model (conv 32-64, latent 16, batch 128), 600 steps
 #   colour8-2x16384, -2x65536    colour 8x8 patches (8x8x3) read as images, MLP, latent 32,
-#                                batch 1024, 3000 steps: codebooks 16 and 64 times the batch
+#                                batch 1024, 6000 and 3000 steps: codebooks 16 and 64 times
+#                                the batch
 #   colour-tokens-4x2048         colour 32x32 crops on an 8x8 grid, configs/cifar10-tokens
 #                                .toml's model (conv 64-128, latent 32, one codebook shared by
 #                                4 levels, batch 128), 600 steps
@@ -96,8 +97,10 @@ cell_args() {  # cell -> the cell's config and data arguments
       npz:$out/colour32.npz $shape_args" ;;
   esac
 }
-cell_steps() {  # cell -> its steps: the digits are small, so they train longer
-  case $1 in digits-* | colour8-*) echo 3000 ;; tokens16-*) echo 1000 ;;
+cell_steps() {  # cell -> its steps: the digits are small, so they train longer; at 2 x 16,384
+  # codes each code needs about 375 level inputs over a run to keep its points (docs/results.md)
+  case $1 in colour8-2x16384) echo 6000 ;; digits-* | colour8-*) echo 3000 ;;
+    tokens16-*) echo 1000 ;;
     mnist-tokens-* | colour-tokens-*) echo 600 ;; *) echo 1500 ;; esac
 }
 method_args() {  # method -> what it sets on top of the cell

@@ -145,8 +145,8 @@ def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key
                  threshold: int, row_weights_LxB=None, shared: bool = False,
                  quantizer: str | None = None):
     """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
-    each (drawn by `row_weights_LxB` if given), with fresh optimizer moments: dead-code restart, and
-    the transport term's re-anchoring on the points its plan serves worst. A shared code is
+    each (drawn by `row_weights_LxB` if given, else uniformly), with fresh optimizer moments:
+    dead-code restart, and the transport term's re-anchoring of stale codes. A shared code is
     stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
     Returns params, opt_state and last_used. `quantizer`: as in `codebook_of`."""
     codebook_array = codebook_of(params, quantizer)

@@ -84,8 +84,7 @@ def vq_per_level(z_e_BxD, level_inputs_LxBxD, level_codes_LxBxD) -> dict[str, ja
 
 # A level's solve takes at most this many points a code: evenly spaced rows of the batch's
 # (a grid's positions) beyond it. A plan gives each code 1 / K of the mass, so 4 points a code
-# leave it room to choose, and re-anchoring draws from 4 K candidates; the rest is redundant
-# positions (docs/results.md, "The grid step").
+# leave it room to choose; the rest is redundant positions (docs/results.md, "The grid step").
 SOLVE_POINTS_PER_CODE = 4
 
 

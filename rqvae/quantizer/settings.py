@@ -33,8 +33,8 @@ class Transport:
     overrelaxation: float = 1.6  # over-relaxed Sinkhorn updates once plain ones slow; 1: plain
     anchor_window: int = 20  # steps unpicked after which a code is stale, or, where a step
     #   quantizes fewer points than there are codes, the steps over which this many sweeps of
-    #   the codebook pass: stale codes alone take the term's gradient, and are re-anchored on the
-    #   points the plan serves worst, every quarter window; 0: every code takes the gradient at
+    #   the codebook pass: stale codes alone take the term's gradient, and are re-anchored on
+    #   batch points drawn uniformly, every quarter window; 0: every code takes the gradient at
     #   every step and none is re-anchored
     encoder_grad: bool = False  # true: the term's gradient also reaches the encoder
 

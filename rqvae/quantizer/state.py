@@ -128,9 +128,10 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
                     ) -> tuple[Any, Any, CodebookState]:
     """The codebook's upkeep after the optimizer's update: records which codes the step picked,
     then re-anchors the stale codes when the step's schedule says so (`losses["schedule"]`, as
-    `quantizer_losses` with a `state` returns it): each on its own batch point, drawn by the
-    plan's per-point transport cost (the points it serves worst), with fresh optimizer moments.
-    Returns params, opt_state and the state one step on.
+    `quantizer_losses` with a `state` returns it): each on its own batch point, drawn uniformly
+    (points where the data is dense, whose codes serve many: docs/results.md, "Large
+    codebooks"), with fresh optimizer moments. Returns params, opt_state and the state one step
+    on.
 
     `params` holds one leaf named `codebook` (the `ResidualVQ`'s), or, for a model with
     several quantizers, one under the module named `quantizer` (call it once per quantizer, each
@@ -152,8 +153,7 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
         def anchor():
             return codebook.reseed_codes(
                 params, opt_state, last_used, step, aux["level_inputs"], key,
-                threshold=schedule.window, row_weights_LxB=losses["transport_row_cost"],
-                shared=state.shared, quantizer=quantizer)
+                threshold=schedule.window, shared=state.shared, quantizer=quantizer)
 
         current = (params, opt_state, last_used)
         if schedule.branch:
