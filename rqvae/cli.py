@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,9 +19,6 @@ from rqvae import cli_support as support
 from rqvae.sweep import sweep_command
 from rqvae.trainer import config as config_lib
 from rqvae.trainer.errors import UserError
-
-if TYPE_CHECKING:
-    pass
 
 EXIT_CODES = """Exit codes: 0 ok, 1 training failed (non-finite loss), 2 bad input,
 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""

@@ -2,7 +2,8 @@
 
 Order, bottom to top: the quantizer library (`rqvae.quantizer`), the trainer (`rqvae.trainer`),
 the reading side (`rqvae.reports`), the CLI (`rqvae.cli`). A module may import its own room and
-the rooms below it; imports inside functions count, those under `if TYPE_CHECKING:` do not.
+the rooms below it; imports inside functions count, and so do those under `if TYPE_CHECKING:`
+(a type-only import back up a floor or around a cycle is still a tangle for the reader).
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """The rqvae modules a file imports, anywhere but under `if TYPE_CHECKING:`."""
+    """The rqvae modules a file imports, anywhere in it."""
     tree = ast.parse(path.read_text())
-    skipped = {id(node) for stmt in ast.walk(tree) if isinstance(stmt, ast.If)
-               and ast.unparse(stmt.test) == "TYPE_CHECKING" for node in ast.walk(stmt)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("rqvae")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rqvae"):

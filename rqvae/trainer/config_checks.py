@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from rqvae.trainer.errors import ConfigError
 
-if TYPE_CHECKING:
-    from rqvae.trainer.config import TrainerConfig
+# The config tree (`config.TrainerConfig`), whose module imports this one: typed by a variable,
+# so that no import runs back to it, type-only ones included.
+Config = TypeVar("Config")
 
 
 def _check(ok: bool, message: str):
@@ -41,8 +42,9 @@ def _check_int32(node, prefix: str = "") -> None:
                        f"got {number}")
 
 
-def validate(cfg: TrainerConfig) -> TrainerConfig:
-    """Rejects out-of-range values with a message that names the key and the allowed range."""
+def validate(cfg: Config) -> Config:
+    """The config tree `cfg` (a `config.TrainerConfig`) as it is; rejects out-of-range values
+    with a message that names the key and the allowed range."""
     _check_int32(cfg)
     for name in ("lambda_commit", "lambda_codebook", "lambda_wasserstein"):
         value = getattr(cfg.loss, name)
