@@ -63,8 +63,10 @@ class Schedule:
 
     def stale(self, last_used_LxK: jax.Array, step) -> jax.Array:
         """(L, K) bool: the codes no step picked over the window up to and including `step`,
-        from `last_used` as `CodebookState.picked_last` gives it (a shared code: by no level).
-        The one definition of stale (`codebook.stale_codes`); all False without a window."""
+        from a `last_used` (L, K): the schedule passes `CodebookState.picked_last`'s, so that a
+        shared code is stale only when no level picked it; the step's `anchor_stale` metric
+        counts per level. The one definition of stale (`codebook.stale_codes`, which restart
+        and re-anchoring apply with their thresholds); all False without a window."""
         if not self.window:
             return jnp.zeros(last_used_LxK.shape, bool)
         return codebook.stale_codes(last_used_LxK, step, self.window)
