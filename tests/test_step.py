@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rqvae.quantizer.codebook import restart_dead_codes, stale_window
-from rqvae.quantizer.first_release import compute_losses, wasserstein_levels
+from rqvae.quantizer.codebook import stale_window
+from rqvae.quantizer.first_release import compute_losses
 from rqvae.quantizer.losses import loss_terms
 from rqvae.quantizer.settings import LossWeights, Platform, Transport
 from rqvae.quantizer.state import CodebookState, anchor_window, transport_schedule
@@ -337,41 +337,6 @@ def test_the_transport_gradient_reaches_only_stale_codes_and_never_the_encoder(t
     assert moved.any()
     np.testing.assert_array_equal(moved & ~np.asarray(stale), False)
     assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads["encoder"]))
-
-
-@jax.jit
-def _anchored(x, c, last_used):
-    row_cost = wasserstein_levels(x, c, 0.05, 200, epsilon_mode="relative",
-                                  tolerance=0.005, overrelaxation=1.6)[3]
-    return restart_dead_codes(c, last_used, 40, x, jax.random.key(3), threshold=20,
-                              row_weights_LxB=row_cost)
-
-
-@pytest.mark.parametrize("scale", [10.0, 0.1])
-def test_reanchoring_picks_the_same_points_when_latents_and_codes_are_scaled(scale):
-    rng = np.random.default_rng(0)
-    inputs = jnp.asarray(rng.standard_normal((2, 32, 4)) * [[[1.0, 3.0, 0.5, 2.0]]], jnp.float32)
-    codes = jnp.asarray(rng.standard_normal((2, 48, 4)), jnp.float32)
-    last_used = jnp.asarray(rng.integers(-1, 30, (2, 48)), jnp.int32)
-    base, base_used, base_mask = _anchored(inputs, codes, last_used)
-    scaled, scaled_used, scaled_mask = _anchored(scale * inputs, scale * codes, last_used)
-    assert bool(base_mask.any())
-    np.testing.assert_array_equal(scaled_mask, base_mask)
-    np.testing.assert_array_equal(scaled_used, base_used)
-    np.testing.assert_allclose(scaled, scale * base, rtol=1e-5)
-
-
-def test_reanchoring_draws_rows_by_weight_and_never_a_row_of_weight_zero():
-    batch, codes = 16, 6
-    inputs = jnp.arange(batch, dtype=jnp.float32)[None, :, None] * jnp.ones((1, 1, 2))
-    weights = jnp.where(jnp.arange(batch) < 8, 0.0, 1.0)[None]  # only rows 8..15 may be drawn
-    last_used = jnp.full((1, codes), -1, jnp.int32)
-    for seed in range(5):
-        new, _, anchored = restart_dead_codes(jnp.zeros((1, codes, 2)), last_used, 50, inputs,
-                                              jax.random.key(seed), threshold=20,
-                                              row_weights_LxB=weights)
-        rows = np.asarray(new[0, :, 0])
-        assert bool(anchored.all()) and len(set(rows)) == codes and (rows >= 8).all(), rows
 
 
 def test_a_shared_code_that_one_level_picks_is_not_stale_for_another():

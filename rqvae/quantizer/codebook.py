@@ -96,13 +96,9 @@ def restart_dead_codes(
     key: jax.Array,
     *,
     threshold: int,
-    row_weights_LxB: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Re-seeds stale codes (see `stale_codes`) from rows of their level's inputs, one row each.
-
-    Rows are taken in a uniformly random order, or with `row_weights_LxB` (>= 0) drawn without
-    replacement with probability proportional to their weight (Gumbel top-k), so that rows of
-    weight zero come last.
+    """Re-seeds stale codes (see `stale_codes`) from rows of their level's inputs, one row each,
+    taken in a uniformly random order: new codes land where the data is, in proportion to it.
 
     Call it after `metrics.update_last_used` has recorded this batch at `step`, with the same
     `step` and the batch's `level_inputs` (the encoder output at level 1, the residual below):
@@ -119,15 +115,11 @@ def restart_dead_codes(
     stale_LxK = stale_codes(last_used_LxK, step, threshold)
     batch_size = level_inputs_LxBxD.shape[1]
 
-    def reseed_level(codebook_KxD, stale_K, last_used_K, inputs_BxD, level_key, weights_B):
+    def reseed_level(codebook_KxD, stale_K, last_used_K, inputs_BxD, level_key):
         # The r-th restarted code by index takes the r-th row of a random order of the batch.
         restart_K = _oldest(stale_K, last_used_K, batch_size)
         rank_K = jnp.cumsum(restart_K) - 1
-        if weights_B is None:
-            rows_B = jax.random.permutation(level_key, batch_size)
-        else:  # log-weights plus Gumbel noise, sorted: a weighted draw without replacement
-            log_weights_B = jnp.log(jnp.maximum(weights_B.astype(jnp.float32), 0.0))
-            rows_B = jnp.argsort(-(log_weights_B + jax.random.gumbel(level_key, (batch_size,))))
+        rows_B = jax.random.permutation(level_key, batch_size)
         seeds_KxD = jnp.take(inputs_BxD, rows_B[jnp.clip(rank_K, 0, batch_size - 1)], axis=0)
         codebook_KxD = jnp.where(restart_K[:, None], seeds_KxD.astype(codebook_KxD.dtype),
                                  codebook_KxD)
@@ -135,17 +127,15 @@ def restart_dead_codes(
 
     level_keys = jax.random.split(key, codebook_LxKxD.shape[0])
     codebook_LxKxD, restart_LxK = jax.vmap(reseed_level)(
-        codebook_LxKxD, stale_LxK, last_used_LxK, level_inputs_LxBxD, level_keys,
-        row_weights_LxB)
+        codebook_LxKxD, stale_LxK, last_used_LxK, level_inputs_LxBxD, level_keys)
     last_used_LxK = jnp.where(restart_LxK, step, last_used_LxK).astype(last_used_LxK.dtype)
     return codebook_LxKxD, last_used_LxK, restart_LxK
 
 
 def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key, *,
-                 threshold: int, row_weights_LxB=None, shared: bool = False,
-                 quantizer: str | None = None):
+                 threshold: int, shared: bool = False, quantizer: str | None = None):
     """Codes unpicked for `threshold` steps re-seeded on this batch's level inputs, one row
-    each (drawn by `row_weights_LxB` if given, else uniformly), with fresh optimizer moments:
+    each (drawn uniformly, `restart_dead_codes`), with fresh optimizer moments:
     dead-code restart, and the transport term's re-anchoring of stale codes. A shared code is
     stale when no level picks it, and is re-seeded on the encoder's outputs (level 1's inputs).
     Returns params, opt_state and last_used. `quantizer`: as in `codebook_of`."""
@@ -153,14 +143,12 @@ def reseed_codes(params, opt_state, last_used_LxK, step, level_inputs_LxBxD, key
     if shared:
         used_1xK = jnp.max(last_used_LxK, axis=0, keepdims=True)
         codebook_1xKxD, used_1xK, reseeded_1xK = restart_dead_codes(
-            codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold,
-            row_weights_LxB=None if row_weights_LxB is None else row_weights_LxB[:1])
+            codebook_array, used_1xK, step, level_inputs_LxBxD[:1], key, threshold=threshold)
         return (with_codebook(params, codebook_1xKxD, quantizer),
                 reset_moments(opt_state, reseeded_1xK, codebook_array.shape, quantizer),
                 jnp.where(reseeded_1xK, used_1xK, last_used_LxK))
     codebook_LxKxD, last_used_LxK, reseeded_LxK = restart_dead_codes(
-        codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold,
-        row_weights_LxB=row_weights_LxB)
+        codebook_array, last_used_LxK, step, level_inputs_LxBxD, key, threshold=threshold)
     return (with_codebook(params, codebook_LxKxD, quantizer),
             reset_moments(opt_state, reseeded_LxK, codebook_array.shape, quantizer),
             last_used_LxK)
