@@ -147,16 +147,24 @@ def export(
           f"install tensorboard)")
 
 
-@app.command(short_help="List the presets that ship with rqvae.")
-def configs():
+@app.command(short_help="List the presets that ship with rqvae, or print one.")
+def configs(name: Annotated[Optional[str], typer.Argument(
+        help="A preset to print; 'default' prints every setting with its meaning.")] = None):
     """List the presets: `rqvae train -c NAME` runs one from any directory.
 
-    Each file starts with the command that runs it, its time and what to expect; `rqvae train -c
-    NAME -v` prints the config it resolves to.
+    Each file starts with the command that runs it, its time and what to expect; `rqvae configs
+    NAME` prints it, and `rqvae train -c NAME -v` prints the config it resolves to.
     """
     from rqvae.trainer import presets
 
     listed = presets.listing()
+    if name is not None:
+        text = presets.text(name)
+        if text is None:
+            support.fail(f"no preset named '{name}'; use one of: "
+                         f"{', '.join(n for n, _ in listed)}")
+        print(text, end="")
+        return
     width = max(len(name) for name, _ in listed) + 1
     for name, purpose in listed:
         print(f"{name:{width}s} {purpose}")

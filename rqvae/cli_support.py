@@ -57,20 +57,11 @@ def use_compilation_cache():
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_home / "rqvae" / "xla"))
 
 
-# The named flags of `rqvae train`: config key -> (flag, help). The flag's type is the config
-# field's, its default None (the config's value). Every other key is reached with --set.
-TRAIN_FLAGS = {
-    "loss.lambda_wasserstein": ("--lambda-wasserstein", "Weight of the transport term."),
-    "transport.epsilon": ("--sinkhorn-epsilon", "Entropic regularization of the transport term: "
-                          "a fraction of each level's mean cost."),
-    "loss.lambda_commit": ("--lambda-commit", "Weight of the commitment loss."),
-    "loss.lambda_codebook": ("--lambda-codebook", "Weight of the codebook loss."),
-    "optimizer.learning_rate": ("--learning-rate", "Adam step size."),
-    "steps": ("--steps", "Optimizer steps in the run."),
-    "batch_size": ("--batch-size", "Images per step."),
-    "seed": ("--seed", "Seed of parameters and batches."),
-    "data.dataset": ("--dataset", "'digits', 'tfds:<name>' or 'npz:<path>'."),
-}
+# The named flags of `rqvae train`, from the settings' declarations: config key -> (flag, help).
+# The flag's type is the config field's, its default None (the config's value). Every other key
+# is reached with --set.
+TRAIN_FLAGS = {key: (declared.flag, declared.meaning[0].upper() + declared.meaning[1:] + ".")
+               for key, declared in config_lib.declarations().items() if declared.flag}
 
 
 def parameter_name(flag: str) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rqvae.trainer import config, launch
+from rqvae.trainer import config, launch, names, presets
 from rqvae.trainer.config import TrainerConfig
 from rqvae.trainer.errors import ConfigError
 
@@ -23,17 +23,39 @@ def test_defaults_are_the_documented_ones():
     assert cfg.model.encoder_hidden == (256, 128) and cfg.batch_size == 128
 
 
-def test_default_toml_is_the_tree_and_holds_each_setting_once():
-    text = (CONFIGS / "default.toml").read_text()
-    assert config.load(CONFIGS / "default.toml") == TrainerConfig()
-    # Every leaf of the tree is in the file once, and the file holds nothing else.
-    tree_keys = set(config.flatten(config.to_dict(TrainerConfig())))
+def test_every_setting_is_declared_once_and_the_defaults_file_comes_from_it():
+    declared = config.declarations()
+    tree_keys = list(config.flatten(config.to_dict(TrainerConfig())))
+    assert list(declared) == tree_keys and all(d is not None and d.meaning for d in
+                                               declared.values())
+    # What `rqvae configs default` prints reads back to the defaults, each setting once but the
+    # two the data set fills in.
+    text = presets.text("default")
+    assert config.from_dict(tomllib.loads(text)) == TrainerConfig()
     file_keys = list(config.flatten(tomllib.loads(text)))
-    assert len(file_keys) == len(set(file_keys))
-    assert set(file_keys) == tree_keys - {"model.image_shape", "model.data_kind"}
-    # A key name appears in one section only, so a flat name is never ambiguous.
+    assert sorted(file_keys) == sorted(set(tree_keys) - {"model.image_shape", "model.data_kind"})
+    assert "# seeds parameters, batches and every other random draw" in text
+    # A key name, a short name and a flag each mean one setting, so a flat name, a run name's
+    # tag and a flag are never ambiguous.
     leaves = [key.rsplit(".", 1)[-1] for key in tree_keys]
-    assert len(leaves) == len(set(leaves))
+    shorts = [names.short_name(key) for key in tree_keys]
+    flags = [d.flag for d in declared.values() if d.flag]
+    assert len(set(leaves)) == len(leaves) and len(set(shorts)) == len(shorts)
+    assert len(set(flags)) == len(flags) and "--lambda-wasserstein" in flags
+    assert launch.SHAPE_KEYS == tuple(k for k in tree_keys if k.startswith("model.") and
+                                      declared[k].shape)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("model.num_codes", 0, "model.num_codes must be >= 1, got 0"),
+    ("model.encoder_hidden", [8, 0], "model.encoder_hidden must be numbers >= 1, got [8, 0]"),
+    ("model.latent", "grids", "model.latent must be 'vector' or 'grid', got 'grids'"),
+    ("data.holdout_fraction", 1.0, "data.holdout_fraction must be in (0, 1), got 1.0"),
+    ("run.num_devices", -1, "run.num_devices must be >= 0 (0: every device), got -1"),
+])
+def test_a_declared_range_is_checked_with_its_key(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.replace(TrainerConfig(), {key: value})
 
 
 def test_config_is_frozen_and_hashable():
@@ -58,7 +80,8 @@ def test_overrides_reach_nested_sections_and_skip_none():
 def test_every_preset_loads_and_says_how_to_run_it(path):
     cfg = config.load(path)
     lines = path.read_text().splitlines()
-    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")),
+                          len(lines))]
     assert len(header) >= 4
     assert any(f"rqvae train -c {path.stem}" in line for line in header)
     assert any("Expected:" in line for line in header)
@@ -70,7 +93,7 @@ def test_presets_set_the_documented_lambdas():
                ("traditional", "wasserstein", "hybrid")
                for c in [config.load(CONFIGS / f"{name}.toml")]}
     assert lambdas == {"traditional": (1.0, 0.0), "wasserstein": (0.0, 1.0), "hybrid": (1.0, 0.5)}
-    assert config.load(CONFIGS / "default.toml") == TrainerConfig()
+    assert config.load(CONFIGS / "default.toml") == TrainerConfig()  # a header, no keys
 
 
 def test_the_flag_on_any_config_is_the_hybrid_preset():
@@ -99,7 +122,7 @@ def test_the_flag_on_any_config_is_the_hybrid_preset():
         ("[loss]\nlambda_wasserstein = inf", "loss.lambda_wasserstein must be a finite number"),
         ("[transport]\nepsilon = 0.0", "transport.epsilon must be a finite number > 0"),
         ("[transport]\niters = 0", "transport.iters must be >= 1"),
-        ("[transport]\ntolerance = -0.1", "transport.tolerance must be >= 0"),
+        ("[transport]\ntolerance = -0.1", "transport.tolerance must be a finite number >= 0"),
         ("[transport]\noverrelaxation = 2.0", "transport.overrelaxation must be in [1, 2)"),
         ("[transport]\noverrelaxation = 0.5", "transport.overrelaxation must be in [1, 2)"),
         ("[transport]\nanchor_window = -1", "transport.anchor_window must be >= 0"),

@@ -9,12 +9,14 @@ import dataclasses
 import difflib
 import json
 import math
+import textwrap
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rqvae.quantizer.settings import LossWeights, Platform, Transport
+from rqvae.quantizer.settings import (KMEANS_BATCHES, Declared, LossWeights, Platform,
+                                      Transport, declared, setting)
 from rqvae.trainer.compat import (BEFORE_KEY_EXISTED, MOVED, NESTED_BEFORE_KEY_EXISTED,
                                    RETIRED)
 from rqvae.trainer.config_checks import validate
@@ -23,21 +25,37 @@ from rqvae.trainer.errors import ConfigError
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    image_shape: tuple[int, ...] = (8, 8, 1)  # height, width, channels; set from the data set
-    data_kind: str = "images"  # "images" in [0, 1] (sigmoid output) or "vectors" (linear
-    #   output); set from the data set
-    architecture: str = "mlp"  # "mlp" or "conv" (stride-2 convolutions each way)
-    latent: str = "vector"  # "vector": one per image; "grid" (conv): one per feature-map position
-    encoder_hidden: tuple[int, ...] = (256, 128)  # mlp: widths of the encoder's hidden layers
-    decoder_hidden: tuple[int, ...] = ()  # mlp: decoder widths; empty mirrors encoder_hidden
-    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of each stride-2 convolution
-    latent_dim: int = 16  # dimension of z_e and of every codebook entry
-    num_levels: int = 2  # residual quantization levels
-    num_codes: int = 64  # entries per codebook
-    shared_codebook: bool = False  # one codebook for every level (RQ-VAE, Lee et al. 2022)
-    compute_dtype: str = "float32"  # or "bfloat16": encoder and decoder products; all else float32
-    sigmoid_grad: str = "constant"  # images: the output sigmoid's slope in the backward pass,
-    #   "constant" (1/4, its slope at 0) or "exact" (saturates: docs/results.md, "Collapse")
+    """The encoder, the codebooks and the decoder; the image shape and the data kind (images or
+    vectors) come from the data set."""
+
+    image_shape: tuple[int, ...] = setting((8, 8, 1), "height, width, channels", shape=True,
+                                           from_data=True)
+    data_kind: str = setting("images", "\"images\" in [0, 1] (sigmoid output) or \"vectors\" "
+                             "(linear output)", choices=("images", "vectors"), from_data=True)
+    architecture: str = setting("mlp", "\"mlp\" or \"conv\" (stride-2 convolutions each way)",
+                                choices=("mlp", "conv"), shape=True)
+    latent: str = setting("vector", "\"vector\": one latent per image; \"grid\" (conv): one per "
+                          "feature-map position", choices=("vector", "grid"))
+    encoder_hidden: tuple[int, ...] = setting((256, 128), "mlp: widths of the encoder's hidden "
+                                              "layers", bounds=">= 1", shape=True)
+    decoder_hidden: tuple[int, ...] = setting((), "mlp: decoder widths; empty mirrors "
+                                              "encoder_hidden", bounds=">= 1", shape=True)
+    conv_channels: tuple[int, ...] = setting((32, 64), "conv: channels of each stride-2 "
+                                             "convolution (a grid: downsample 2^n)",
+                                             bounds=">= 1", shape=True)
+    latent_dim: int = setting(16, "dimension of z_e and of each code", short="dim",
+                              bounds=">= 1", shape=True)
+    num_levels: int = setting(2, "residual quantization levels", short="levels", bounds=">= 1",
+                              shape=True)
+    num_codes: int = setting(64, "codes per level", short="codes", bounds=">= 1", shape=True)
+    shared_codebook: bool = setting(False, "one codebook for every level (RQ-VAE, Lee et al. "
+                                    "2022)")
+    compute_dtype: str = setting("float32", "\"bfloat16\": encoder and decoder products in bf16 "
+                                 "(accelerators); all else float32",
+                                 choices=("float32", "bfloat16"))
+    sigmoid_grad: str = setting("constant", "images: the output sigmoid's backward slope, 1/4 "
+                                "everywhere; \"exact\" saturates (docs/results.md, \"Collapse\")",
+                                choices=("constant", "exact"))
 
     @property
     def input_dim(self) -> int:  # pixels per flattened image
@@ -53,49 +71,71 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    dataset: str = "digits"  # "digits" (embedded), "tfds:<name>" or "npz:<path>"
-    data_dir: str = ""  # tfds: where prepared data sets live; empty: $TFDS_DATA_DIR or the default
-    train_split: str = "train"  # tfds: split to train on
-    heldout_split: str = "test"  # tfds: split to evaluate on
-    holdout_fraction: float = 0.2  # digits, npz without a held-out array: share held out
-    split_seed: int = 0  # seed of that train/held-out split, fixed apart from the training seed
+    """The data set and its splits (docs/data.md)."""
+
+    dataset: str = setting("digits", "\"digits\" (embedded), \"tfds:<name>\" or \"npz:<path>\"",
+                           short="data", flag="--dataset")
+    data_dir: str = setting("", "tfds: where prepared data sets live; empty: $TFDS_DATA_DIR or "
+                            "the default")
+    train_split: str = setting("train", "tfds: split to train on")
+    heldout_split: str = setting("test", "tfds: split to evaluate on")
+    holdout_fraction: float = setting(0.2, "digits, npz without a held-out array: share held "
+                                      "out", bounds="(0, 1)")
+    split_seed: int = setting(0, "seed of that train/held-out split, fixed apart from the "
+                              "training seed")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    run_dir: str = ""  # where the run is written; empty means runs/<config name>-<time>
-    log_every: int = 50  # steps between metrics.jsonl records
-    eval_every: int = 1000  # steps between held-out evaluations (also at the end)
-    checkpoint_every: int = 1000  # steps between checkpoints (also at the end)
-    keep_checkpoints: int = 3  # most recent checkpoints kept on disk
-    dead_window: int = 200  # a code unused for this many steps counts as dead in train records
-    steps_per_call: int = 100  # train steps per compiled call (a device-side loop)
-    num_devices: int = 0  # devices to train on, data-parallel; 0: every device (of every host)
-    distributed: bool = False  # call jax.distributed.initialize() first, for multi-host runs
+    """Where the run is written, how often it logs, evaluates and saves, and on what devices."""
+
+    run_dir: str = setting("", "where the run is written; empty: runs/<config name>-<date>-"
+                           "<time>")
+    log_every: int = setting(50, "steps between metrics.jsonl records", bounds=">= 1")
+    eval_every: int = setting(1000, "steps between held-out evaluations (and at the end)",
+                              bounds=">= 1")
+    checkpoint_every: int = setting(1000, "steps between checkpoints (and at the end)",
+                                    bounds=">= 1")
+    keep_checkpoints: int = setting(3, "most recent checkpoints kept on disk", bounds=">= 1")
+    dead_window: int = setting(200, "a code unused for this many steps counts as dead in train "
+                               "records", bounds=">= 1")
+    steps_per_call: int = setting(100, "train steps per compiled call (a device-side loop)",
+                                  bounds=">= 1")
+    num_devices: int = setting(0, "devices to train on, data-parallel; 0: every device (of every "
+                               "host)", bounds=">= 0 (0: every device)")
+    distributed: bool = setting(False, "call jax.distributed.initialize() first, for multi-host "
+                                "runs (README)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
-    learning_rate: float = 1e-3  # Adam step size
-    decay_fraction: float = 0.2  # the learning rate falls to 0 along a half cosine over this
-    #   last fraction of the run's steps (`steps`); 0: constant
+    """Adam and its learning-rate schedule."""
+
+    learning_rate: float = setting(1e-3, "Adam step size", short="lr", flag="--learning-rate",
+                                   bounds="> 0")
+    decay_fraction: float = setting(0.2, "the learning rate falls to 0 along a half cosine over "
+                                    "this last share of the steps; 0: constant", short="decay",
+                                    bounds="[0, 1] (0: a constant learning rate)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RemediesConfig:
     """The comparators of the transport term: codebook remedies the step applies."""
 
-    dead_code_threshold: int = 0  # restart: re-seed a code unused this many steps on a batch
-    #   point; 0: off
-    kmeans_init: bool = False  # fit each level's codebook by k-means to the encoder's outputs on
-    #   the first KMEANS_BATCHES batches
+    dead_code_threshold: int = setting(0, "restart: re-seed a code unused this many steps on a "
+                                       "batch point; 0: off", short="reseed",
+                                       bounds=">= 0 (0: off)")
+    kmeans_init: bool = setting(False, "fit each level's codebook by k-means to the encoder's "
+                                f"outputs on the first {KMEANS_BATCHES} batches", short="kmeans")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
-    steps: int = 8000  # optimizer steps in the run
-    batch_size: int = 128  # images per step
-    seed: int = 0  # seeds parameters, batches and every other random draw
+    steps: int = setting(8000, "optimizer steps in the run", flag="--steps", bounds=">= 1")
+    batch_size: int = setting(128, "images per step", short="batch", flag="--batch-size",
+                              bounds=">= 1")
+    seed: int = setting(0, "seeds parameters, batches and every other random draw",
+                        flag="--seed")
     loss: LossWeights = field(default_factory=LossWeights)
     transport: Transport = field(default_factory=Transport)
     remedies: RemediesConfig = field(default_factory=RemediesConfig)
@@ -129,6 +169,48 @@ def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
                       remedies=cfg.remedies, optimizer=cfg.optimizer,
                       batch_size=cfg.batch_size, seed=cfg.seed, dead_window=cfg.run.dead_window,
                       platform=Platform.of(platform))
+
+
+def declarations(cls: type = TrainerConfig, prefix: str = "") -> dict[str, Declared]:
+    """Every setting of the tree, by dotted key in the tree's order, with its declaration
+    (`settings.setting`): the one home of its default's meaning, range, short name and flag."""
+    found = {}
+    for name, kind in _field_types(cls).items():
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            found.update(declarations(kind, f"{prefix}{name}."))
+        else:
+            found[prefix + name] = declared(cls, name)
+    return found
+
+
+def defaults_toml() -> str:
+    """Every setting a user sets, at its default, with its meaning: the TOML `rqvae configs
+    default` prints, which `load` reads back to `TrainerConfig()`."""
+    lines = []
+    column, width = 31, 100
+
+    def add(assignment: str, comment: str) -> None:
+        words = textwrap.wrap(comment, width - column - 2) or [""]
+        lines.append(f"{assignment:<{column - 1}} # {words[0]}".rstrip())
+        lines.extend(f"{'':<{column - 1}} #   {more}" for more in textwrap.wrap(
+            " ".join(words[1:]), width - column - 4))
+
+    def section(cls: type, values: dict) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict):
+                continue
+            note = declared(cls, name)
+            if not note.from_data:
+                add(f"{name} = {_toml_value(value)}", note.meaning)
+
+    values = to_dict(TrainerConfig())
+    section(TrainerConfig, values)
+    for name, kind in _field_types(TrainerConfig).items():
+        if dataclasses.is_dataclass(kind):
+            lines.append("")
+            add(f"[{name}]", (kind.__doc__ or "").strip().split("\n")[0])
+            section(kind, values[name])
+    return "\n".join(lines) + "\n"
 
 
 def section_of(key: str) -> type:

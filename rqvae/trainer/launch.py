@@ -26,16 +26,7 @@ if TYPE_CHECKING:
 
 
 # Fields that fix the shapes of parameters; a resumed run may not change them.
-SHAPE_KEYS = (
-    "model.image_shape",
-    "model.architecture",
-    "model.encoder_hidden",
-    "model.decoder_hidden",
-    "model.conv_channels",
-    "model.latent_dim",
-    "model.num_levels",
-    "model.num_codes",
-)
+SHAPE_KEYS = tuple(key for key, declared in config_lib.declarations().items() if declared.shape)
 
 
 def _flat(cfg: TrainerConfig) -> dict:

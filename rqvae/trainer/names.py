@@ -5,38 +5,20 @@ from __future__ import annotations
 
 import re
 
+from rqvae.trainer import config
 from rqvae.trainer.compat import MOVED
 
-# A key not listed is shortened to its last dotted part.
-SHORT_NAMES = {
-    "loss.lambda_codebook": "lc",
-    "loss.lambda_commit": "lcm",
-    "loss.lambda_wasserstein": "lw",
-    "optimizer.learning_rate": "lr",
-    "optimizer.decay_fraction": "decay",
-    "transport.epsilon": "eps",
-    "transport.iters": "iters",
-    "transport.tolerance": "tol",
-    "transport.overrelaxation": "omega",
-    "transport.anchor_window": "anchor",
-    "transport.encoder_grad": "enc",
-    "remedies.dead_code_threshold": "reseed",
-    "remedies.kmeans_init": "kmeans",
-    "batch_size": "batch",
-    "model.num_levels": "levels",
-    "model.num_codes": "codes",
-    "model.latent_dim": "dim",
-    "data.dataset": "data",
-}
 # Settings that never tag a run name: where it is written, and how it is logged.
 UNTAGGED = ("run.", "data.data_dir")
 MAX_TAGS = 4
 
 
 def short_name(key: str) -> str:
-    """The short name of a dotted key, or of a flat key of earlier versions (compat.MOVED)."""
+    """The short name of a dotted key (its declaration's, else its last part), or of a flat key
+    of earlier versions (compat.MOVED)."""
     key = MOVED.get(key, key)
-    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    declared = config.declarations().get(key)
+    return (declared and declared.short) or key.rsplit(".", 1)[-1]
 
 
 def _tag_value(value) -> str:

@@ -1,5 +1,5 @@
 """The presets that ship with the package (`configs/` in the checkout): found by name from any
-directory, and listed with their purpose, the first line of each file's header."""
+directory, listed with their purpose (the first line of each file's header), and printed."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def listing() -> list[tuple[str, str]]:
         header = path.read_text().splitlines()[0] if path.read_text() else ""
         found.append((path.stem, header.lstrip("# ").strip()))
     return found
+
+
+def text(name: str) -> str | None:
+    """The preset called `name` as a TOML file to start from, or None when there is none; the
+    default preset (a header only, every key falling back to its default) comes with every
+    setting at its default and its meaning, from the settings' declarations."""
+    from rqvae.trainer import config
+
+    path = find(name)
+    if path is None:
+        return None
+    body = path.read_text()
+    return body + "\n" + config.defaults_toml() if path.stem == "default" else body
