@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rqvae.trainer.config import DataConfig
+from rqvae.trainer.config import DataConfig, declarations
 from rqvae.trainer.errors import ConfigError, UserError
 
-DATASET_FORMS = "'digits' (embedded), 'tfds:<name>' (e.g. tfds:mnist) or 'npz:<path>'"
+DATASET_FORMS = declarations()["data.dataset"].meaning  # the forms `load` reads
 IMAGES = "images"  # values in [0, 1]
 VECTORS = "vectors"  # any finite reals: a decoder for them needs a linear output, not a sigmoid
 
