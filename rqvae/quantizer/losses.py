@@ -107,9 +107,8 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
     transport costs summed; per level (L,): transport_cost, each level's sum(plan * C) /
     latent_dim, a mean squared difference per latent dimension like commit and codebook;
     sinkhorn_marginal_error; solve_epsilon, the epsilon each solve used in squared latent units.
-    With the term on, also transport_row_cost (L, N), each point's transport cost under its
-    level's plan (0 for the points the solve left out: beyond SOLVE_POINTS_PER_CODE a code, it
-    takes evenly spaced rows, `solved_rows`). With a `state`, also schedule: the step's
+    Beyond SOLVE_POINTS_PER_CODE points a code, a level's solve takes evenly spaced rows of the
+    batch (`solved_rows`). With a `state`, also schedule: the step's
     `Schedule` (`transport_schedule`), which `update_codebook` reads. At
     `weights.lambda_wasserstein == 0` the term is not computed at all (its values are zeros).
 
@@ -177,11 +176,9 @@ def _quantizer_terms(aux, weights, transport, solver, movable_LxK, solve):
             summary = lax.cond(solve, solved, lambda: jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(solved)))
         # The cost and its gradient from the plans' O(N + K D) summaries.
-        cost_L, marginal_error_L, epsilon_L, row_cost_LxS = jax.vmap(cost_of_plan)(
+        cost_L, marginal_error_L, epsilon_L, _ = jax.vmap(cost_of_plan)(
             points_LxSxD, codebook_LxKxD, summary, movable_LxK)
         cost_L = cost_L / latent_dim
-        losses["transport_row_cost"] = row_cost_LxS if rows_S is None else jnp.zeros(
-            level_inputs_LxBxD.shape[:2], row_cost_LxS.dtype).at[:, rows_S].set(row_cost_LxS)
     losses.update(wasserstein=jnp.sum(cost_L), transport_cost=cost_L,
                   sinkhorn_marginal_error=marginal_error_L, solve_epsilon=epsilon_L)
     losses["total"] = (weights.lambda_commit * losses["commit"]
