@@ -8,6 +8,12 @@ import pytest
 # One compilation cache per test process (each xdist worker), shared with the subprocesses its
 # tests start.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rqvae-test-xla-")
+# The suite is mostly XLA compiling, and most of a CPU compile is LLVM optimizing the emitted
+# loops: the tests' programs (and those of the runs they start) are compiled without it. The
+# HLO, XLA's passes and donation are the same, and so is every value the tests compare (golden
+# steps, bitwise resume); only the machine code is slower, which tiny configs do not feel.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
 from rqvae.trainer import config, data
 

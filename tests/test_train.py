@@ -124,7 +124,8 @@ def test_four_devices_and_two_hosts_train_like_one_device(tmp_path):
     paths = [_write_config(tmp_path / f"{name}.toml", {"run.num_devices": n,
                                                         "run.run_dir": str(tmp_path / name)})
              for name, n in (("four", 0), ("one", 1))]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    flags = os.environ.get("XLA_FLAGS", "")  # the suite's (conftest), then the devices
+    env = {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=4"}
     single_host = subprocess.Popen([sys.executable, "-c", MULTI_DEVICE_SCRIPT, *map(str, paths)],
                                    env=env, cwd=repo, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
@@ -134,7 +135,7 @@ def test_four_devices_and_two_hosts_train_like_one_device(tmp_path):
         [sys.executable, "-m", "rqvae.cli", "train", "-c", str(two_hosts_config), "--run-dir",
          str(tmp_path / "hosts"), "-q"], cwd=repo, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        env={**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=2",
              "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "JAX_NUM_PROCESSES": "2",
              "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_PROCESS_ID": str(i)})
         for i in range(2)]
