@@ -55,10 +55,16 @@ all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024
 all_cells+=" mnist-tokens-2x1024 colour8-2x16384 colour8-2x65536 colour-tokens-4x2048"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 default_methods="traditional restart hybrid hybrid-every-code"
-if python -c "import torch, vector_quantize_pytorch" 2>/dev/null; then
-  default_methods+=" peer"
-elif [[ -z ${METHODS:-} ]]; then
-  echo "note: no peer runs (pip install torch==2.13.0 vector-quantize-pytorch==1.32.0)" >&2
+if [[ -z ${METHODS:-} ]]; then  # the peer where it imports (a dry run only looks: torch's import
+  # alone takes seconds)
+  probe="import torch, vector_quantize_pytorch"
+  [[ $dry == 1 ]] && probe="import importlib.util as u, sys
+sys.exit(not (u.find_spec('torch') and u.find_spec('vector_quantize_pytorch')))"
+  if python -c "$probe" 2>/dev/null; then
+    default_methods+=" peer"
+  else
+    echo "note: no peer runs (pip install torch==2.13.0 vector-quantize-pytorch==1.32.0)" >&2
+  fi
 fi
 read -r -a methods <<< "${METHODS:-$default_methods}"
 read -r -a all_seeds <<< "${SEEDS:-0 1 2}"

@@ -448,18 +448,21 @@ def _cli(*args, cwd=None, env=None):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_two_runs_started_together_get_their_own_directories(tiny_toml, tmp_path):
-    processes = [_cli("train", "-c", tiny_toml, "--steps", 10, "--seed", seed, "-q", cwd=tmp_path)
-                 for seed in (1, 2)]
+def test_two_runs_started_together_get_their_own_directories(full_run, tiny_toml, tmp_path):
+    # The same config and name, told apart by a setting the step does not compile on (so both
+    # reuse the programs `full_run` compiled), started at once: two directories, each its own.
+    processes = [_cli("train", "-c", tiny_toml, "--steps", 10, "--set", f"run.log_every={every}",
+                      "-q", cwd=tmp_path) for every in (5, 10)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
     run_dirs = sorted((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 2
-    seeds = sorted(load(d / "config.toml").seed for d in run_dirs)
-    assert seeds == [1, 2]
+    by_interval = {load(d / "config.toml").run.log_every: d for d in run_dirs}
+    assert sorted(by_interval) == [5, 10]
+    assert _keys(by_interval[5]) == [("train", 5), ("train", 10), ("eval", 10), ("end", 10)]
+    assert _keys(by_interval[10]) == [("train", 10), ("eval", 10), ("end", 10)]
     for run_dir in run_dirs:  # each log has each step once, and its own checkpoint
-        assert _keys(run_dir) == [("train", 10), ("eval", 10), ("end", 10)]
         assert (run_dir / "checkpoints" / "10").is_dir()
 
 

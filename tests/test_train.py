@@ -69,6 +69,7 @@ def test_a_run_compiles_its_train_loop_once(tiny_cfg, tmp_path):
 
 MULTI_DEVICE_SCRIPT = """
 import json, sys
+import jax.numpy as jnp
 from rqvae.trainer import config, data, devices, launch, step
 from rqvae.trainer.errors import ConfigError
 from tests.test_train import _fit
@@ -83,10 +84,10 @@ for path in sys.argv[1:]:
     mesh = devices.make_mesh(cfg)  # the program fit ran, looked up again: was it partitioned?
     train_images = data.load(cfg.data).train
     step_cfg = config.step_config(launch.with_data_shape(cfg, data.load(cfg.data)))
-    compiled = step.run_steps.lower(
+    compiled = step.run_steps.lower(  # with the arguments fit passes: its program, cached
         devices.replicate(step.init_state(step_cfg, len(train_images)), mesh),
-        devices.replicate(train_images, mesh), 1, cfg=step_cfg,
-        batch_sharding=devices.batch_sharding(mesh)).compile()
+        devices.replicate(train_images, mesh), 1, jnp.bool_(True), jnp.int32(cfg.steps),
+        cfg=step_cfg, batch_sharding=devices.batch_sharding(mesh)).compile()
     meshes[cfg.run.run_dir] = [mesh.size, "all-reduce" in compiled.as_text()]
 print(json.dumps(meshes))
 """
