@@ -43,11 +43,22 @@ def test_grid_and_seed_arguments():
 
 
 def test_a_sweep_trains_every_run_reports_groups_and_the_failed_ones(tiny_toml, tmp_path):
-    # 2 learning rates x 2 seeds; a learning rate of 1e30 diverges at once.
+    # 2 learning rates x 2 seeds; a learning rate of 1e30 diverges at once. A checkpoint every
+    # step, so a diverged run keeps its last good one.
     out = tmp_path / "sw"
     result = _sweep("-c", tiny_toml, "--grid", "learning_rate=0.001,1e30", "--seeds", "0,1",
-                    "--out", out, "--parallel", 2, *TRAIN, cwd=tmp_path)
+                    "--out", out, "--parallel", 2, *TRAIN, "--set", "run.checkpoint_every=1",
+                    cwd=tmp_path)
     assert result.returncode == 1, result.stderr
+    # A non-finite loss stops a run in one line that names the step and the last good
+    # checkpoint (step 1 is fine; its update sends the loss of step 2 to inf / NaN), which it
+    # keeps, and logs no step past it.
+    failed = out / "lr1e+30-seed0"
+    log = (out / "logs" / "lr1e+30-seed0.log").read_text()
+    (line,) = [line for line in log.splitlines() if line.strip()]
+    assert "non-finite at step 2 (total, recon" in line and "last good checkpoint: step 1" in line
+    assert sorted(int(p.name) for p in (failed / "checkpoints").iterdir()) == [1]
+    assert all(r["step"] < 2 for r in runlog.read(failed) if r["kind"] == "train")
     # Six steps leave the others no better than a constant output: the summary says so.
     assert ("2 of 4 runs completed; collapsed (held-out recon no better than a constant "
             "output's): lr0.001-seed0, lr0.001-seed1; failed: lr1e+30-seed0, lr1e+30-seed1"

@@ -15,10 +15,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rqvae.quantizer.settings import (KMEANS_BATCHES, Declared, LossWeights, Platform,
-                                      Transport, declared, setting)
-from rqvae.trainer.compat import (BEFORE_KEY_EXISTED, MOVED, NESTED_BEFORE_KEY_EXISTED,
-                                   RETIRED)
+from rqvae.quantizer.settings import (
+    KMEANS_BATCHES,
+    Declared,
+    LossWeights,
+    Platform,
+    Transport,
+    declared,
+    setting,
+)
+from rqvae.trainer.compat import BEFORE_KEY_EXISTED, MOVED, NESTED_BEFORE_KEY_EXISTED, RETIRED
 from rqvae.trainer.config_checks import validate
 from rqvae.trainer.errors import ConfigError
 
