@@ -42,6 +42,7 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rqvae, installed or not
+from rqvae.quantizer.settings import LossWeights
 from rqvae.reports import report
 from rqvae.reports.runs import load_run
 from rqvae.reports.summary import summarize
@@ -61,7 +62,7 @@ def write_run(run_dir: Path, records: int, eval_every: int = 1000, compact: bool
     separators; returns the size of metrics.jsonl in bytes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config.TrainerConfig(
-        steps=records, loss=config.LossWeights(lambda_wasserstein=0.5),
+        steps=records, loss=LossWeights(lambda_wasserstein=0.5),
         model=config.ModelConfig(num_levels=LEVELS, num_codes=CODES),
         run=config.RunConfig(run_dir=str(run_dir), log_every=1, eval_every=eval_every))
     (run_dir / rundir.CONFIG_FILE).write_text(config.dumps(cfg))

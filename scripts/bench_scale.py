@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_train import Loop, interleaved
 
+from rqvae.quantizer.settings import LossWeights
 from rqvae.trainer import config, step
 
 # Dense peak TFLOP/s per compute dtype. GPUs: the tensor-core figure, TF32 for float32 (XLA's
@@ -75,7 +76,7 @@ def trainer_config(architecture: str, batch: int, codes: int, dtype: str, lam: f
     model = config.ModelConfig(image_shape=image_shape, architecture=architecture,
                                num_codes=codes, compute_dtype=dtype)
     return config.validate(config.TrainerConfig(
-        batch_size=batch, loss=config.LossWeights(lambda_wasserstein=lam), model=model))
+        batch_size=batch, loss=LossWeights(lambda_wasserstein=lam), model=model))
 
 
 def step_gflop(loop: Loop) -> float:
