@@ -9,7 +9,9 @@ The quantizer as a library (docs/library.md), for your own Flax model and optax 
   term, and their weighted `total`, to add to your reconstruction loss.
 - `CodebookState.create(num_levels, num_codes)`: what the transport term keeps across steps
   (when each code was last picked); `update_codebook(params, opt_state, state, aux, losses,
-  key)` after each optimizer update records the picks and re-anchors stale codes.
+  key)` after each optimizer update records the picks and re-anchors stale codes. Or the
+  layer keeps the state itself (`ResidualVQ(..., keep_state=True)`, in the "codebook_state"
+  collection) and `upkeep(variables, opt_state, aux, losses, key)` does the same.
 - `LossWeights`, `Transport`: the loss weights and the transport term's settings, with the
   defaults the `rqvae train` command uses; `Platform`: the solver and branching
   (`quantizer_losses(..., platform=)`; default: the one for `jax.default_backend()`).
@@ -34,6 +36,7 @@ _EXPORTS = {
     "sinkhorn_loss": "rqvae.quantizer.first_release",
     "CodebookState": "rqvae.quantizer.state",
     "update_codebook": "rqvae.quantizer.state",
+    "upkeep": "rqvae.quantizer.state",
     "LossWeights": "rqvae.quantizer.settings",
     "Transport": "rqvae.quantizer.settings",
     "Platform": "rqvae.quantizer.settings",

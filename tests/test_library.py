@@ -41,6 +41,64 @@ def test_the_documented_example_runs_and_keeps_its_codes_alive():
     # re-anchored (64 a level, a 20-step window, 60 steps).
     for codes in namespace["two_codes"]:
         assert (codes.last_used >= 0).sum(axis=1).tolist() == [64, 64]
+    # The layer that keeps its own state counted every step, and its codes are in use.
+    kept = namespace["variables"]["codebook_state"]["ResidualVQ_0"]
+    assert int(kept["step"]) == 60 and int((kept["last_used"] >= 0).sum()) > 2 * 128
+
+
+def test_a_layer_that_keeps_its_state_trains_what_the_threaded_state_trains(digits):
+    # The same model, weights, batches and keys, 12 steps with far codes (re-anchored every 2nd
+    # step): the collection path and the explicit one give the same parameters and state.
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        keep_state: bool
+
+        @nn.compact
+        def __call__(self, x):
+            z_q, _, aux = rqvae.ResidualVQ(2, 128, 8, keep_state=self.keep_state)(nn.Dense(8)(x))
+            return nn.Dense(x.shape[-1])(z_q), aux
+
+    weights, transport = rqvae.LossWeights(lambda_wasserstein=0.5), rqvae.Transport(
+        anchor_window=4)
+    optimizer = optax.adam(1e-2)
+
+    def loss(model, variables, params, x, state):
+        x_hat, aux = model.apply({**variables, "params": params}, x)
+        losses = rqvae.quantizer_losses(aux, weights, transport, state=state)
+        return jnp.mean((x - x_hat) ** 2) + losses["total"], (losses, aux)
+
+    @jax.jit
+    def threaded(params, opt_state, state, x, key):
+        grads, (losses, aux) = jax.grad(lambda p: loss(Model(False), {}, p, x, state),
+                                        has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return rqvae.update_codebook(optax.apply_updates(params, updates), opt_state, state,
+                                     aux, losses, key)
+
+    @jax.jit
+    def kept(variables, opt_state, x, key):
+        grads, (losses, aux) = jax.grad(lambda p: loss(Model(True), variables, p, x, None),
+                                        has_aux=True)(variables["params"])
+        updates, opt_state = optimizer.update(grads, opt_state, variables["params"])
+        variables = {**variables,
+                     "params": optax.apply_updates(variables["params"], updates)}
+        return rqvae.upkeep(variables, opt_state, aux, losses, key)
+
+    images = jnp.asarray(digits.train[:64])
+    variables = Model(True).init(jax.random.key(0), images)
+    params = Model(False).init(jax.random.key(0), images)["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, variables["params"])
+    opt_a, opt_b = optimizer.init(params), optimizer.init(params)
+    state = CodebookState.create(2, 128)
+    for i in range(12):
+        params, opt_a, state = threaded(params, opt_a, state, images, jax.random.key(i))
+        variables, opt_b = kept(variables, opt_b, images, jax.random.key(i))
+    jax.tree.map(np.testing.assert_array_equal, params, variables["params"])
+    kept_state = variables["codebook_state"]["ResidualVQ_0"]
+    np.testing.assert_array_equal(kept_state["last_used"], state.last_used)
+    assert int(kept_state["step"]) == int(state.step) == 12
+    assert int((state.last_used >= 0).sum()) > 0
 
 
 def test_the_example_step_is_the_trainers_step(tiny_cfg, digits):

@@ -227,8 +227,11 @@ def with_codebook(params, codebook_array: jax.Array, quantizer: str | None = Non
 
 
 def _is_codebook(path, quantizer: str | None = None) -> bool:
-    if not path or getattr(path[-1], "key", None) != "codebook":
-        return False
+    return bool(path) and getattr(path[-1], "key", None) == "codebook" and under(path, quantizer)
+
+
+def under(path, quantizer: str | None) -> bool:
+    """Whether a tree path runs through the module named `quantizer` (None: any path)."""
     return quantizer is None or any(getattr(k, "key", None) == quantizer for k in path[:-1])
 
 

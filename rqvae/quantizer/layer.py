@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from rqvae.quantizer.metrics import code_counts
 from rqvae.quantizer.residual import quantize
+from rqvae.quantizer.state import STATE_COLLECTION, CodebookState
 
 
 class ResidualVQ(nn.Module):
@@ -27,14 +28,21 @@ class ResidualVQ(nn.Module):
       - aux, over the N = prod(...) latents as rows: z_e (N, D), the input; z_q (N, D);
         codebook (L, K, D); level_inputs (L, N, D), what each level quantized (the residuals);
         level_codes (L, N, D); level_distances (L, N, K), held out of the gradient; indices
-        (L, N); counts (L, K) int32, how often each code was picked. `quantizer_losses` and
-        `update_codebook` read it.
+        (L, N); counts (L, K) int32, how often each code was picked; with `keep_state`,
+        codebook_state, the layer's `CodebookState`. `quantizer_losses` and `update_codebook`
+        (or `upkeep`) read it.
+
+    `keep_state=True`: the layer keeps its `CodebookState` in the variable collection
+    "codebook_state", as BatchNorm keeps "batch_stats": `init` creates it, the aux carries it to
+    `quantizer_losses`, and `upkeep` writes it back after the optimizer, so a loop threads
+    nothing of its own (docs/library.md).
     """
 
     num_levels: int
     num_codes: int
     latent_dim: int
     shared_codebook: bool = False
+    keep_state: bool = False
 
     def setup(self):
         scale = 1.0 / self.num_codes
@@ -43,6 +51,10 @@ class ResidualVQ(nn.Module):
             lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -scale, scale),
             (1 if self.shared_codebook else self.num_levels, self.num_codes, self.latent_dim),
         )
+        if self.keep_state:
+            start = CodebookState.create(self.num_levels, self.num_codes)
+            self.last_used = self.variable(STATE_COLLECTION, "last_used", lambda: start.last_used)
+            self.step = self.variable(STATE_COLLECTION, "step", lambda: start.step)
 
     @property
     def codebook(self) -> jax.Array:
@@ -65,6 +77,9 @@ class ResidualVQ(nn.Module):
         z_q_NxD, aux = quantize(z_NxD, self.codebook)
         aux.update(z_e=z_NxD, z_q=z_q_NxD, codebook=self.codebook,
                    counts=code_counts(aux["indices"], self.num_codes))
+        if self.keep_state:
+            aux["codebook_state"] = CodebookState(self.last_used.value, self.step.value,
+                                                  self.shared_codebook)
         z_st_NxD = z_NxD + jax.lax.stop_gradient(z_q_NxD - z_NxD)
         indices = jnp.moveaxis(aux["indices"].reshape(self.num_levels, *z.shape[:-1]), 0, -1)
         return z_st_NxD.reshape(z.shape), indices.astype(jnp.int32), aux

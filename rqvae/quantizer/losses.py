@@ -12,7 +12,13 @@ from jax import lax
 
 from rqvae.quantizer.settings import LOSS_TERMS, LossWeights, Platform, Transport
 from rqvae.quantizer.sinkhorn import effective_epsilon, sinkhorn_plan, squared_distances
-from rqvae.quantizer.state import CodebookState, Schedule, points_per_step, transport_schedule
+from rqvae.quantizer.state import (
+    STATE_COLLECTION,
+    CodebookState,
+    Schedule,
+    points_per_step,
+    transport_schedule,
+)
 
 __all__ = ["LOSS_TERMS", "loss_terms", "quantizer_losses", "vq_per_level"]
 
@@ -114,12 +120,14 @@ def quantizer_losses(aux: dict, weights: LossWeights = LossWeights(),
 
     `state`: the `CodebookState` across steps, which `transport_schedule` reads: the term's
     gradient then reaches only stale codes, at anchor steps, and steps with nothing to move skip
-    the solve unless `logged`. Without it the term moves every code at every step and nothing is
-    re-anchored (the term as it was). `platform`: the solver and branching to use (default:
+    the solve unless `logged`; by default the aux's, from a `ResidualVQ(keep_state=True)`.
+    Without one the term moves every code at every step and nothing is re-anchored (the term as
+    it was). `platform`: the solver and branching to use (default:
     `Platform.of(jax.default_backend())`). The level inputs are held out of the term's gradient
     unless `transport.encoder_grad`.
     """
     platform = Platform.of(jax.default_backend()) if platform is None else platform
+    state = aux.get(STATE_COLLECTION) if state is None else state  # a layer that keeps it
     if state is None:
         schedule = Schedule(branch=platform.branch)
     else:

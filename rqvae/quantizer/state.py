@@ -24,6 +24,8 @@ from rqvae.quantizer.settings import LossWeights, Transport
 # a quarter of its window more, and the steps between skip the solve (docs/results.md, "Why this
 # design").
 ANCHOR_PERIODS = 4
+# The variable collection a `ResidualVQ(keep_state=True)` keeps its CodebookState in.
+STATE_COLLECTION = "codebook_state"
 
 
 @flax.struct.dataclass
@@ -165,3 +167,25 @@ def update_codebook(params, opt_state, state: CodebookState, aux: dict, losses: 
             params, opt_state, last_used = jax.tree.map(
                 lambda new, old: jnp.where(schedule.anchor_now, new, old), anchor(), current)
     return params, opt_state, state.replace(last_used=last_used, step=step + 1)
+
+
+def upkeep(variables, opt_state, aux: dict, losses: dict, key: jax.Array, *,
+           restart_threshold: int = 0, quantizer: str | None = None) -> tuple[Any, Any]:
+    """`update_codebook` for a layer that keeps its state (`ResidualVQ(keep_state=True)`): the
+    state comes from `aux`, the codebook from `variables["params"]`, and the new params and the
+    state one step on go back into `variables`. Returns variables and opt_state. With several
+    such quantizers, call it once per quantizer with its name, as `update_codebook`."""
+    params, opt_state, state = update_codebook(
+        variables["params"], opt_state, aux[STATE_COLLECTION], aux, losses, key,
+        restart_threshold=restart_threshold, quantizer=quantizer)
+    kept = variables[STATE_COLLECTION]
+    owners = {path[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(kept)[0]
+              if codebook.under(path, quantizer)}
+    if len(owners) != 1:
+        where = f" under a module named '{quantizer}'" if quantizer else ""
+        raise ValueError(f"variables['{STATE_COLLECTION}'] hold {len(owners)} quantizers' "
+                         f"states{where}; pass quantizer= with the name of the ResidualVQ")
+    new = {"last_used": state.last_used, "step": state.step}
+    kept = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: new[path[-1].key] if path[:-1] in owners else leaf, kept)
+    return {**variables, "params": params, STATE_COLLECTION: kept}, opt_state
