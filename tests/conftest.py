@@ -5,9 +5,12 @@ import tempfile
 
 import pytest
 
-# One compilation cache per test process (each xdist worker), shared with the subprocesses its
-# tests start.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rqvae-test-xla-")
+# One compilation cache for the test run, shared by the xdist workers and the subprocesses their
+# tests start (a fresh one per process without xdist).
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = (
+    os.path.join(tempfile.gettempdir(), f"rqvae-test-xla-{_RUN}") if _RUN
+    else tempfile.mkdtemp(prefix="rqvae-test-xla-"))
 # The suite is mostly XLA compiling, and most of a CPU compile is LLVM optimizing the emitted
 # loops: the tests' programs (and those of the runs they start) are compiled without it. The
 # HLO, XLA's passes and donation are the same, and so is every value the tests compare (golden
