@@ -11,6 +11,13 @@ codes must model per position), held-out recon MSE and ms/step (the wall time be
 and the last train record of the run's log, over the steps between them: compilation excluded,
 checkpoints included). Each cell is mean ± standard deviation over the seeds, with the seed count
 in n. Prints a Markdown table, as pasted into the README's Results section.
+
+    rqvae report runs/matrix/minilm-*/ --json | python scripts/study_table.py --ids
+
+--ids (semantic IDs, vector latents): per run, how the training examples' code tuples collide
+at the last evaluation instead of the per-level columns: distinct tuples, examples whose tuple
+another example has too (what a de-duplicating last ID position must tell apart) and the
+largest group sharing one tuple; then alive codes (%) of the levels together, held-out recon.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ def main() -> None:
         rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
         return setting, rank, method
 
+    if "--ids" in sys.argv[1:]:
+        print_ids(groups, order)
+        return
     levels = max(len(s["levels"]) for runs in groups.values() for s in runs)
     header = ["setting", "method", "n"]
     for level in range(1, levels + 1):
@@ -86,6 +96,24 @@ def main() -> None:
                            for s in runs], 2))
         row.append(spread([s["eval"]["heldout_recon"] for s in runs], 4))
         row.append(spread([ms_per_step(s["path"]) for s in runs], 1))
+        print("| " + " | ".join(row) + " |")
+
+
+def print_ids(groups: dict, order) -> None:
+    header = ["setting", "method", "n", "distinct tuples", "examples sharing a tuple",
+              "largest group", "alive (%)", "held-out recon MSE"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|")
+    for key in sorted(groups, key=order):
+        runs = groups[key]
+        if any(s["eval"].get("tuples_unique") is None for s in runs):
+            continue  # a grid latent: no tuples per example
+        codes = runs[0]["config"]["model.num_codes"] * len(runs[0]["levels"])
+        alive = [100 * sum(level["eval_used"] for level in s["levels"]) / codes for s in runs]
+        row = [key[0], key[1], str(len(runs))]
+        row += [spread([s["eval"][k] for s in runs], 0)
+                for k in ("tuples_unique", "tuples_shared", "tuples_largest_group")]
+        row += [spread(alive, 1), spread([s["eval"]["heldout_recon"] for s in runs], 4)]
         print("| " + " | ".join(row) + " |")
 
 

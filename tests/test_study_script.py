@@ -53,7 +53,7 @@ def test_each_cell_trains_its_shape_and_each_method_sets_only_its_own_settings(t
                      "patches8-2x4096", "patches16-2x512", "patches16-2x1024",
                      "semantic-ids-3x256", "tokens16-2x1024", "tokens16-2x4096",
                      "mnist-tokens-2x1024", "colour8-2x16384", "colour8-2x65536",
-                     "colour-tokens-4x2048"}
+                     "colour-tokens-4x2048", "minilm-2x64", "minilm-2x256", "minilm-3x256"}
     for (cell, run), cfg in runs.items():
         m = cfg.model
         assert f"{m.num_levels}x{m.num_codes}" == cell.rpartition("-")[2], (cell, run)
