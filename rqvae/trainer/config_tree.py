@@ -7,6 +7,7 @@ range, short name, flag. Scalars and tuples only, so a config is a static jit ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -170,6 +171,7 @@ def step_config(cfg: TrainerConfig, platform: str = "cpu") -> StepConfig:
                       platform=Platform.of(platform))
 
 
+@functools.cache  # the tree is fixed; run names ask for one key at a time
 def declarations(cls: type = TrainerConfig, prefix: str = "") -> dict[str, Declared]:
     """Every setting of the tree, by dotted key in the tree's order, with its declaration
     (`settings.setting`): the one home of its default's meaning, range, short name and flag."""
