@@ -4,8 +4,8 @@
     python scripts/bench_scale.py [--torch]          # the whole matrix, for a GPU (H200)
     python scripts/bench_scale.py --architectures conv --batches 4096 --codes 16384 --torch
 
-Each row trains the default model (configs/default.toml's layers, latent 16, 2 levels) on random
-32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through `rqvae.trainer.step.run_steps`
+Each row trains the default model (`rqvae configs default`: its layers, latent 16, 2 levels) on
+random 32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through `rqvae.trainer.step.run_steps`
 with the step config of this platform, and prints ms/step and images/s (medians of interleaved
 rounds, the Wasserstein term off and on taking turns), W on/off (the ms/step ratio), GFLOP per step
 (XLA's cost analysis of one compiled train step) and the achieved TFLOP/s against the device's

@@ -213,7 +213,7 @@ def replace(cfg: TrainerConfig, overrides: dict[str, typing.Any]) -> TrainerConf
             if not isinstance(node, dict):
                 section = ".".join(parents[: depth + 1])
                 raise ConfigError(f"cannot set {dotted}: {section} is {node!r}, not a table of "
-                                  f"keys; see configs/default.toml for the keys")
+                                  f"keys; `rqvae configs default` lists the keys")
         node[leaf] = value
     return from_dict(values)
 
