@@ -5,14 +5,14 @@
     python scripts/bench_scale.py --architectures conv --batches 4096 --codes 16384 --torch
 
 Each row trains the default model (`rqvae configs default`: its layers, latent 16, 2 levels) on
-random 32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through `rqvae.trainer.step.run_steps`
-with the step config of this platform, and prints ms/step and images/s (medians of interleaved
-rounds, the Wasserstein term off and on taking turns), W on/off (the ms/step ratio), GFLOP per step
-(XLA's cost analysis of one compiled train step) and the achieved TFLOP/s against the device's
-peak for the row's compute dtype. Cost analysis counts a while loop's body once: the CPU Sinkhorn
-solver is such a loop, so on CPU the FLOPs of rows with the term on are those of one iteration; the
-accelerator solver is unrolled and counted in full. A shape that does not fit in memory prints
-"out of memory" and the matrix goes on.
+random 32x32x3 images (uniform bytes, in [0, 1]; --image-shape to change) through
+`rqvae.trainer.step.run_steps` with the step config of this platform, and prints ms/step and
+images/s (medians of interleaved rounds, the Wasserstein term off and on taking turns), W on/off
+(the ms/step ratio), GFLOP per step (XLA's cost analysis of one compiled train step) and the
+achieved TFLOP/s against the device's peak for the row's compute dtype. Cost analysis counts a
+while loop's body once: the CPU Sinkhorn solver is such a loop, so on CPU the FLOPs of rows with
+the term on are those of one iteration; the accelerator solver is unrolled and counted in full. A
+shape that does not fit in memory prints "out of memory" and the matrix goes on.
 
 --torch adds, for each float32 shape, the PyTorch peer (scripts/torch_baseline.py: the same layers
 with vector-quantize-pytorch's ResidualVQ, on the same images and device, eager, float32), timed in
