@@ -78,7 +78,7 @@ class ResidualVQ(nn.Module):
         aux.update(z_e=z_NxD, z_q=z_q_NxD, codebook=self.codebook,
                    counts=code_counts(aux["indices"], self.num_codes))
         if self.keep_state:
-            aux["codebook_state"] = CodebookState(self.last_used.value, self.step.value,
+            aux[STATE_COLLECTION] = CodebookState(self.last_used.value, self.step.value,
                                                   self.shared_codebook)
         z_st_NxD = z_NxD + jax.lax.stop_gradient(z_q_NxD - z_NxD)
         indices = jnp.moveaxis(aux["indices"].reshape(self.num_levels, *z.shape[:-1]), 0, -1)
